@@ -1,0 +1,38 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install lint typecheck pytest docs test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check tenantlora tests benchmarks examples
+	$(BIN)/ruff format --check tenantlora tests benchmarks examples
+
+typecheck: install
+	$(BIN)/mypy --strict tenantlora
+
+pytest: install
+	$(BIN)/pytest -q
+
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint typecheck pytest docs
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""The backend protocols: how a chat call reaches a model, with or without an adapter.
+
+One object may implement both protocols (the bundled HTTP backends do), so the same backend can
+be handed to :class:`tenantlora.TenantLoRA` and :class:`tenantlora.AsyncTenantLoRA`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Protocol, runtime_checkable
+
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+
+__all__ = ["AsyncBackend", "Backend"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A synchronous model backend.
+
+    ``chat(request, adapter=..., timeout=...)`` sends one chat call and returns the answer.
+    ``adapter`` is the registry record's ``adapter_id``; ``None`` means the base model. ``timeout``
+    is seconds for the whole call (None = the backend's default).
+
+    Contract:
+
+    * Raise only :class:`tenantlora.errors.TenantLoRAError` subclasses; map foreign exceptions at
+      one boundary, chained with ``from exc``.
+    * Never retry: the client decides what to retry.
+    * A backend that does not have, or cannot load, the adapter raises
+      :class:`tenantlora.errors.AdapterNotAvailableError` so the client can fall back to base.
+    * The returned :class:`ChatResponse` has ``backend`` set to :attr:`name` and ``adapter`` set
+      to the adapter that served; the client stamps tenant, task, latency and retries.
+    * ``stream`` returns an iterator of :class:`ChatChunk` deltas. The backend owns the
+      connection: when the iterator finishes, fails or is closed early (``.close()``, which the
+      client always calls in a ``finally``) the response is drained and released so the
+      connection returns to the pool. A stream that ends before the protocol's end marker raises
+      :class:`tenantlora.errors.ResponseValidationError`. Errors before the first chunk are
+      raised from the first ``next()``.
+    * ``close()`` releases pools and models; the backend is unusable afterwards.
+
+    Example::
+
+        backend = OpenAICompatible(base_url="http://127.0.0.1:8000/v1", model="base")
+        reply = backend.chat(ChatRequest(messages=[Message(role="user", content="hi")]),
+                             adapter="acme-icp-v1")
+    """
+
+    name: str
+
+    def chat(
+        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+    ) -> ChatResponse: ...
+
+    def stream(
+        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+    ) -> Iterator[ChatChunk]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """The async twin of :class:`Backend`: ``achat``, ``astream``, ``aclose``; same contract.
+
+    ``astream`` returns an async iterator that has an ``aclose()`` (an async generator), which the
+    client awaits in a ``finally``.
+    """
+
+    name: str
+
+    async def achat(
+        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+    ) -> ChatResponse: ...
+
+    def astream(
+        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+    ) -> AsyncIterator[ChatChunk]: ...
+
+    async def aclose(self) -> None: ...

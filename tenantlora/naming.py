@@ -1,0 +1,83 @@
+"""Tenant and task identifiers, and the adapter naming scheme built from them.
+
+A tenant ID or task name is 1 to 64 characters from ``A-Z a-z 0-9 . _ -`` and starts with a
+letter or digit. That excludes ``:``, ``/``, whitespace and control characters, so the default
+adapter name ``lora:{tenant}:{task}`` can always be split back into its parts.
+
+Some providers restrict adapter names further (lowercase, no ``:``); :func:`safe_adapter_name`
+gives a deterministic form for them that stays unique per (tenant, task).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tenantlora.errors import InvalidTaskError, InvalidTenantError
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "adapter_name",
+    "parse_adapter_name",
+    "safe_adapter_name",
+    "validate_task",
+    "validate_tenant",
+]
+
+MAX_ID_LENGTH = 64
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ALLOWED = (
+    "1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit "
+    "(no ':', '/', whitespace or control characters)"
+)
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def _describe(value: object) -> str:
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{len(value)} characters"
+    return repr(value)
+
+
+def validate_tenant(tenant: object) -> str:
+    """Return ``tenant`` unchanged if it is a valid tenant ID, else raise InvalidTenantError."""
+    if isinstance(tenant, str) and _ID.fullmatch(tenant):
+        return tenant
+    raise InvalidTenantError(f"invalid tenant ID {_describe(tenant)}: expected {_ALLOWED}")
+
+
+def validate_task(task: object) -> str:
+    """Return ``task`` unchanged if it is a valid task name, else raise InvalidTaskError."""
+    if isinstance(task, str) and _ID.fullmatch(task):
+        return task
+    raise InvalidTaskError(f"invalid task name {_describe(task)}: expected {_ALLOWED}")
+
+
+def adapter_name(tenant: str, task: str) -> str:
+    """The default adapter name for a tenant's task: ``lora:{tenant}:{task}``."""
+    return f"lora:{validate_tenant(tenant)}:{validate_task(task)}"
+
+
+def parse_adapter_name(name: str) -> tuple[str, str]:
+    """Split a ``lora:{tenant}:{task}`` name back into ``(tenant, task)``; ValueError if not one."""
+    prefix, sep, rest = name.partition(":")
+    tenant, sep2, task = rest.partition(":")
+    if prefix != "lora" or not sep or not sep2:
+        raise ValueError(f"not a tenantlora adapter name: {name!r}")
+    return validate_tenant(tenant), validate_task(task)
+
+
+def safe_adapter_name(tenant: str, task: str, *, max_length: int = 64) -> str:
+    """A provider-safe adapter name: lowercase ``[a-z0-9-]``, unique per (tenant, task).
+
+    The readable part is lossy (``Acme_Co`` and ``acme.co`` both become ``acme-co``), so an
+    8-hex-digit hash of the exact pair is appended to keep distinct tenants distinct.
+    """
+    if max_length < 24:
+        raise ValueError("max_length must be at least 24")
+    digest = hashlib.sha256(adapter_name(tenant, task).encode()).hexdigest()[:8]
+    readable = _UNSAFE.sub("-", f"{tenant}-{task}".lower()).strip("-")
+    room = max_length - len("lora--") - len(digest)
+    return f"lora-{readable[:room].rstrip('-')}-{digest}"

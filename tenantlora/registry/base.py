@@ -1,0 +1,78 @@
+"""The registry protocols: where tenant -> adapter mappings live.
+
+The resolver only reads (:class:`AdapterRegistry` / :class:`AsyncAdapterRegistry`); tools that
+publish adapters use the write side (:class:`WritableRegistry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+
+__all__ = ["AdapterRegistry", "AsyncAdapterRegistry", "WritableRegistry"]
+
+
+@runtime_checkable
+class AdapterRegistry(Protocol):
+    """Read side of a registry, called by :class:`tenantlora.resolver.AdapterResolver`.
+
+    ``get(tenant)`` returns the tenant's *active* record per task, or ``None`` when the tenant has
+    no adapters at all. It raises :class:`tenantlora.errors.RegistryError` (or a subclass) when
+    the store fails or holds a value it cannot parse; it never raises a foreign exception. It must
+    be safe to call from several threads at once.
+
+    The resolver does not trust what comes back: a record whose tenant is not the requested
+    tenant is dropped, so one tenant's adapter is never served to another.
+
+    Example::
+
+        adapters = registry.get("acme")
+        if adapters is not None and (record := adapters.get("icp_classifier")):
+            print(record.adapter_id, record.version)
+    """
+
+    def get(self, tenant: str) -> TenantAdapters | None: ...
+
+
+@runtime_checkable
+class AsyncAdapterRegistry(Protocol):
+    """The async twin of :class:`AdapterRegistry`: ``await registry.get(tenant)``."""
+
+    async def get(self, tenant: str) -> TenantAdapters | None: ...
+
+
+@runtime_checkable
+class WritableRegistry(AdapterRegistry, Protocol):
+    """A registry that adapters can be published to.
+
+    Every ``publish`` creates a new version (1, 2, ...) for that (tenant, task) and makes it the
+    active one; older versions are kept for ``rollback``. ``delete_tenant`` erases every version
+    of every task of the tenant (right to erasure) and returns the deleted records so the caller
+    can delete the adapter files too. ``list`` returns active records (every version with
+    ``history=True``), ordered by tenant, task, version. Writes validate the tenant and task
+    (:class:`tenantlora.errors.InvalidTenantError` / ``InvalidTaskError``) and raise
+    :class:`tenantlora.errors.RegistryError` when the store fails or a rollback target does not
+    exist (the message names the versions that do). A failed write changes nothing.
+    """
+
+    def publish(
+        self,
+        tenant: str,
+        task: str,
+        *,
+        adapter_id: str,
+        base_model: str | None = None,
+        uri: str | None = None,
+        status: AdapterStatus = "ready",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AdapterRecord: ...
+
+    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord: ...
+
+    def list(
+        self, tenant: str | None = None, task: str | None = None, *, history: bool = False
+    ) -> list[AdapterRecord]: ...
+
+    def delete_tenant(self, tenant: str) -> list[AdapterRecord]: ...

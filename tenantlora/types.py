@@ -1,0 +1,205 @@
+"""Value objects: frozen pydantic v2 models.
+
+Shapes we own forbid extra fields; provider payloads are parsed elsewhere, tolerantly, and turned
+into these. Every model is immutable: derive a changed copy with ``model_copy(update=...)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tenantlora.naming import validate_task, validate_tenant
+
+__all__ = [
+    "AdapterKey",
+    "AdapterRecord",
+    "AdapterStatus",
+    "CacheOutcome",
+    "ChatChunk",
+    "ChatRequest",
+    "ChatResponse",
+    "FallbackReason",
+    "Message",
+    "Role",
+    "Route",
+    "TenantAdapters",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+AdapterStatus = Literal["ready", "training", "disabled"]
+FallbackReason = Literal[
+    "no_adapter",
+    "adapter_not_ready",
+    "adapter_unavailable",
+    "registry_error",
+    "experiment_control",
+]
+CacheOutcome = Literal["hit", "miss", "stale", "error"]
+"""How the resolver answered: fresh cache entry, registry read, stale entry, or no answer."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Message(_Frozen):
+    """One chat message."""
+
+    role: Role
+    content: str
+    name: str | None = None
+
+
+class Usage(_Frozen):
+    """Token counts as the backend reported them (zeros when it did not)."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+
+class ChatRequest(_Frozen):
+    """What to generate: the messages and generation parameters, independent of any backend.
+
+    ``extra`` is passed through to the backend's request body as-is (provider-specific knobs).
+    """
+
+    messages: tuple[Message, ...] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_tuple(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+
+class ChatResponse(_Frozen):
+    """A completed chat call, stamped by the client with who asked and what served it.
+
+    ``adapter`` is the adapter that actually served the answer (None = base model);
+    ``fallback_reason`` says why the base model served when it did; ``arm`` is the A/B arm
+    ("adapter" or "control") when an experiment covered the call.
+    """
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    model: str | None = None
+    tenant: str | None = None
+    task: str | None = None
+    adapter: str | None = None
+    backend: str | None = None
+    fallback_reason: FallbackReason | None = None
+    arm: str | None = None
+    latency_ms: float = 0.0
+    retries: int = 0
+    request_id: str | None = None
+
+
+class ChatChunk(_Frozen):
+    """One piece of a streamed answer. ``text`` is the new text only (a delta).
+
+    The last chunk of a stream carries ``finish_reason`` and, when the backend reports it,
+    ``usage``.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    tenant: str | None = None
+    task: str | None = None
+    adapter: str | None = None
+    backend: str | None = None
+    fallback_reason: FallbackReason | None = None
+    arm: str | None = None
+    request_id: str | None = None
+
+
+class AdapterKey(_Frozen):
+    """Who and what: a tenant and one of its tasks. Validated on construction."""
+
+    tenant: str
+    task: str
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        return validate_tenant(value)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return validate_task(value)
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.task}"
+
+
+class AdapterRecord(_Frozen):
+    """One published version of a tenant's adapter for a task.
+
+    ``adapter_id`` is what the backend is sent (a vLLM adapter name, a Workers AI fine-tune id);
+    ``uri`` is where the adapter files live when a backend must load them (a local directory).
+    """
+
+    tenant: str
+    task: str
+    adapter_id: str = Field(min_length=1, max_length=256)
+    version: int = Field(default=1, ge=1)
+    base_model: str | None = None
+    status: AdapterStatus = "ready"
+    uri: str | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        return validate_tenant(value)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        return validate_task(value)
+
+    @property
+    def key(self) -> AdapterKey:
+        return AdapterKey(tenant=self.tenant, task=self.task)
+
+
+class TenantAdapters(_Frozen):
+    """A tenant's active adapter per task, as one registry read returns it."""
+
+    tenant: str
+    adapters: dict[str, AdapterRecord] = Field(default_factory=dict)
+
+    def get(self, task: str) -> AdapterRecord | None:
+        """The active record for ``task``, or None."""
+        return self.adapters.get(task)
+
+
+class Route(_Frozen):
+    """Where a call goes: an adapter, or the base model and why.
+
+    Produced by :func:`tenantlora.routing.route`, a pure function.
+    """
+
+    adapter: str | None
+    record: AdapterRecord | None = None
+    fallback_reason: FallbackReason | None = None
+    arm: str | None = None
