@@ -6,6 +6,7 @@ publish adapters use the write side (:class:`WritableRegistry`).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,6 +74,6 @@ class WritableRegistry(AdapterRegistry, Protocol):
 
     def list(
         self, tenant: str | None = None, task: str | None = None, *, history: bool = False
-    ) -> list[AdapterRecord]: ...
+    ) -> builtins.list[AdapterRecord]: ...
 
-    def delete_tenant(self, tenant: str) -> list[AdapterRecord]: ...
+    def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]: ...

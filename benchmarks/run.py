@@ -1,0 +1,360 @@
+"""The tenantlora performance harness.
+
+    python -m benchmarks.run            # full run, prints a markdown report
+    python -m benchmarks.run --quick    # tiny counts: proves the harness works, figures are noise
+
+Every comparison is measured side by side in one run, in interleaved rounds, against the same
+loopback server (``benchmarks/server.py``, its own process, so client and server do not share a
+GIL). Figures are ratios of medians; absolute numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+MESSAGES = [{"role": "user", "content": "Acme Corp, 400 staff, PE-backed. Qualified?"}]
+
+
+@dataclass
+class Sizes:
+    sync_rounds: int = 15
+    sync_calls: int = 300
+    async_rounds: int = 5
+    async_requests: int = 3000
+    concurrency: int = 32
+    resolver_repeats: int = 21
+    resolver_calls: int = 20_000
+    import_runs: int = 15
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(2, 20, 1, 64, 8, 3, 200, 2)
+
+
+@contextmanager
+def loopback_server() -> Iterator[str]:
+    """Start benchmarks/server.py in a child process; yield its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def _registry() -> Any:
+    from tenantlora.registry import MemoryRegistry
+
+    registry = MemoryRegistry()
+    registry.publish("acme", "icp", adapter_id="acme-icp-v1", base_model="base")
+    return registry
+
+
+def _per_call_us(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter_ns() - start) / calls / 1000.0
+
+
+# --- 1. sync per-call overhead ---------------------------------------------------------------
+
+
+def bench_sync(url: str, sizes: Sizes) -> dict[str, Any]:
+    """TenantLoRA.chat on a cache hit vs a raw reused httpx.Client.post of the same body."""
+    import httpx
+
+    from tenantlora import TenantLoRA
+    from tenantlora.backends import OpenAICompatible
+
+    body = json.dumps({"model": "acme-icp-v1", "messages": MESSAGES, "max_tokens": 16}).encode()
+    headers = {"content-type": "application/json"}
+    raw = httpx.Client()
+    client = TenantLoRA(backend=OpenAICompatible(base_url=url, model="base"), registry=_registry())
+
+    def raw_post() -> object:
+        return raw.post(f"{url}/chat/completions", content=body, headers=headers)
+
+    def raw_post_json() -> object:
+        return raw.post(f"{url}/chat/completions", json=json.loads(body)).json()
+
+    def sdk() -> object:
+        return client.chat(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16)
+
+    assert sdk().adapter == "acme-icp-v1"  # type: ignore[attr-defined]
+    variants = {"raw_post": raw_post, "raw_post_json": raw_post_json, "tenantlora": sdk}
+    rounds: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        _per_call_us(fn, max(5, sizes.sync_calls // 10))
+    for _ in range(sizes.sync_rounds):
+        for name, fn in variants.items():
+            rounds[name].append(_per_call_us(fn, sizes.sync_calls))
+    client.close()
+    raw.close()
+    med = {name: statistics.median(v) for name, v in rounds.items()}
+    return {
+        "median_us": med,
+        "ratio_vs_raw_post": med["tenantlora"] / med["raw_post"],
+        "ratio_vs_raw_post_json": med["tenantlora"] / med["raw_post_json"],
+    }
+
+
+# --- 2. async throughput at concurrency N ----------------------------------------------------
+
+
+async def _drive(call: Callable[[], Awaitable[object]], total: int, concurrency: int) -> float:
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - start)
+
+
+async def _async_variants(url: str, sizes: Sizes) -> dict[str, list[float]]:
+    import aiohttp
+    import httpx
+
+    from tenantlora import AsyncTenantLoRA
+    from tenantlora.backends import OpenAICompatible
+
+    body = json.dumps({"model": "acme-icp-v1", "messages": MESSAGES, "max_tokens": 16}).encode()
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    raw_httpx = httpx.AsyncClient(limits=limits)
+    raw_aio = aiohttp.ClientSession()
+    fast = AsyncTenantLoRA(
+        backend=OpenAICompatible(base_url=url, model="base", async_transport="aiohttp"),
+        registry=_registry(),
+    )
+    slow = AsyncTenantLoRA(
+        backend=OpenAICompatible(base_url=url, model="base", async_transport="httpx"),
+        registry=_registry(),
+    )
+
+    async def aio() -> object:
+        async with raw_aio.post(f"{url}/chat/completions", data=body, headers=headers) as r:
+            return await r.read()
+
+    async def hx() -> object:
+        return await raw_httpx.post(f"{url}/chat/completions", content=body, headers=headers)
+
+    def sdk(client: Any) -> Callable[[], Awaitable[object]]:
+        return lambda: client.chat(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16)
+
+    variants: dict[str, Callable[[], Awaitable[object]]] = {
+        "raw_aiohttp": aio,
+        "raw_httpx": hx,
+        "tenantlora_aiohttp": sdk(fast),
+        "tenantlora_httpx": sdk(slow),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for call in variants.values():  # warm-up: open the connections
+        await _drive(call, sizes.concurrency * 2, sizes.concurrency)
+    for _ in range(sizes.async_rounds):
+        for name, call in variants.items():
+            rates[name].append(await _drive(call, sizes.async_requests, sizes.concurrency))
+    await raw_httpx.aclose()
+    await raw_aio.close()
+    await fast.aclose()
+    await slow.aclose()
+    return rates
+
+
+def bench_async(url: str, sizes: Sizes) -> dict[str, Any]:
+    """AsyncTenantLoRA req/s at concurrency N against raw httpx.AsyncClient and raw aiohttp."""
+    rates = asyncio.run(_async_variants(url, sizes))
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    return {
+        "concurrency": sizes.concurrency,
+        "median_req_per_s": med,
+        "fast_path_vs_raw_aiohttp": med["tenantlora_aiohttp"] / med["raw_aiohttp"],
+        "httpx_path_vs_raw_httpx": med["tenantlora_httpx"] / med["raw_httpx"],
+    }
+
+
+# --- 3. resolver -----------------------------------------------------------------------------
+
+
+class _SlowRegistry:
+    """Counts reads; each read waits until released, so every resolve is a concurrent miss."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.release = threading.Event()
+
+    def get(self, tenant: str) -> Any:
+        self.reads += 1
+        self.release.wait(30)
+        return _registry().get(tenant)
+
+
+class _SlowAsyncRegistry:
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def get(self, tenant: str) -> Any:
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return _registry().get(tenant)
+
+
+def bench_resolver(sizes: Sizes) -> dict[str, Any]:
+    """Cache-hit lookup cost, and how many registry reads N concurrent misses make."""
+    from tenantlora import AdapterResolver, AsyncAdapterResolver
+
+    resolver = AdapterResolver(_registry())
+    resolver.resolve("acme", "icp")
+    hit = [
+        _per_call_us(lambda: resolver.resolve("acme", "icp"), sizes.resolver_calls)
+        for _ in range(sizes.resolver_repeats)
+    ]
+
+    async def async_misses(n: int) -> int:
+        registry = _SlowAsyncRegistry()
+        aresolver = AsyncAdapterResolver(registry)
+        results = await asyncio.gather(*(aresolver.resolve("acme", "icp") for _ in range(n)))
+        assert all(r.record is not None for r in results)
+        return registry.reads
+
+    def thread_misses(n: int) -> int:
+        registry = _SlowRegistry()
+        tresolver = AdapterResolver(registry, registry_timeout=None)
+        threads = [
+            threading.Thread(target=tresolver.resolve, args=("acme", "icp")) for _ in range(n)
+        ]
+        for t in threads:
+            t.start()
+        while registry.reads == 0:
+            time.sleep(0.001)
+        time.sleep(0.2)  # let every thread reach the single-flight wait
+        registry.release.set()
+        for t in threads:
+            t.join()
+        return registry.reads
+
+    return {
+        "hit_median_us": statistics.median(hit),
+        "async_1000_concurrent_misses_reads": asyncio.run(async_misses(1000)),
+        "threads_200_concurrent_misses_reads": thread_misses(200),
+    }
+
+
+# --- 4. import cost --------------------------------------------------------------------------
+
+
+def _import_ms(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def bench_import(sizes: Sizes) -> dict[str, Any]:
+    """`import tenantlora` vs importing its four runtime dependencies alone."""
+    ours = "import tenantlora"
+    deps = "import httpx, pydantic, tenacity, cachetools"
+    a: list[float] = []
+    b: list[float] = []
+    _import_ms(ours)
+    _import_ms(deps)
+    for _ in range(sizes.import_runs):
+        a.append(_import_ms(ours))
+        b.append(_import_ms(deps))
+    probe = "import sys, tenantlora; print(int('torch' in sys.modules))"
+    torch = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    return {
+        "tenantlora_ms": statistics.median(a),
+        "deps_ms": statistics.median(b),
+        "ratio": statistics.median(a) / statistics.median(b),
+        "imports_torch": torch.stdout.strip() == "1",
+    }
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any], command: str) -> str:
+    s, a, r, i = results["sync"], results["async"], results["resolver"], results["import"]
+    us, rps = s["median_us"], a["median_req_per_s"]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {results['cores']} cores, "
+        f"Python {platform.python_version()}",
+        "",
+        "| figure | measured | target |",
+        "|---|---|---|",
+        f"| sync `TenantLoRA.chat` (cache hit) per call | {us['tenantlora']:.0f} µs | |",
+        f"| raw `httpx.Client.post` (same bytes) per call | {us['raw_post']:.0f} µs | |",
+        f"| raw `httpx.Client.post(json=)` + `.json()` per call | {us['raw_post_json']:.0f} µs | |",
+        f"| **ratio chat / raw post** | **{s['ratio_vs_raw_post']:.3f}** | <= 1.10 |",
+        f"| ratio chat / raw post+json | {s['ratio_vs_raw_post_json']:.3f} | |",
+        f"| raw aiohttp, concurrency {a['concurrency']} | {rps['raw_aiohttp']:.0f} req/s | |",
+        f"| raw httpx.AsyncClient | {rps['raw_httpx']:.0f} req/s | |",
+        f"| AsyncTenantLoRA, aiohttp fast path | {rps['tenantlora_aiohttp']:.0f} req/s | |",
+        f"| AsyncTenantLoRA, httpx transport | {rps['tenantlora_httpx']:.0f} req/s | |",
+        f"| **fast path / raw aiohttp** | **{a['fast_path_vs_raw_aiohttp']:.2f}x** | >= 0.5x |",
+        f"| **httpx path / raw httpx** | **{a['httpx_path_vs_raw_httpx']:.2f}x** | >= 0.9x |",
+        f"| **resolver cache-hit lookup, median** | **{r['hit_median_us']:.2f} µs** | <= 2 µs |",
+        f"| **1,000 concurrent async misses -> registry reads** "
+        f"| **{r['async_1000_concurrent_misses_reads']}** | 1 |",
+        f"| 200 concurrent thread misses -> registry reads "
+        f"| {r['threads_200_concurrent_misses_reads']} | 1 |",
+        f"| `import tenantlora` | {i['tenantlora_ms']:.0f} ms | |",
+        f"| `import httpx, pydantic, tenacity, cachetools` | {i['deps_ms']:.0f} ms | |",
+        f"| **import ratio** | **{i['ratio']:.2f}** | <= 1.2 |",
+        f"| `import tenantlora` imports torch | {i['imports_torch']} | False |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke test")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes()
+    import os
+
+    results: dict[str, Any] = {"cores": os.cpu_count()}
+    with loopback_server() as url:
+        results["sync"] = bench_sync(url, sizes)
+        results["async"] = bench_async(url, sizes)
+    results["resolver"] = bench_resolver(sizes)
+    results["import"] = bench_import(sizes)
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
+    print(report(results, command))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""What :class:`~tenantlora.TenantLoRA` and :class:`~tenantlora.AsyncTenantLoRA` share.
+
+Validation, routing, the fallback decision, stamping and events: no I/O here, so the two clients
+only add the awaits (or not) around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    BackendError,
+    ConfigurationError,
+    InvalidRequestError,
+    RegistryError,
+)
+from tenantlora.events import Hook, RequestEvent, Stats, StatsCollector, emit
+from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.resolver import Resolution
+from tenantlora.retry import RetryPolicy
+from tenantlora.routing import Experiment, fallback_route, find_experiment, route
+from tenantlora.types import CacheOutcome, ChatChunk, ChatRequest, ChatResponse, Message, Route
+
+__all__ = ["MessagesInput", "Policy"]
+
+logger = logging.getLogger("tenantlora")
+
+MessagesInput = Sequence[Message | Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the client does when something is missing or down.
+
+    ``on_registry_error``: when the registry fails and no stale entry can serve, ``"fallback"``
+    serves the base model (``fallback_reason="registry_error"``), ``"raise"`` raises
+    :class:`~tenantlora.errors.AdapterResolutionError`.
+    ``on_adapter_unavailable``: when the backend lacks the adapter, ``"fallback"`` re-sends once
+    on the base model (``fallback_reason="adapter_unavailable"``), ``"raise"`` raises
+    :class:`~tenantlora.errors.AdapterNotAvailableError`.
+    """
+
+    on_registry_error: Literal["fallback", "raise"] = "fallback"
+    on_adapter_unavailable: Literal["fallback", "raise"] = "fallback"
+
+
+class _Call:
+    """The state of one request as it moves through the flow (never shared between requests)."""
+
+    __slots__ = (
+        "cache", "failed", "requested", "retries", "route", "started", "stream", "task", "tenant",
+    )  # fmt: skip
+
+    def __init__(self, tenant: str, task: str, started: float, *, stream: bool) -> None:
+        self.tenant = tenant
+        self.task = task
+        self.started = started
+        self.stream = stream
+        self.cache: CacheOutcome = "error"
+        self.route: Route | None = None
+        self.requested: str | None = None
+        self.retries = 0
+        self.failed = False
+
+
+def _generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
+    """A closable generator over a backend's stream (backends usually return one already)."""
+    if isinstance(chunks, Generator):
+        return chunks
+
+    def wrapped() -> Generator[ChatChunk, None, None]:
+        try:
+            yield from chunks
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    return wrapped()
+
+
+def _agenerator(chunks: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
+    """The async twin of :func:`_generator`."""
+    if isinstance(chunks, AsyncGenerator):
+        return chunks
+
+    async def wrapped() -> AsyncGenerator[ChatChunk, None]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return wrapped()
+
+
+def _invalid_messages(exc: ValidationError) -> InvalidRequestError:
+    # Built from locations and messages only: pydantic's own text quotes the input, which may be
+    # a prompt, so it is neither copied nor chained.
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        for err in exc.errors(include_input=False, include_url=False)
+    )
+    return InvalidRequestError(f"invalid chat request: {problems}")
+
+
+class _BaseClient:
+    """Everything the twins share: validation, routing, fallback decisions, stamping, events."""
+
+    def __init__(
+        self,
+        *,
+        backend_name: str,
+        policy: Policy,
+        retry: RetryPolicy,
+        experiments: Sequence[Experiment],
+        hooks: Sequence[Hook],
+        timeout: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._backend_name = backend_name
+        self._policy = policy
+        self._retry = retry
+        self._experiments = tuple(experiments)
+        self._collector = StatsCollector()
+        self._hooks: tuple[Hook, ...] = (*hooks, self._collector)
+        self._timeout = timeout
+        self._clock = clock
+
+    def stats(self) -> Stats:
+        """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
+        return self._collector.snapshot()
+
+    def _prepare(
+        self, tenant: str, task: str, messages: MessagesInput, params: dict[str, Any]
+    ) -> ChatRequest:
+        validate_tenant(tenant)
+        validate_task(task)
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise InvalidRequestError(
+                "messages must be a list of {'role': ..., 'content': ...} mappings"
+            )
+        fields = {k: v for k, v in params.items() if v is not None}
+        try:
+            return ChatRequest(messages=messages, **fields)
+        except ValidationError as exc:
+            raise _invalid_messages(exc) from None
+
+    def _start(self, tenant: str, task: str, *, stream: bool) -> _Call:
+        return _Call(tenant, task, self._clock(), stream=stream)
+
+    def _route(self, call: _Call, resolution: Resolution, unit: str | None) -> Route:
+        call.cache = resolution.outcome
+        experiment = (
+            find_experiment(self._experiments, call.tenant, call.task)
+            if self._experiments
+            else None
+        )
+        call.route = route(
+            resolution.record,
+            tenant=call.tenant,
+            task=call.task,
+            outcome=resolution.outcome,
+            experiment=experiment,
+            unit=unit,
+        )
+        call.requested = call.route.adapter
+        return call.route
+
+    def _timeout_for(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    def _fallback(self, call: _Call, exc: AdapterNotAvailableError) -> Route:
+        """After AdapterNotAvailableError: raise per policy, or switch the call to base."""
+        assert call.route is not None
+        if call.route.adapter is None or self._policy.on_adapter_unavailable == "raise":
+            raise exc
+        self._invalidate(call)
+        logger.warning(
+            "adapter %r unavailable on %s for tenant %r task %r; falling back to the base model",
+            call.route.adapter,
+            self._backend_name,
+            call.tenant,
+            call.task,
+        )
+        call.route = fallback_route(call.route)
+        return call.route
+
+    def _invalidate(self, call: _Call) -> None:
+        raise NotImplementedError
+
+    def _stamp(self, call: _Call) -> dict[str, Any]:
+        assert call.route is not None
+        return {
+            "tenant": call.tenant,
+            "task": call.task,
+            "adapter": call.route.adapter,
+            "backend": self._backend_name,
+            "fallback_reason": call.route.fallback_reason,
+            "arm": call.route.arm,
+        }
+
+    def _succeeded(self, call: _Call, response: ChatResponse) -> ChatResponse:
+        latency_ms = (self._clock() - call.started) * 1000.0
+        stamped = response.model_copy(
+            update={**self._stamp(call), "latency_ms": latency_ms, "retries": call.retries}
+        )
+        self._emit(call, latency_ms, error=None, usage=stamped)
+        return stamped
+
+    def _failed(self, call: _Call, exc: BaseException) -> None:
+        call.failed = True
+        if isinstance(exc, (BackendError, RegistryError)):
+            exc.tenant, exc.task = call.tenant, call.task
+        if isinstance(exc, BackendError):
+            exc.retries = call.retries
+        self._emit(call, (self._clock() - call.started) * 1000.0, error=exc, usage=None)
+
+    def _emit(
+        self,
+        call: _Call,
+        latency_ms: float,
+        *,
+        error: BaseException | None,
+        usage: ChatResponse | None,
+    ) -> None:
+        r = call.route
+        event = RequestEvent(
+            tenant=call.tenant,
+            task=call.task,
+            adapter=r.adapter if r is not None else None,
+            requested_adapter=call.requested,
+            backend=self._backend_name,
+            latency_ms=latency_ms,
+            retries=call.retries,
+            cache=call.cache,
+            fallback_reason=r.fallback_reason if r is not None else None,
+            arm=r.arm if r is not None else None,
+            stream=call.stream,
+            error=None if error is None else type(error).__name__,
+            usage=None if usage is None else usage.usage,
+        )
+        emit(self._hooks, event)
+
+    def _stamp_chunk(self, call: _Call, chunk: ChatChunk) -> ChatChunk:
+        return chunk.model_copy(update=self._stamp(call))
+
+
+def _resolver_from(
+    resolver_cls: type[Any],
+    registry: object | None,
+    resolver: object | None,
+    *,
+    ttl: float,
+    policy: Policy,
+    clock: Callable[[], float],
+) -> Any:
+    if resolver is not None:
+        if registry is not None:
+            raise ConfigurationError("pass either registry= or resolver=, not both")
+        if not isinstance(resolver, resolver_cls):
+            raise ConfigurationError(f"resolver= must be a {resolver_cls.__name__}")
+        return resolver
+    if registry is None:
+        raise ConfigurationError("a client needs registry= (or resolver=) to find adapters")
+    return resolver_cls(registry, ttl=ttl, on_error=policy.on_registry_error, clock=clock)

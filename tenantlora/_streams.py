@@ -1,0 +1,129 @@
+"""Stream handles returned by ``client.stream(...)``, and the accumulator behind ``.response``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from types import TracebackType
+
+from tenantlora.types import ChatChunk, ChatResponse, Usage
+
+__all__ = ["AsyncChatStream", "ChatStream"]
+
+
+class _Accumulator:
+    """Builds the final :class:`ChatResponse` of a stream from its chunks."""
+
+    __slots__ = ("finish_reason", "model", "parts", "request_id", "usage")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.request_id: str | None = None
+
+    def add(self, chunk: ChatChunk) -> None:
+        self.parts.append(chunk.text)
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.usage = chunk.usage or self.usage
+        self.model = chunk.model or self.model
+        self.request_id = chunk.request_id or self.request_id
+
+    def response(self) -> ChatResponse:
+        return ChatResponse(
+            text="".join(self.parts),
+            finish_reason=self.finish_reason,
+            usage=self.usage or Usage(),
+            model=self.model,
+            request_id=self.request_id,
+        )
+
+
+class _Outcome:
+    """Where the client leaves the final response of a stream for its handle to read."""
+
+    __slots__ = ("response",)
+
+    def __init__(self) -> None:
+        self.response: ChatResponse | None = None
+
+
+class ChatStream:
+    """A streamed answer: iterate for :class:`ChatChunk` deltas.
+
+    Use it as a context manager (or call :meth:`close`) when you may stop early: closing
+    releases the backend connection at once. After the last chunk, :attr:`response` holds the
+    whole answer stamped like ``client.chat``'s (text, usage, adapter, latency, retries).
+    """
+
+    def __init__(self, chunks: Generator[ChatChunk, None, None], outcome: _Outcome) -> None:
+        self._chunks = chunks
+        self._outcome = outcome
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> ChatChunk:
+        return next(self._chunks)
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the stream and release its connection; safe to call more than once."""
+        self._chunks.close()
+
+    @property
+    def response(self) -> ChatResponse | None:
+        """The complete answer once the stream has ended (None before)."""
+        return self._outcome.response
+
+    def text(self) -> str:
+        """Read the stream to the end and return the whole text."""
+        return "".join(chunk.text for chunk in self)
+
+
+class AsyncChatStream:
+    """The async twin of :class:`ChatStream`: ``async for`` / ``async with`` / :meth:`aclose`."""
+
+    def __init__(self, chunks: AsyncGenerator[ChatChunk, None], outcome: _Outcome) -> None:
+        self._chunks = chunks
+        self._outcome = outcome
+
+    def __aiter__(self) -> AsyncChatStream:
+        return self
+
+    async def __anext__(self) -> ChatChunk:
+        return await self._chunks.__anext__()
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the stream and release its connection; safe to call more than once."""
+        await self._chunks.aclose()
+
+    @property
+    def response(self) -> ChatResponse | None:
+        """The complete answer once the stream has ended (None before)."""
+        return self._outcome.response
+
+    async def text(self) -> str:
+        """Read the stream to the end and return the whole text."""
+        return "".join([chunk.text async for chunk in self])

@@ -1,0 +1,425 @@
+"""The clients: :class:`TenantLoRA` and its async twin :class:`AsyncTenantLoRA`.
+
+Both do only I/O around pure decisions (``naming``, ``routing``, ``retry``) that live in
+:class:`_BaseClient`; the two request paths are kept line for line parallel, and a test checks
+that their public signatures match.
+
+Request flow::
+
+    validate tenant, task, messages            -> InvalidRequestError, before any I/O
+    resolver.resolve(tenant, task)             TTL cache; registry read on a miss
+    routing.route(...)                         adapter or base, fallback reason, A/B arm
+    backend.chat(request, adapter=...)         retried per RetryPolicy
+      AdapterNotAvailableError                 -> invalidate, re-send once on the base model
+    stamp the response, emit one RequestEvent  hooks + client.stats()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from tenantlora._base_client import (
+    MessagesInput,
+    Policy,
+    _agenerator,
+    _BaseClient,
+    _Call,
+    _generator,
+    _resolver_from,
+)
+from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
+from tenantlora.backends.base import AsyncBackend, Backend
+from tenantlora.errors import AdapterNotAvailableError, BackendError, ConfigurationError
+from tenantlora.events import Hook
+from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
+from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver
+from tenantlora.retry import RetryPolicy, acall_with_retries, call_with_retries
+from tenantlora.routing import Experiment
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+
+__all__ = ["AsyncTenantLoRA", "Policy", "TenantLoRA"]
+
+
+class TenantLoRA(_BaseClient):
+    """The synchronous client. Thread-safe; reuse one per process.
+
+    ``backend`` serves the calls (it must implement :class:`~tenantlora.backends.Backend`);
+    ``registry`` says which adapter each tenant has (or pass a configured ``resolver``); ``ttl``
+    is how long a registry answer is cached. ``clock`` (monotonic seconds) and ``sleep`` are
+    injectable so tests never wait. Closing the client closes the backend.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        registry: AdapterRegistry | None = None,
+        resolver: AdapterResolver | None = None,
+        ttl: float = 60.0,
+        policy: Policy | None = None,
+        retry: RetryPolicy | None = None,
+        experiments: Sequence[Experiment] = (),
+        hooks: Sequence[Hook] = (),
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not isinstance(backend, Backend):
+            raise ConfigurationError(f"{type(backend).__name__} does not implement Backend")
+        policy = policy or Policy()
+        super().__init__(
+            backend_name=backend.name,
+            policy=policy,
+            retry=retry or RetryPolicy(),
+            experiments=experiments,
+            hooks=hooks,
+            timeout=timeout,
+            clock=clock,
+        )
+        self.backend = backend
+        self.resolver: AdapterResolver = _resolver_from(
+            AdapterResolver, registry, resolver, ttl=ttl, policy=policy, clock=clock
+        )
+        self._sleep = sleep
+
+    def chat(
+        self,
+        tenant: str,
+        task: str,
+        messages: MessagesInput,
+        *,
+        unit: str | None = None,
+        timeout: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatResponse:
+        """Answer ``messages`` with ``tenant``'s adapter for ``task`` (or the base model).
+
+        ``unit`` is the A/B unit key (a user or session ID); ``timeout`` overrides the client's.
+        Raises :class:`~tenantlora.errors.InvalidRequestError` before any I/O on bad input, and
+        :class:`~tenantlora.errors.BackendError` subclasses when the backend fails after retries.
+        """
+        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+        request = self._prepare(tenant, task, messages, params)
+        call = self._start(tenant, task, stream=False)
+        try:
+            self._route(call, self.resolver.resolve(tenant, task), unit)
+            try:
+                response = self._send(call, request, timeout)
+            except AdapterNotAvailableError as exc:
+                self._fallback(call, exc)
+                response = self._send(call, request, timeout)
+        except Exception as exc:
+            self._failed(call, exc)
+            raise
+        return self._succeeded(call, response)
+
+    def stream(
+        self,
+        tenant: str,
+        task: str,
+        messages: MessagesInput,
+        *,
+        unit: str | None = None,
+        timeout: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatStream:
+        """Like :meth:`chat`, streamed: iterate the returned :class:`ChatStream` for deltas.
+
+        Input is validated now; the registry and backend are reached on the first ``next()``.
+        Retries and the base-model fallback apply until the first chunk arrives.
+        """
+        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+        request = self._prepare(tenant, task, messages, params)
+        call = self._start(tenant, task, stream=True)
+        outcome = _Outcome()
+        return ChatStream(self._chunks(call, request, unit, timeout, outcome), outcome)
+
+    def close(self) -> None:
+        """Close the backend (its connection pool or model)."""
+        self.backend.close()
+
+    def __enter__(self) -> TenantLoRA:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _invalidate(self, call: _Call) -> None:
+        self.resolver.invalidate(call.tenant, call.task)
+
+    def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
+        assert call.route is not None
+        adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        try:
+            response, retries = call_with_retries(
+                self._retry,
+                lambda: self.backend.chat(request, adapter=adapter, timeout=seconds),
+                sleep=self._sleep,
+            )
+        except BackendError as exc:
+            call.retries += exc.retries
+            raise
+        call.retries += retries
+        return response
+
+    def _open(
+        self, call: _Call, request: ChatRequest, timeout: float | None
+    ) -> tuple[Generator[ChatChunk, None, None], ChatChunk | None]:
+        """Start a backend stream and read its first chunk, retrying until one arrives."""
+        assert call.route is not None
+        adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+
+        def attempt() -> tuple[Generator[ChatChunk, None, None], ChatChunk | None]:
+            chunks = _generator(self.backend.stream(request, adapter=adapter, timeout=seconds))
+            try:
+                return chunks, next(chunks, None)
+            except BaseException:
+                chunks.close()
+                raise
+
+        try:
+            opened, retries = call_with_retries(self._retry, attempt, sleep=self._sleep)
+        except BackendError as exc:
+            call.retries += exc.retries
+            raise
+        call.retries += retries
+        return opened
+
+    def _chunks(
+        self,
+        call: _Call,
+        request: ChatRequest,
+        unit: str | None,
+        timeout: float | None,
+        outcome: _Outcome,
+    ) -> Generator[ChatChunk, None, None]:
+        chunks: Generator[ChatChunk, None, None] | None = None
+        acc = _Accumulator()
+        try:
+            self._route(call, self.resolver.resolve(call.tenant, call.task), unit)
+            try:
+                chunks, chunk = self._open(call, request, timeout)
+            except AdapterNotAvailableError as exc:
+                self._fallback(call, exc)
+                chunks, chunk = self._open(call, request, timeout)
+            while chunk is not None:
+                stamped = self._stamp_chunk(call, chunk)
+                acc.add(stamped)
+                yield stamped
+                chunk = next(chunks, None)
+        except Exception as exc:
+            self._failed(call, exc)
+            raise
+        finally:
+            if chunks is not None:
+                chunks.close()
+            if call.route is not None and outcome.response is None and not call.failed:
+                outcome.response = self._succeeded(call, acc.response())
+
+
+class AsyncTenantLoRA(_BaseClient):
+    """The asynchronous client: the twin of :class:`TenantLoRA`, with ``await`` / ``async for``.
+
+    ``backend`` must implement :class:`~tenantlora.backends.AsyncBackend`; ``registry`` may be a
+    sync or an async registry. ``sleep`` must be awaitable (default :func:`asyncio.sleep`).
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: AsyncBackend,
+        registry: AdapterRegistry | AsyncAdapterRegistry | None = None,
+        resolver: AsyncAdapterResolver | None = None,
+        ttl: float = 60.0,
+        policy: Policy | None = None,
+        retry: RetryPolicy | None = None,
+        experiments: Sequence[Experiment] = (),
+        hooks: Sequence[Hook] = (),
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not isinstance(backend, AsyncBackend):
+            raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
+        policy = policy or Policy()
+        super().__init__(
+            backend_name=backend.name,
+            policy=policy,
+            retry=retry or RetryPolicy(),
+            experiments=experiments,
+            hooks=hooks,
+            timeout=timeout,
+            clock=clock,
+        )
+        self.backend = backend
+        self.resolver: AsyncAdapterResolver = _resolver_from(
+            AsyncAdapterResolver, registry, resolver, ttl=ttl, policy=policy, clock=clock
+        )
+        self._sleep = sleep
+
+    async def chat(
+        self,
+        tenant: str,
+        task: str,
+        messages: MessagesInput,
+        *,
+        unit: str | None = None,
+        timeout: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatResponse:
+        """Answer with ``tenant``'s adapter for ``task``; see :meth:`TenantLoRA.chat`."""
+        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+        request = self._prepare(tenant, task, messages, params)
+        call = self._start(tenant, task, stream=False)
+        try:
+            self._route(call, await self.resolver.resolve(tenant, task), unit)
+            try:
+                response = await self._send(call, request, timeout)
+            except AdapterNotAvailableError as exc:
+                self._fallback(call, exc)
+                response = await self._send(call, request, timeout)
+        except Exception as exc:
+            self._failed(call, exc)
+            raise
+        return self._succeeded(call, response)
+
+    def stream(
+        self,
+        tenant: str,
+        task: str,
+        messages: MessagesInput,
+        *,
+        unit: str | None = None,
+        timeout: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> AsyncChatStream:
+        """Like :meth:`chat`, streamed: ``async for chunk in client.stream(...)``."""
+        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+        request = self._prepare(tenant, task, messages, params)
+        call = self._start(tenant, task, stream=True)
+        outcome = _Outcome()
+        return AsyncChatStream(self._chunks(call, request, unit, timeout, outcome), outcome)
+
+    async def aclose(self) -> None:
+        """Close the backend (its connection pool or model)."""
+        await self.backend.aclose()
+
+    async def __aenter__(self) -> AsyncTenantLoRA:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _invalidate(self, call: _Call) -> None:
+        self.resolver.invalidate(call.tenant, call.task)
+
+    async def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
+        assert call.route is not None
+        adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        try:
+            response, retries = await acall_with_retries(
+                self._retry,
+                lambda: self.backend.achat(request, adapter=adapter, timeout=seconds),
+                sleep=self._sleep,
+            )
+        except BackendError as exc:
+            call.retries += exc.retries
+            raise
+        call.retries += retries
+        return response
+
+    async def _open(
+        self, call: _Call, request: ChatRequest, timeout: float | None
+    ) -> tuple[AsyncGenerator[ChatChunk, None], ChatChunk | None]:
+        """Start a backend stream and read its first chunk, retrying until one arrives."""
+        assert call.route is not None
+        adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+
+        async def attempt() -> tuple[AsyncGenerator[ChatChunk, None], ChatChunk | None]:
+            chunks = _agenerator(self.backend.astream(request, adapter=adapter, timeout=seconds))
+            try:
+                return chunks, await anext(chunks, None)
+            except BaseException:
+                await chunks.aclose()
+                raise
+
+        try:
+            opened, retries = await acall_with_retries(self._retry, attempt, sleep=self._sleep)
+        except BackendError as exc:
+            call.retries += exc.retries
+            raise
+        call.retries += retries
+        return opened
+
+    async def _chunks(
+        self,
+        call: _Call,
+        request: ChatRequest,
+        unit: str | None,
+        timeout: float | None,
+        outcome: _Outcome,
+    ) -> AsyncGenerator[ChatChunk, None]:
+        chunks: AsyncGenerator[ChatChunk, None] | None = None
+        acc = _Accumulator()
+        try:
+            self._route(call, await self.resolver.resolve(call.tenant, call.task), unit)
+            try:
+                chunks, chunk = await self._open(call, request, timeout)
+            except AdapterNotAvailableError as exc:
+                self._fallback(call, exc)
+                chunks, chunk = await self._open(call, request, timeout)
+            while chunk is not None:
+                stamped = self._stamp_chunk(call, chunk)
+                acc.add(stamped)
+                yield stamped
+                chunk = await anext(chunks, None)
+        except Exception as exc:
+            self._failed(call, exc)
+            raise
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
+            if call.route is not None and outcome.response is None and not call.failed:
+                outcome.response = self._succeeded(call, acc.response())

@@ -1,0 +1,208 @@
+"""Request events, hooks, and in-process statistics.
+
+The client emits one :class:`RequestEvent` per request (chat or stream, success or failure) to
+every hook and to a :class:`StatsCollector`, whose :meth:`~StatsCollector.snapshot` is what
+``client.stats()`` returns. Events carry identifiers, outcomes and timings only: never a prompt,
+a completion or a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from tenantlora.types import CacheOutcome, FallbackReason, Usage
+
+__all__ = ["Hook", "RequestEvent", "Stats", "StatsCollector", "TenantStats", "emit"]
+
+logger = logging.getLogger("tenantlora")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """What happened to one request.
+
+    ``adapter`` is the adapter that served (None = base model); ``requested_adapter`` the one the
+    route chose first (differs after an ``adapter_unavailable`` fallback). ``cache`` is how the
+    resolver answered. ``error`` is the exception class name when the request failed.
+    """
+
+    tenant: str
+    task: str
+    adapter: str | None
+    requested_adapter: str | None
+    backend: str | None
+    latency_ms: float
+    retries: int
+    cache: CacheOutcome
+    fallback_reason: FallbackReason | None
+    arm: str | None
+    stream: bool
+    error: str | None = None
+    usage: Usage | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Hook = Callable[[RequestEvent], None]
+"""A callable given every :class:`RequestEvent`. Keep it fast; exceptions are logged, not raised."""
+
+
+def emit(hooks: Iterable[Hook], event: RequestEvent) -> None:
+    """Call every hook with ``event``; a failing hook is logged and never breaks the request."""
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            logger.warning("tenantlora hook %r raised; ignoring", hook, exc_info=True)
+
+
+class TenantStats(BaseModel):
+    """Counts and latency percentiles for one tenant (latencies over the recent window)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: int = 0
+    errors: int = 0
+    adapter_requests: int = 0
+    base_requests: int = 0
+    fallbacks: dict[str, int] = {}
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_stale: int = 0
+    retries: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+    @property
+    def cache_hit_rate(self) -> float:
+        looked_up = self.cache_hits + self.cache_misses + self.cache_stale
+        return self.cache_hits / looked_up if looked_up else 0.0
+
+
+class Stats(BaseModel):
+    """A snapshot of a client's statistics: totals and one :class:`TenantStats` per tenant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: int = 0
+    errors: int = 0
+    fallbacks: dict[str, int] = {}
+    cache_hit_rate: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    tenants: dict[str, TenantStats] = {}
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+class _Counters:
+    """Mutable per-tenant tallies; only touched under the collector's lock."""
+
+    __slots__ = ("counts", "fallbacks", "latencies")
+
+    def __init__(self, window: int) -> None:
+        self.counts = dict.fromkeys(
+            ("requests", "errors", "adapter", "base", "hit", "miss", "stale", "retries"), 0
+        )
+        self.fallbacks: dict[str, int] = {}
+        self.latencies: deque[float] = deque(maxlen=window)
+
+    def add(self, event: RequestEvent) -> None:
+        counts = self.counts
+        counts["requests"] += 1
+        counts["retries"] += event.retries
+        if event.cache != "error":
+            counts[event.cache] += 1
+        if event.error is not None:
+            counts["errors"] += 1
+            return
+        counts["adapter" if event.adapter is not None else "base"] += 1
+        if event.fallback_reason is not None:
+            self.fallbacks[event.fallback_reason] = self.fallbacks.get(event.fallback_reason, 0) + 1
+        self.latencies.append(event.latency_ms)
+
+    def snapshot(self) -> TenantStats:
+        ordered = sorted(self.latencies)
+        c = self.counts
+        return TenantStats(
+            requests=c["requests"],
+            errors=c["errors"],
+            adapter_requests=c["adapter"],
+            base_requests=c["base"],
+            fallbacks=dict(self.fallbacks),
+            cache_hits=c["hit"],
+            cache_misses=c["miss"],
+            cache_stale=c["stale"],
+            retries=c["retries"],
+            latency_p50_ms=_percentile(ordered, 0.50),
+            latency_p95_ms=_percentile(ordered, 0.95),
+            latency_p99_ms=_percentile(ordered, 0.99),
+        )
+
+
+class StatsCollector:
+    """Thread-safe in-process statistics fed by request events.
+
+    Latency percentiles are over the last ``window`` successful requests per tenant, so memory
+    stays bounded however long the process runs; counts are totals. ``max_tenants`` bounds how
+    many tenants are tracked (later tenants are folded into ``"__other__"``).
+    """
+
+    def __init__(self, *, window: int = 1024, max_tenants: int = 10_000) -> None:
+        self._window = window
+        self._max_tenants = max_tenants
+        self._lock = threading.Lock()
+        self._tenants: dict[str, _Counters] = {}
+
+    def __call__(self, event: RequestEvent) -> None:
+        """Record ``event`` (a collector is itself a hook)."""
+        with self._lock:
+            counters = self._tenants.get(event.tenant)
+            if counters is None:
+                name = event.tenant if len(self._tenants) < self._max_tenants else "__other__"
+                counters = self._tenants.setdefault(name, _Counters(self._window))
+            counters.add(event)
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        with self._lock:
+            self._tenants.clear()
+
+    def snapshot(self) -> Stats:
+        """Totals plus per-tenant statistics as immutable values."""
+        with self._lock:
+            tenants = {name: c.snapshot() for name, c in self._tenants.items()}
+            latencies = sorted(x for c in self._tenants.values() for x in c.latencies)
+        fallbacks: dict[str, int] = {}
+        for t in tenants.values():
+            for reason, n in t.fallbacks.items():
+                fallbacks[reason] = fallbacks.get(reason, 0) + n
+        hits = sum(t.cache_hits for t in tenants.values())
+        looked_up = sum(t.cache_hits + t.cache_misses + t.cache_stale for t in tenants.values())
+        return Stats(
+            requests=sum(t.requests for t in tenants.values()),
+            errors=sum(t.errors for t in tenants.values()),
+            fallbacks=fallbacks,
+            cache_hit_rate=hits / looked_up if looked_up else 0.0,
+            latency_p50_ms=_percentile(latencies, 0.50),
+            latency_p95_ms=_percentile(latencies, 0.95),
+            latency_p99_ms=_percentile(latencies, 0.99),
+            tenants=tenants,
+        )

@@ -1,0 +1,499 @@
+"""Resolvers: which adapter a tenant has for a task, from a TTL cache in front of a registry.
+
+One registry read returns all of a tenant's tasks, so the cache holds one entry per tenant::
+
+    resolver = AdapterResolver(registry, ttl=60.0)
+    resolution = resolver.resolve("acme", "icp_classifier")
+    resolution.record    # the active AdapterRecord, or None
+    resolution.outcome   # "hit" | "miss" | "stale" | "error"
+
+What the resolver guarantees:
+
+- a cache hit costs a lock and a dict lookup; the lock is never held across a registry read;
+- concurrent misses for one tenant make one registry read (single-flight), for threads
+  (:class:`AdapterResolver`) and for asyncio tasks (:class:`AsyncAdapterResolver`);
+- "no adapter" is cached too (``negative_ttl``), and a failed read is remembered for
+  ``error_ttl`` seconds so a registry that is down is not hammered;
+- when the registry fails or does not answer within ``registry_timeout``, the last good entry
+  is served (outcome ``"stale"``) if it is at most ``max_stale`` seconds old; otherwise the
+  call fails open (``on_error="fallback"``: no record, outcome ``"error"``) or raises
+  :class:`~tenantlora.errors.AdapterResolutionError` (``on_error="raise"``);
+- a record that belongs to another tenant (or is filed under the wrong task) is never returned:
+  it is dropped, counted in ``isolation_drops`` and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cachetools import LRUCache, TLRUCache, TTLCache
+
+from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
+from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
+from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
+
+__all__ = ["AdapterResolver", "AsyncAdapterResolver", "Resolution", "ResolverStats"]
+
+logger = logging.getLogger("tenantlora")
+
+OnError = Literal["fallback", "raise"]
+_TIMEOUTS = (TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """How a (tenant, task) resolved.
+
+    ``record`` is the tenant's active record for the task (checked to belong to that tenant), or
+    None when there is none or the registry could not answer. ``outcome`` says where the answer
+    came from: a fresh cache entry (``"hit"``), a registry read (``"miss"``), an expired entry
+    served because the registry failed (``"stale"``), or nothing (``"error"``). ``error`` is the
+    :class:`~tenantlora.errors.AdapterResolutionError` behind a ``"stale"`` or ``"error"``.
+    """
+
+    record: AdapterRecord | None
+    outcome: CacheOutcome
+    error: RegistryError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverStats:
+    """Counters since the resolver was created.
+
+    Every ``resolve`` counts once in ``hits``, ``misses`` (answered by a registry read, its own
+    or one it shared), ``stale`` or ``errors`` (including raised ones). ``reads`` counts registry
+    reads made, ``coalesced`` the resolves that joined a read already in flight, and
+    ``isolation_drops`` the records dropped for belonging to another tenant or task.
+    """
+
+    hits: int
+    misses: int
+    stale: int
+    errors: int
+    reads: int
+    isolation_drops: int
+    coalesced: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """The fraction of resolves answered from a fresh cache entry (0.0 before any)."""
+        total = self.hits + self.misses + self.stale + self.errors
+        return self.hits / total if total else 0.0
+
+
+_NO_RECORD = Resolution(None, "hit")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A tenant's checked records from one good read, with the hit answers built in advance."""
+
+    records: Mapping[str, AdapterRecord]
+    hits: Mapping[str, Resolution]
+    ttl: float
+    drops: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why a registry read failed: a message safe to show, and the exception behind it."""
+
+    message: str
+    cause: BaseException | None
+    remember: bool = True
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One registry read in progress for a tenant, shared by every caller that missed."""
+
+    loop: asyncio.AbstractEventLoop | None = None  # the event loop of an async read
+    task: asyncio.Task[None] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    discard: bool = False  # invalidated while in flight: answer the waiters, cache nothing
+    entry: _Entry | None = None
+    failure: _Failure | None = None
+
+
+_INTERRUPTED = _Failure("the registry read was interrupted", None, remember=False)
+
+
+def _expires(_tenant: str, entry: _Entry, now: float) -> float:
+    return now + entry.ttl
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for name in ("ttl", "negative_ttl", "max_stale", "error_ttl"):
+        if not options[name] >= 0:
+            raise ConfigurationError(f"{name} must be >= 0, got {options[name]!r}")
+    if not (isinstance(options["maxsize"], int) and options["maxsize"] >= 1):
+        raise ConfigurationError(f"maxsize must be an int >= 1, got {options['maxsize']!r}")
+    if options["registry_timeout"] is not None and not options["registry_timeout"] > 0:
+        raise ConfigurationError("registry_timeout must be > 0 seconds, or None")
+    if options["on_error"] not in ("fallback", "raise"):
+        raise ConfigurationError(
+            f"on_error must be 'fallback' or 'raise', not {options['on_error']!r}"
+        )
+
+
+class _ResolverCore:
+    """State and decisions shared by the sync and async resolvers; no I/O happens here."""
+
+    def __init__(
+        self,
+        registry: object,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float | None = None,
+        maxsize: int = 10_000,
+        max_stale: float = 300.0,
+        error_ttl: float = 1.0,
+        on_error: OnError = "fallback",
+        registry_timeout: float | None = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        negative = ttl if negative_ttl is None else negative_ttl
+        _check_options({**locals(), "negative_ttl": negative})
+        self._registry = registry
+        self._ttl, self._negative_ttl = ttl, negative
+        self._on_error: OnError = on_error
+        self._timeout = registry_timeout
+        self._lock = threading.Lock()
+        self._fresh: TLRUCache[str, _Entry, float] = TLRUCache(maxsize, _expires, timer=clock)
+        self._clock, self._max_stale = clock, max_stale
+        self._last_good: LRUCache[str, tuple[float, _Entry]] = LRUCache(maxsize)
+        self._failed: TTLCache[str, _Failure, float] = TTLCache(maxsize, error_ttl, timer=clock)
+        self._flights: dict[str, _Flight] = {}
+        self._hits = self._misses = self._stale = self._errors = 0
+        self._reads = self._drops = self._coalesced = 0
+
+    def invalidate(self, tenant: str, task: str | None = None) -> None:
+        """Forget what is known about ``tenant``: the next resolve reads the registry.
+
+        ``task`` is accepted for symmetry; entries are per tenant, so the whole tenant is
+        dropped — its entry, its "no adapter" entry, its last good entry and a remembered
+        failure. A read already in flight still answers its callers but is not cached.
+        """
+        with self._lock:
+            self._fresh.pop(tenant, None)
+            self._last_good.pop(tenant, None)
+            self._failed.pop(tenant, None)
+            flight = self._flights.pop(tenant, None)
+            if flight is not None:
+                flight.discard = True
+
+    def clear(self) -> None:
+        """Forget every tenant (see :meth:`invalidate`)."""
+        with self._lock:
+            self._fresh.clear()
+            self._last_good.clear()
+            self._failed.clear()
+            for flight in self._flights.values():
+                flight.discard = True
+            self._flights.clear()
+
+    def stats(self) -> ResolverStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return ResolverStats(
+                hits=self._hits,
+                misses=self._misses,
+                stale=self._stale,
+                errors=self._errors,
+                reads=self._reads,
+                isolation_drops=self._drops,
+                coalesced=self._coalesced,
+            )
+
+    def _lookup(self, tenant: str, task: str) -> Resolution | _Failure | None:
+        """Under the lock: a fresh answer, a remembered failure, or None (a read is needed)."""
+        entry = self._fresh.get(tenant)
+        if entry is not None:
+            self._hits += 1
+            return entry.hits.get(task, _NO_RECORD)
+        return self._failed.get(tenant)
+
+    def _entry_from(self, tenant: str, result: object) -> _Entry:
+        """Check what the registry returned; keep only records that are the tenant's own."""
+        if result is None:
+            return _Entry({}, {}, self._negative_ttl, 0)
+        if not isinstance(result, TenantAdapters):
+            raise RegistryError(
+                f"registry returned a {type(result).__name__}, not TenantAdapters", tenant=tenant
+            )
+        if result.tenant != tenant:
+            raise RegistryError("registry returned another tenant's adapters", tenant=tenant)
+        records: dict[str, AdapterRecord] = {}
+        for task, record in result.adapters.items():
+            if (
+                isinstance(record, AdapterRecord)
+                and record.tenant == tenant
+                and record.task == task
+            ):
+                records[task] = record
+            else:
+                logger.warning(
+                    "dropped a registry record for tenant %r task %r: it does not belong to them",
+                    tenant,
+                    task,
+                )
+        hits = {task: Resolution(record, "hit") for task, record in records.items()}
+        ttl = self._ttl if records else self._negative_ttl
+        return _Entry(records, hits, ttl, len(result.adapters) - len(records))
+
+    def _failure_from(self, tenant: str, exc: Exception) -> _Failure:
+        if isinstance(exc, _TIMEOUTS):
+            detail = f"no answer within {self._timeout:g} s" if self._timeout else "timed out"
+        elif isinstance(exc, RegistryError):
+            detail = str(exc)
+        else:  # a foreign exception's text may hold a URL or a secret: name its type only
+            detail = type(exc).__name__
+        message = f"adapter registry read failed for tenant {tenant!r}: {detail}"
+        logger.warning("%s; not retrying it for %g s", message, self._failed.ttl)
+        return _Failure(message, exc)
+
+    def _join(self, tenant: str, loop: asyncio.AbstractEventLoop | None) -> tuple[_Flight, bool]:
+        """Under the lock: the read in flight for ``tenant`` (leader=False), or a new one."""
+        flight = self._flights.get(tenant)
+        if flight is not None and flight.loop is loop:
+            self._coalesced += 1
+            return flight, False
+        flight = _Flight(loop=loop)
+        if tenant not in self._flights:  # a read on another event loop keeps its slot
+            self._flights[tenant] = flight
+        self._reads += 1
+        return flight, True
+
+    def _settle(
+        self, tenant: str, flight: _Flight, entry: _Entry | None, failure: _Failure | None
+    ) -> None:
+        """Record a finished read, cache it unless invalidated meanwhile, wake the waiters."""
+        with self._lock:
+            flight.entry, flight.failure = entry, failure
+            if self._flights.get(tenant) is flight:
+                del self._flights[tenant]
+            if entry is not None:
+                self._drops += entry.drops
+                if not flight.discard:
+                    self._fresh[tenant] = entry
+                    self._last_good[tenant] = (self._clock(), entry)
+                    self._failed.pop(tenant, None)
+            elif failure is not None and failure.remember and not flight.discard:
+                self._failed[tenant] = failure
+        flight.done.set()
+
+    def _answer(self, tenant: str, task: str, flight: _Flight) -> Resolution:
+        """The answer a finished read gives one caller."""
+        if flight.entry is not None:
+            with self._lock:
+                self._misses += 1
+            return Resolution(flight.entry.records.get(task), "miss")
+        return self._failed_answer(tenant, task, flight.failure or _INTERRUPTED)
+
+    def _failed_answer(self, tenant: str, task: str, failure: _Failure) -> Resolution:
+        """Serve the last good entry if recent enough, else fail open or raise, by policy."""
+        with self._lock:
+            found = self._last_good.get(tenant)
+            last_good = found[1] if found and self._clock() - found[0] <= self._max_stale else None
+            if last_good is not None:
+                self._stale += 1
+            else:
+                self._errors += 1
+        error = AdapterResolutionError(failure.message, tenant=tenant, task=task)
+        error.__cause__ = failure.cause
+        if last_good is not None:
+            logger.debug("serving a stale adapter entry for tenant %r task %r", tenant, task)
+            return Resolution(last_good.records.get(task), "stale", error)
+        if self._on_error == "raise":
+            raise error
+        logger.debug("no adapter entry can serve tenant %r task %r", tenant, task)
+        return Resolution(None, "error", error)
+
+
+def _run_into(
+    future: concurrent.futures.Future[object], get: Callable[[str], object], tenant: str
+) -> None:
+    try:
+        result = get(tenant)
+    except BaseException as exc:  # handed to the waiting caller, whatever it is
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class AdapterResolver(_ResolverCore):
+    """The thread-safe resolver in front of an :class:`~tenantlora.registry.AdapterRegistry`.
+
+    Options: ``ttl`` seconds an entry stays fresh; ``negative_ttl`` the same for a tenant with
+    no adapters (default ``ttl``); ``maxsize`` tenants kept (least recently used go first);
+    ``max_stale`` how old a last good entry may be and still serve when the registry fails;
+    ``error_ttl`` how long a failed read is remembered before the registry is tried again;
+    ``on_error`` what to do when nothing can serve; ``registry_timeout`` seconds to wait for
+    the registry (None = wait inline for as long as it takes); ``clock`` the monotonic time
+    source (inject a manual clock in tests).
+
+    With a timeout the read runs on a short-lived daemon thread, so a hanging registry delays
+    the caller by ``registry_timeout`` at most and never blocks interpreter exit.
+    """
+
+    def __init__(
+        self,
+        registry: AdapterRegistry,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float | None = None,
+        maxsize: int = 10_000,
+        max_stale: float = 300.0,
+        error_ttl: float = 1.0,
+        on_error: OnError = "fallback",
+        registry_timeout: float | None = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if inspect.iscoroutinefunction(getattr(registry, "get", None)):
+            raise ConfigurationError("an async registry needs AsyncAdapterResolver")
+        super().__init__(
+            registry, ttl=ttl, negative_ttl=negative_ttl, maxsize=maxsize, max_stale=max_stale,
+            error_ttl=error_ttl, on_error=on_error, registry_timeout=registry_timeout, clock=clock,
+        )  # fmt: skip
+        self._get: Callable[[str], object] = registry.get
+
+    def resolve(self, tenant: str, task: str) -> Resolution:
+        """The active record for ``tenant``'s ``task`` (IDs already validated by the caller).
+
+        Raises :class:`~tenantlora.errors.AdapterResolutionError` only with ``on_error="raise"``.
+        """
+        with self._lock:
+            try:
+                entry = self._fresh[tenant]
+            except KeyError:
+                pass
+            else:
+                self._hits += 1
+                return entry.hits.get(task, _NO_RECORD)
+        return self._resolve_slow(tenant, task)
+
+    def _resolve_slow(self, tenant: str, task: str) -> Resolution:
+        with self._lock:
+            found = self._lookup(tenant, task)
+            if found is None:
+                flight, leader = self._join(tenant, None)
+        if isinstance(found, Resolution):
+            return found
+        if found is not None:
+            return self._failed_answer(tenant, task, found)
+        if leader:
+            self._lead(tenant, flight)
+        else:
+            flight.done.wait()
+        return self._answer(tenant, task, flight)
+
+    def _lead(self, tenant: str, flight: _Flight) -> None:
+        try:
+            entry = self._entry_from(tenant, self._read(tenant))
+        except Exception as exc:
+            self._settle(tenant, flight, None, self._failure_from(tenant, exc))
+        except BaseException:
+            self._settle(tenant, flight, None, _INTERRUPTED)
+            raise
+        else:
+            self._settle(tenant, flight, entry, None)
+
+    def _read(self, tenant: str) -> object:
+        if self._timeout is None:
+            return self._get(tenant)
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run,
+            args=(_run_into, future, self._get, tenant),
+            name="tenantlora-registry-read",
+            daemon=True,
+        ).start()
+        return future.result(timeout=self._timeout)
+
+
+class AsyncAdapterResolver(_ResolverCore):
+    """The asyncio twin of :class:`AdapterResolver`; same options and guarantees.
+
+    ``registry`` may be async (``async def get``) or sync; a sync registry is called through
+    :func:`asyncio.to_thread` so it never blocks the event loop. The registry read runs as its
+    own task, so a caller that is cancelled does not cancel the read the others wait for.
+    ``invalidate``, ``clear`` and ``stats`` are plain methods, safe from any thread.
+    """
+
+    def __init__(
+        self,
+        registry: AdapterRegistry | AsyncAdapterRegistry,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float | None = None,
+        maxsize: int = 10_000,
+        max_stale: float = 300.0,
+        error_ttl: float = 1.0,
+        on_error: OnError = "fallback",
+        registry_timeout: float | None = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            registry, ttl=ttl, negative_ttl=negative_ttl, maxsize=maxsize, max_stale=max_stale,
+            error_ttl=error_ttl, on_error=on_error, registry_timeout=registry_timeout, clock=clock,
+        )  # fmt: skip
+        self._get: Callable[[str], Any] = registry.get
+        self._is_async = inspect.iscoroutinefunction(registry.get)
+
+    async def resolve(self, tenant: str, task: str) -> Resolution:
+        """The active record for ``tenant``'s ``task`` (IDs already validated by the caller).
+
+        Raises :class:`~tenantlora.errors.AdapterResolutionError` only with ``on_error="raise"``.
+        """
+        with self._lock:
+            try:
+                entry = self._fresh[tenant]
+            except KeyError:
+                pass
+            else:
+                self._hits += 1
+                return entry.hits.get(task, _NO_RECORD)
+        return await self._resolve_slow(tenant, task)
+
+    async def _resolve_slow(self, tenant: str, task: str) -> Resolution:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._lookup(tenant, task)
+            if found is None:
+                flight, leader = self._join(tenant, loop)
+                if leader:
+                    flight.task = loop.create_task(self._lead(tenant, flight))
+        if isinstance(found, Resolution):
+            return found
+        if found is not None:
+            return self._failed_answer(tenant, task, found)
+        assert flight.task is not None
+        await asyncio.shield(flight.task)
+        return self._answer(tenant, task, flight)
+
+    async def _lead(self, tenant: str, flight: _Flight) -> None:
+        try:
+            entry = self._entry_from(tenant, await self._read(tenant))
+        except Exception as exc:
+            self._settle(tenant, flight, None, self._failure_from(tenant, exc))
+        except BaseException:
+            self._settle(tenant, flight, None, _INTERRUPTED)
+            raise
+        else:
+            self._settle(tenant, flight, entry, None)
+
+    async def _read(self, tenant: str) -> object:
+        call = self._get(tenant) if self._is_async else asyncio.to_thread(self._get, tenant)
+        if self._timeout is None:
+            return await call
+        return await asyncio.wait_for(call, self._timeout)

@@ -1,0 +1,157 @@
+"""Pure routing decisions: adapter or base model, why, and which A/B arm.
+
+Nothing here does I/O or keeps state. The client resolves a tenant's record first (see
+:mod:`tenantlora.resolver`) and then asks :func:`route` where the call goes::
+
+    resolution = resolver.resolve("acme", "icp_classifier")
+    decision = route(resolution.record, tenant="acme", task="icp_classifier",
+                     outcome=resolution.outcome, experiment=experiment, unit=user_id)
+    decision.adapter          # "lora:acme:icp_classifier", or None for the base model
+    decision.fallback_reason  # None, or why the base model serves
+
+A/B assignment is a salted hash of (salt, tenant, task, unit): the same inputs always land in the
+same arm, on every process and every Python version, with no assignment table to store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.types import AdapterRecord, CacheOutcome, Route
+
+__all__ = [
+    "ARM_ADAPTER",
+    "ARM_CONTROL",
+    "Experiment",
+    "assign_arm",
+    "fallback_route",
+    "find_experiment",
+    "route",
+]
+
+ARM_ADAPTER = "adapter"
+"""The experiment arm served by the tenant's adapter."""
+ARM_CONTROL = "control"
+"""The experiment arm served by the base model (``fallback_reason="experiment_control"``)."""
+
+_SCALE = float(1 << 64)
+
+
+class Experiment(BaseModel):
+    """An A/B experiment: route ``share`` of the units to the adapter, the rest to the base model.
+
+    ``task`` and ``tenants`` limit which calls the experiment covers (``None`` = all). A *unit* is
+    what gets assigned to an arm — a user or session ID passed to :func:`route`, or the tenant
+    itself when no unit is given. ``salt`` makes experiments independent of one another: two
+    experiments with the same salt split the same units the same way.
+
+    Example::
+
+        Experiment(name="icp-v2", task="icp_classifier", tenants={"acme"}, share=0.5, salt="v2")
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "ab"
+    task: str | None = None
+    tenants: frozenset[str] | None = None
+    share: float = Field(default=0.5, ge=0.0, le=1.0)
+    salt: str = ""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | None) -> str | None:
+        return None if value is None else validate_task(value)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants(cls, value: frozenset[str] | None) -> frozenset[str] | None:
+        if value is not None:
+            for tenant in value:
+                validate_tenant(tenant)
+        return value
+
+    def covers(self, tenant: str, task: str) -> bool:
+        """Whether a call for ``tenant``'s ``task`` takes part in this experiment."""
+        if self.task is not None and self.task != task:
+            return False
+        return self.tenants is None or tenant in self.tenants
+
+
+def _bucket(*parts: str) -> float:
+    """A uniform number in [0, 1) from ``parts``, stable across processes and versions.
+
+    Each part is length-prefixed, so ("a:b", "c") and ("a", "b:c") never collide.
+    """
+    data = "".join(f"{len(part)}:{part};" for part in parts).encode()
+    digest = hashlib.blake2b(data, digest_size=8, person=b"tenantlora-ab").digest()
+    return int.from_bytes(digest, "big") / _SCALE
+
+
+def assign_arm(experiment: Experiment, tenant: str, task: str, unit: str) -> str:
+    """The arm (:data:`ARM_ADAPTER` or :data:`ARM_CONTROL`) for ``unit`` in ``experiment``.
+
+    Deterministic: the same experiment salt, tenant, task and unit always give the same arm.
+    A ``share`` of 0 sends every unit to control, 1 every unit to the adapter.
+    """
+    if _bucket(experiment.salt, tenant, task, unit) < experiment.share:
+        return ARM_ADAPTER
+    return ARM_CONTROL
+
+
+def find_experiment(experiments: Sequence[Experiment], tenant: str, task: str) -> Experiment | None:
+    """The first experiment in ``experiments`` that covers the call, or None."""
+    for experiment in experiments:
+        if experiment.covers(tenant, task):
+            return experiment
+    return None
+
+
+def route(
+    record: AdapterRecord | None,
+    *,
+    tenant: str,
+    task: str,
+    outcome: CacheOutcome,
+    experiment: Experiment | None = None,
+    unit: str | None = None,
+) -> Route:
+    """Where a call for ``tenant``'s ``task`` goes, given the resolved ``record``.
+
+    - no record: the base model, ``fallback_reason="registry_error"`` when the resolver could not
+      answer (``outcome="error"``), else ``"no_adapter"``;
+    - a record for another tenant or task: treated as no record (never route another tenant's
+      adapter);
+    - a record whose status is not ``"ready"``: the base model, ``"adapter_not_ready"``;
+    - an ``experiment`` covering the call: the unit (``unit``, or the tenant when None) is
+      assigned an arm; the control arm goes to the base model with ``"experiment_control"``
+      and keeps the record, the adapter arm goes to the adapter;
+    - otherwise the adapter (``record.adapter_id``).
+    """
+    if record is None:
+        if outcome == "error":
+            return Route(adapter=None, fallback_reason="registry_error")
+        return Route(adapter=None, fallback_reason="no_adapter")
+    if record.tenant != tenant or record.task != task:
+        return Route(adapter=None, fallback_reason="no_adapter")
+    if record.status != "ready":
+        return Route(adapter=None, record=record, fallback_reason="adapter_not_ready")
+    if experiment is not None and experiment.covers(tenant, task):
+        arm = assign_arm(experiment, tenant, task, tenant if unit is None else unit)
+        if arm == ARM_CONTROL:
+            return Route(adapter=None, record=record, fallback_reason="experiment_control", arm=arm)
+        return Route(adapter=record.adapter_id, record=record, arm=arm)
+    return Route(adapter=record.adapter_id, record=record)
+
+
+def fallback_route(route: Route) -> Route:
+    """The route to retry on after the backend lacked the adapter (AdapterNotAvailableError).
+
+    The base model serves with ``fallback_reason="adapter_unavailable"``; the record and the arm
+    are kept so the call stays attributed to the adapter that was asked for.
+    """
+    return route.model_copy(update={"adapter": None, "fallback_reason": "adapter_unavailable"})
