@@ -1,0 +1,383 @@
+"""The embedded default registry: one SQLite file, with versions, rollback and erasure.
+
+The file format (two tables, ``adapters`` and ``active``) lives in ``_sqlite_schema``. Every
+``sqlite3`` exception is turned into :class:`~tenantlora.errors.RegistryError` in
+:func:`_mapped`, the one boundary, and chained with ``from exc``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from pydantic import ValidationError
+
+from tenantlora.errors import ConfigurationError, RegistryError
+from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.registry._sqlite_schema import prepare
+from tenantlora.registry.memory import (
+    _check_version,
+    _make_record,
+    _metadata_json,
+    _rollback_target,
+    _summarise,
+)
+from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+
+__all__ = ["SQLiteRegistry"]
+
+_log = logging.getLogger("tenantlora")
+
+_COLUMNS = (
+    "a.tenant, a.task, a.version, a.adapter_id, a.base_model, a.status, a.uri, a.created_at, "
+    "a.metadata"
+)
+_ACTIVE_JOIN = (
+    "adapters AS a JOIN active AS v "
+    "ON a.tenant = v.tenant AND a.task = v.task AND a.version = v.version"
+)
+
+
+class SQLiteRegistry:
+    """A :class:`~tenantlora.registry.WritableRegistry` in one SQLite file.
+
+    Safe for several threads and several processes on one file: the file is in WAL mode (readers
+    never block the writer), every write runs in ``BEGIN IMMEDIATE`` so concurrent publishes get
+    unique, contiguous versions, and a writer waits up to ``timeout`` seconds for another one
+    before failing with RegistryError. ``":memory:"`` gives a private in-memory registry.
+
+    Opening a file that is not an SQLite database, or is another application's database, raises
+    RegistryError naming the path; such a file is left untouched. A new or empty file becomes a
+    registry. Close the registry (or use it as a context manager) to release the file.
+
+    Example::
+
+        with SQLiteRegistry("adapters.db") as registry:
+            registry.publish("acme", "icp_classifier", adapter_id="lora:acme:icp_classifier")
+            registry.rollback("acme", "icp_classifier")  # RegistryError: nothing earlier yet
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ConfigurationError(f"timeout must be a number of seconds, not {timeout!r}")
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise ConfigurationError(f"timeout must be finite and >= 0, not {timeout!r}")
+        self._path = os.fspath(path)
+        # One connection guarded by a lock, rather than one per thread: registry calls are rare
+        # (the resolver caches reads), a single connection closes deterministically from any
+        # thread (per-thread connections leak from pool threads that die) and serves ":memory:"
+        # the same way. Concurrency between processes is SQLite's own file locking either way.
+        # The cost: a write waiting (up to ``timeout``) for another process holds up this
+        # instance's other threads too.
+        self._lock = threading.Lock()
+        with _mapped(self._path, "open"):
+            conn = sqlite3.connect(
+                self._path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                prepare(conn, self._path)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @property
+    def path(self) -> str:
+        """The database file (``":memory:"`` for an in-memory registry)."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteRegistry({self._path!r})"
+
+    def close(self) -> None:
+        """Close the connection. Idempotent; any later call raises RegistryError."""
+        with self._lock, _mapped(self._path, "close"):
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SQLiteRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get(self, tenant: str) -> TenantAdapters | None:
+        """The tenant's active record per task, or None when the tenant has no rows."""
+        validate_tenant(tenant)
+        with self._connection("read", tenant) as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_ACTIVE_JOIN} WHERE a.tenant = ? ORDER BY a.task",
+                (tenant,),
+            ).fetchall()
+        if not rows:
+            return None
+        records = [self._record(row) for row in rows]
+        return TenantAdapters(tenant=tenant, adapters={r.task: r for r in records})
+
+    def publish(
+        self,
+        tenant: str,
+        task: str,
+        *,
+        adapter_id: str,
+        base_model: str | None = None,
+        uri: str | None = None,
+        status: AdapterStatus = "ready",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AdapterRecord:
+        """Insert a new version (highest + 1) for (tenant, task) and make it active."""
+        validate_tenant(tenant)
+        validate_task(task)
+        meta = _metadata_json(metadata)
+        # Built (and validated) before any I/O; only the version is filled in under the lock.
+        draft = _make_record(
+            tenant,
+            task,
+            1,
+            adapter_id=adapter_id,
+            base_model=base_model,
+            uri=uri,
+            status=status,
+            metadata=json.loads(meta),
+        )
+        with self._transaction("publish", tenant, task) as conn:
+            (latest,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE tenant = ? AND task = ?",
+                (tenant, task),
+            ).fetchone()
+            record = draft.model_copy(update={"version": int(latest) + 1})
+            _insert(conn, record, meta)
+            _activate(conn, tenant, task, record.version)
+        _log.info("registry: published %s/%s version %d", tenant, task, record.version)
+        return record
+
+    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord:
+        """Re-activate the version below the active one, or ``to_version``; return it."""
+        validate_tenant(tenant)
+        validate_task(task)
+        _check_version(to_version)
+        with self._transaction("roll back", tenant, task) as conn:
+            versions = [
+                v
+                for (v,) in conn.execute(
+                    "SELECT version FROM adapters WHERE tenant = ? AND task = ? ORDER BY version",
+                    (tenant, task),
+                )
+            ]
+            row = conn.execute(
+                "SELECT version FROM active WHERE tenant = ? AND task = ?", (tenant, task)
+            ).fetchone()
+            target = _rollback_target(tenant, task, versions, row and row[0], to_version)
+            _activate(conn, tenant, task, target)
+            # Parsed inside the transaction: a malformed target row rolls the change back.
+            record = self._record(
+                conn.execute(
+                    f"SELECT {_COLUMNS} FROM adapters AS a "
+                    "WHERE a.tenant = ? AND a.task = ? AND a.version = ?",
+                    (tenant, task, target),
+                ).fetchone()
+            )
+        _log.info("registry: rolled back %s/%s to version %d", tenant, task, target)
+        return record
+
+    def delete_tenant(self, tenant: str) -> list[AdapterRecord]:
+        """Erase every version of every task of ``tenant``; return what was deleted.
+
+        ``secure_delete`` is on, so the erased rows are overwritten in the file, and the WAL is
+        checkpointed and truncated afterwards when no other connection is reading.
+        """
+        validate_tenant(tenant)
+        with self._transaction("delete tenant", tenant) as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM adapters AS a WHERE a.tenant = ? "
+                "ORDER BY a.task, a.version",
+                (tenant,),
+            ).fetchall()
+            # Parsed before deleting: a malformed row aborts the erasure, so nothing is lost
+            # without the caller learning which adapter files to delete.
+            deleted = [self._record(row) for row in rows]
+            conn.execute("DELETE FROM active WHERE tenant = ?", (tenant,))
+            conn.execute("DELETE FROM adapters WHERE tenant = ?", (tenant,))
+        if deleted:
+            self._truncate_wal()
+        _log.info("registry: deleted tenant %s (%d records)", tenant, len(deleted))
+        return deleted
+
+    # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
+    def list(
+        self, tenant: str | None = None, task: str | None = None, *, history: bool = False
+    ) -> list[AdapterRecord]:
+        """Active records (every version with ``history=True``) by tenant, task, version."""
+        where: list[str] = []
+        params: list[str] = []
+        if tenant is not None:
+            where.append("a.tenant = ?")
+            params.append(validate_tenant(tenant))
+        if task is not None:
+            where.append("a.task = ?")
+            params.append(validate_task(task))
+        # Only fixed SQL fragments are interpolated; every value is a bound parameter.
+        sql = f"SELECT {_COLUMNS} FROM {'adapters AS a' if history else _ACTIVE_JOIN}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY a.tenant, a.task, a.version"
+        with self._connection("list", tenant, task) as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [self._record(row) for row in rows]
+
+    # -- internals --------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(
+        self, action: str, tenant: str | None = None, task: str | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """The connection, held under the lock, with sqlite3 errors mapped."""
+        with self._lock, _mapped(self._path, action, tenant, task):
+            if self._conn is None:
+                raise RegistryError(
+                    f"SQLite registry {self._path}: {action} failed: the registry is closed",
+                    tenant=tenant,
+                    task=task,
+                )
+            yield self._conn
+
+    @contextmanager
+    def _transaction(
+        self, action: str, tenant: str | None = None, task: str | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed if the block succeeds, rolled back if anything fails.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up to ``timeout``), so two
+        processes never both read the same highest version and then race to insert the next.
+        """
+        with self._connection(action, tenant, task) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _truncate_wal(self) -> None:
+        """Best effort: copy the WAL into the file and empty it, so erased rows leave no trace."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:  # the erasure itself is committed; do not fail it
+                busy, reason = 1, str(exc)
+            else:
+                reason = "another connection is reading"
+        if busy:
+            _log.warning("registry: WAL not truncated after an erasure (%s)", reason)
+
+    def _record(self, row: Sequence[Any]) -> AdapterRecord:
+        """A stored row as a record; RegistryError naming the tenant and task if malformed."""
+        tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata = row
+        try:
+            meta = json.loads(metadata)
+            if not isinstance(meta, dict):
+                raise ValueError(f"metadata is a JSON {type(meta).__name__}, not an object")
+            return AdapterRecord(
+                tenant=tenant,
+                task=task,
+                version=version,
+                adapter_id=adapter_id,
+                base_model=base_model,
+                status=status,
+                uri=uri,
+                created_at=_parse_time(created_at),
+                metadata=meta,
+            )
+        except ValidationError as exc:
+            reason = _summarise(exc)
+            cause: Exception = exc
+        except (TypeError, ValueError) as exc:  # bad JSON, bad timestamp
+            reason, cause = str(exc), exc
+        raise RegistryError(
+            f"SQLite registry {self._path}: malformed row for tenant {_short(tenant)} "
+            f"task {_short(task)} version {_short(version)}: {reason}",
+            tenant=tenant if isinstance(tenant, str) else None,
+            task=task if isinstance(task, str) else None,
+        ) from cause
+
+
+@contextmanager
+def _mapped(
+    path: str, action: str, tenant: str | None = None, task: str | None = None
+) -> Iterator[None]:
+    """The one boundary: any sqlite3 error becomes a RegistryError naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise RegistryError(
+            f"SQLite registry {path}: {action} failed: {_explain(exc)}", tenant=tenant, task=task
+        ) from exc
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "file is not a database" in text:
+        return "the file is not an SQLite database (corrupt, or some other format)"
+    if "malformed" in text:
+        return f"the database file is corrupt ({text})"
+    if "locked" in text or "busy" in text:
+        return f"{text} (another connection held the write lock past the timeout)"
+    return text
+
+
+def _insert(conn: sqlite3.Connection, record: AdapterRecord, metadata_json: str) -> None:
+    created_at = record.created_at.astimezone(timezone.utc).isoformat()
+    conn.execute(
+        "INSERT INTO adapters (tenant, task, version, adapter_id, base_model, status, uri, "
+        "created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.tenant,
+            record.task,
+            record.version,
+            record.adapter_id,
+            record.base_model,
+            record.status,
+            record.uri,
+            created_at,
+            metadata_json,
+        ),
+    )
+
+
+def _activate(conn: sqlite3.Connection, tenant: str, task: str, version: int) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO active (tenant, task, version) VALUES (?, ?, ?)",
+        (tenant, task, version),
+    )
+
+
+def _parse_time(value: object) -> datetime:
+    """An ISO-8601 timestamp. ``Z`` (which Python 3.10 cannot parse) or no offset means UTC."""
+    if not isinstance(value, str):
+        raise TypeError(f"created_at is a {type(value).__name__}, not an ISO-8601 string")
+    parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
