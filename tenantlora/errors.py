@@ -5,7 +5,7 @@ sqlite3, pydantic, ...) are mapped at one boundary per subsystem and chained wit
 
 ```
 TenantLoRAError
-├── ConfigurationError            bad options, unknown backend, missing optional extra (install hint)
+├── ConfigurationError            bad options, unknown backend, missing extra (install hint)
 ├── InvalidRequestError (ValueError)   a request we refuse before any I/O
 │   ├── InvalidTenantError        bad tenant ID
 │   └── InvalidTaskError          bad task name

@@ -83,7 +83,7 @@ def _import_target(name: str, spec: BackendSpec) -> type[Any]:
 
 
 def load_backend(name: str) -> type[Any]:
-    """The backend class registered under ``name``; ConfigurationError if unknown or not installed."""
+    """The backend class registered as ``name``; ConfigurationError if unknown or missing."""
     spec = _BUILTIN.get(name) or _entry_point_specs().get(name)
     if spec is None:
         known = ", ".join(sorted(available_backends()))
