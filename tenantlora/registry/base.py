@@ -70,7 +70,9 @@ class WritableRegistry(AdapterRegistry, Protocol):
         metadata: Mapping[str, Any] | None = None,
     ) -> AdapterRecord: ...
 
-    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord: ...
+    def rollback(
+        self, tenant: str, task: str, *, to_version: int | None = None
+    ) -> AdapterRecord: ...
 
     def list(
         self, tenant: str | None = None, task: str | None = None, *, history: bool = False

@@ -1,0 +1,465 @@
+"""Shared HTTP plumbing for the HTTP backends: one error boundary, JSON, SSE, drain-and-close.
+
+Every HTTP backend (OpenAI-compatible, vLLM, Workers AI) talks to its server through the pieces
+here, so there is exactly one place where foreign exceptions and error responses become
+tenantlora errors:
+
+* :func:`transport_error` maps httpx and aiohttp exceptions (timeouts -> BackendTimeoutError,
+  everything else on the wire -> BackendConnectionError, undecodable bytes ->
+  ResponseValidationError);
+* :func:`error_info` + a :data:`StatusMapper` turn a non-2xx response into a
+  :class:`~tenantlora.errors.BackendStatusError` subclass (or whatever the backend's mapper says,
+  e.g. AdapterNotAvailableError), with the provider's message, code, request id and Retry-After;
+* :func:`decode_json` turns an unparseable 2xx body into ResponseValidationError.
+
+Errors never carry request headers or bodies; provider messages are truncated and scrubbed of
+the configured secrets, because some servers echo request headers back in their error bodies.
+
+Transports live next door and all use this boundary: ``_httpx.HTTPClient`` (sync, one keep-alive
+``httpx.Client``), ``_httpx.HttpxAsyncTransport`` (``httpx.AsyncClient``) and
+``_aiohttp.AiohttpTransport`` (the async fast path; aiohttp is imported only when it is used).
+All offer ``send`` / ``send_json`` / ``stream_sse`` and always drain and close a streamed
+response in a ``finally`` (see :data:`DRAIN_LIMIT_BYTES`); ``_httpx.create_async_transport``
+picks the async one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from tenantlora.errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendTimeoutError,
+    ResponseValidationError,
+    status_error_class,
+)
+
+__all__ = [
+    "DONE",
+    "DRAIN_LIMIT_BYTES",
+    "DRAIN_LIMIT_SECONDS",
+    "CallContext",
+    "ErrorInfo",
+    "HTTPConfig",
+    "HTTPResponse",
+    "SSEDecoder",
+    "SSEEvent",
+    "StatusMapper",
+    "as_secret",
+    "auth_headers",
+    "closed_error",
+    "decode_json",
+    "default_status_error",
+    "describe_status",
+    "drain_limits",
+    "error_info",
+    "invalid_response",
+    "parse_retry_after",
+    "sensitive_values",
+    "transport_error",
+]
+
+logger = logging.getLogger("tenantlora")
+
+DONE = "[DONE]"
+"""The end-of-stream marker OpenAI-style servers (and Workers AI) send as the last SSE data."""
+
+# An abandoned stream is drained at most this much before we drop the connection instead: a
+# short tail (the consumer stopped just before [DONE]) is cheaper to read than a new TCP
+# connection, but a long generation is cheaper to abort (the server stops generating too).
+DRAIN_LIMIT_BYTES = 64 * 1024
+DRAIN_LIMIT_SECONDS = 0.5
+ERROR_BODY_LIMIT = 500
+_SENSITIVE_HEADER_PARTS = ("authorization", "key", "token", "secret", "cookie", "password")
+
+
+# -- secrets and headers -----------------------------------------------------------------------
+
+
+def as_secret(value: SecretStr | str | None) -> SecretStr | None:
+    """Wrap a plain-string key in a SecretStr; an empty key means no key."""
+    if value is None:
+        return None
+    secret = value if isinstance(value, SecretStr) else SecretStr(value)
+    return secret if secret.get_secret_value() else None
+
+
+def auth_headers(api_key: SecretStr | None, scheme: str = "Bearer") -> dict[str, str]:
+    """``{"Authorization": "Bearer <key>"}``, or nothing without a key."""
+    if api_key is None:
+        return {}
+    return {"Authorization": f"{scheme} {api_key.get_secret_value()}"}
+
+
+def sensitive_values(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Header values that must never show up in an error: auth, keys, tokens, cookies.
+
+    Both the full value and, for ``Authorization: <scheme> <credential>``, the bare credential.
+    """
+    found: list[str] = []
+    for name, value in headers.items():
+        if value and any(part in name.lower() for part in _SENSITIVE_HEADER_PARTS):
+            found.append(value)
+            credential = value.partition(" ")[2]
+            if credential:
+                found.append(credential)
+    return tuple(found)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+# -- the error boundary ------------------------------------------------------------------------
+
+
+class CallContext(NamedTuple):
+    """Who is calling and where: stamped on every error and log line for one call."""
+
+    backend: str
+    adapter: str | None
+    path: str
+    method: str = "POST"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What a non-2xx response said, parsed tolerantly; the input of a :data:`StatusMapper`."""
+
+    status_code: int
+    message: str | None = None
+    code: str | int | None = None
+    type: str | None = None
+    param: str | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+
+
+StatusMapper = Callable[[ErrorInfo, CallContext], BackendError]
+"""Turns an error response into the exception to raise; backends refine the default."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None and isinstance(headers, dict):  # a plain dict is case-sensitive
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_retry_after(
+    headers: Mapping[str, str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, else ``Retry-After`` (seconds or HTTP-date).
+
+    Returns None when neither header is present or parseable; never a negative number.
+    """
+    millis = _header(headers, "retry-after-ms")
+    if millis is not None and (value := _finite(millis.strip())) is not None:
+        return max(0.0, value / 1000.0)
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    seconds = _finite(raw.strip())
+    if seconds is not None:
+        return max(0.0, seconds)
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now())
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:ERROR_BODY_LIMIT] if len(text) > ERROR_BODY_LIMIT else text
+
+
+def _code(value: object) -> str | int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    return value if isinstance(value, (str, int)) else str(value)
+
+
+def _provider_error(payload: object) -> tuple[object, object, object, object] | None:
+    """(message, code, type, param) from the error shapes providers use, or None."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):  # OpenAI, vLLM: {"error": {"message", "type", "param", "code"}}
+        return error.get("message"), error.get("code"), error.get("type"), error.get("param")
+    if isinstance(error, str):  # TGI-style: {"error": "...", "error_type": "..."}
+        return error, payload.get("code"), payload.get("error_type"), None
+    if "detail" in payload:  # FastAPI / SGLang
+        return payload["detail"], None, None, None
+    errors = payload.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):  # Cloudflare
+        return errors[0].get("message"), errors[0].get("code"), None, None
+    if "message" in payload:  # older vLLM: {"object": "error", "message", "type", "code"}
+        return payload["message"], payload.get("code"), payload.get("type"), payload.get("param")
+    return None
+
+
+def error_info(
+    status_code: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    secrets: tuple[str, ...] = (),
+    payload: object = None,
+) -> ErrorInfo:
+    """Parse an error response: JSON error envelopes, or plain text truncated to ~500 chars.
+
+    ``payload`` is an already-decoded body (an error event inside a stream), used instead of
+    ``content``.
+    """
+    text = content.decode("utf-8", "replace").strip() if content else ""
+    if payload is None and text[:1] in ("{", "["):
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+    parsed = _provider_error(payload)
+    if parsed is not None:
+        message, code, kind, param = parsed
+    else:
+        message, code, kind, param = (text or None), None, None, None
+    scrubbed = _text(message)
+    return ErrorInfo(
+        status_code=status_code,
+        message=_scrub(scrubbed, secrets) if scrubbed else None,
+        code=_code(code),
+        type=kind if isinstance(kind, str) else None,
+        param=param if isinstance(param, str) else None,
+        request_id=_header(headers, "x-request-id"),
+        retry_after=parse_retry_after(headers),
+    )
+
+
+def describe_status(info: ErrorInfo, ctx: CallContext) -> str:
+    """``"<backend>: HTTP 429 from POST /v1/chat/completions: <provider message>"``."""
+    text = f"{ctx.backend}: HTTP {info.status_code} from {ctx.method} {ctx.path}"
+    if info.message:
+        text += f": {info.message}"
+    if info.code is not None and str(info.code) != str(info.status_code):
+        text += f" (code {info.code})"
+    return text
+
+
+def default_status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
+    """The :func:`~tenantlora.errors.status_error_class` error for a status, fully populated."""
+    cls = status_error_class(info.status_code)
+    return cls(
+        describe_status(info, ctx),
+        status_code=info.status_code,
+        body=info.message,
+        code=info.code,
+        request_id=info.request_id,
+        retry_after=info.retry_after,
+        backend=ctx.backend,
+        adapter=ctx.adapter,
+    )
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # aiohttp's ServerTimeoutError subclasses asyncio.TimeoutError; on 3.10 that differs from
+    # the builtin TimeoutError, so check both.
+    return isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError))
+
+
+def _is_undecodable(exc: BaseException) -> bool:
+    if isinstance(exc, (httpx.DecodingError, UnicodeDecodeError)):
+        return True
+    # aiohttp is never imported here: if it is not loaded, the exception is not one of its.
+    aiohttp_exceptions = sys.modules.get("aiohttp.http_exceptions")
+    return aiohttp_exceptions is not None and isinstance(
+        exc, aiohttp_exceptions.HttpProcessingError
+    )
+
+
+def transport_error(
+    exc: BaseException, ctx: CallContext, secrets: tuple[str, ...] = ()
+) -> BackendError:
+    """Map an httpx / aiohttp / socket exception to the tenantlora error to raise from it."""
+    detail = _scrub(str(exc), secrets)[:200]
+    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    where = f"{ctx.backend}: {ctx.method} {ctx.path}"
+    if _is_timeout(exc):
+        return BackendTimeoutError(
+            f"{where} timed out ({what})", backend=ctx.backend, adapter=ctx.adapter
+        )
+    if _is_undecodable(exc):
+        return ResponseValidationError(
+            f"{where} sent bytes that do not decode ({what})",
+            backend=ctx.backend,
+            adapter=ctx.adapter,
+        )
+    return BackendConnectionError(
+        f"{where} failed on the wire ({what})", backend=ctx.backend, adapter=ctx.adapter
+    )
+
+
+def invalid_response(reason: str, ctx: CallContext) -> ResponseValidationError:
+    """A ResponseValidationError for a 2xx we cannot use; ``reason`` never quotes the payload."""
+    return ResponseValidationError(
+        f"{ctx.backend}: {ctx.method} {ctx.path} returned an unusable response: {reason}",
+        backend=ctx.backend,
+        adapter=ctx.adapter,
+    )
+
+
+def closed_error(ctx: CallContext) -> BackendError:
+    """Raised when a closed backend is called again (not retryable)."""
+    return BackendError(
+        f"{ctx.backend}: the backend is closed", backend=ctx.backend, adapter=ctx.adapter
+    )
+
+
+def decode_json(content: bytes, ctx: CallContext) -> Any:
+    """``json.loads`` a 2xx body; ResponseValidationError (saying what was wrong) if not JSON."""
+    try:
+        return json.loads(content)
+    except ValueError as exc:
+        kind = "an empty body" if not content.strip() else f"a {len(content)}-byte body"
+        raise invalid_response(f"expected JSON, got {kind} that is not JSON", ctx) from exc
+
+
+# -- server-sent events ------------------------------------------------------------------------
+
+
+class SSEEvent(NamedTuple):
+    """One server-sent event's data, with the headers of the response that carried it."""
+
+    data: str
+    headers: Mapping[str, str]
+
+
+class SSEDecoder:
+    """Incremental SSE parser over lines (without their line endings).
+
+    ``feed`` returns an event's data when a blank line completes it (multi-line data joined with
+    ``\\n``); comments and non-data fields are ignored. When ``marker`` (e.g. ``[DONE]``) arrives,
+    ``done`` becomes True and nothing is returned for it. ``end`` flushes an event a server left
+    unterminated at the end of the body.
+    """
+
+    __slots__ = ("_lines", "done", "marker")
+
+    def __init__(self, marker: str | None = DONE) -> None:
+        self.marker = marker
+        self.done = False
+        self._lines: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if line:
+            if line.startswith("data:"):
+                value = line[5:]
+                self._lines.append(value[1:] if value[:1] == " " else value)
+            return None
+        return self._dispatch()
+
+    def end(self) -> str | None:
+        return self._dispatch()
+
+    def _dispatch(self) -> str | None:
+        if not self._lines:
+            return None
+        data = self._lines[0] if len(self._lines) == 1 else "\n".join(self._lines)
+        self._lines = []
+        if data == self.marker:
+            self.done = True
+            return None
+        return data
+
+    def check_complete(self, ctx: CallContext) -> None:
+        """At the end of the body: ResponseValidationError if the end marker never came."""
+        if self.marker is not None and not self.done:
+            raise invalid_response(f"the stream ended before {self.marker}", ctx)
+
+
+# -- configuration shared by every transport ---------------------------------------------------
+
+
+class HTTPResponse(NamedTuple):
+    """A complete 2xx response."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """How to reach one HTTP API; shared by the sync client and the async transports.
+
+    ``headers`` are sent on every request (auth, content type); ``timeout`` bounds connecting,
+    waiting for a pool slot and every read (the gap between stream chunks included), as httpx
+    does; ``secrets`` are scrubbed from every error message.
+    """
+
+    base_url: str
+    headers: Mapping[str, str] = field(repr=False)  # holds the Authorization header
+    timeout: float = 60.0
+    max_connections: int = 100
+    status_error: StatusMapper = default_status_error
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    base_path: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = self.base_url.rstrip("/")
+        object.__setattr__(self, "base_url", base)
+        object.__setattr__(self, "base_path", urlsplit(base).path)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def check(
+        self, status: int, headers: Mapping[str, str], content: bytes, ctx: CallContext
+    ) -> None:
+        """Raise the mapped error for a non-2xx response."""
+        if not 200 <= status < 300:
+            info = error_info(status, headers, content, secrets=self.secrets)
+            raise self.status_error(info, ctx)
+
+    def log(self, ctx: CallContext, status: int | str, started: float) -> None:
+        """One DEBUG line per attempt: method, URL path, status, latency — nothing else."""
+        if logger.isEnabledFor(logging.DEBUG):
+            elapsed = (time.perf_counter() - started) * 1000.0
+            logger.debug(
+                "%s %s %s%s -> %s in %.1f ms (adapter=%s)",
+                ctx.backend, ctx.method, self.base_path, ctx.path, status, elapsed, ctx.adapter,
+            )  # fmt: skip
+
+
+def drain_limits() -> tuple[int, float]:
+    """(bytes, deadline) for draining an abandoned stream: see DRAIN_LIMIT_BYTES."""
+    return DRAIN_LIMIT_BYTES, time.monotonic() + DRAIN_LIMIT_SECONDS
