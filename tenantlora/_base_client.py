@@ -33,7 +33,15 @@ from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.resolver import Resolution
 from tenantlora.retry import RetryPolicy
 from tenantlora.routing import Experiment, fallback_route, find_experiment, route
-from tenantlora.types import CacheOutcome, ChatChunk, ChatRequest, ChatResponse, Message, Route
+from tenantlora.types import (
+    CacheOutcome,
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    Message,
+    Route,
+    replace,
+)
 
 __all__ = ["MessagesInput", "Policy"]
 
@@ -152,7 +160,10 @@ class _BaseClient:
     ) -> ChatRequest:
         validate_tenant(tenant)
         validate_task(task)
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        # Exact-type check first: the ABC isinstance below is slow and this runs on every call.
+        if type(messages) is not list and (
+            isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)
+        ):
             raise InvalidRequestError(
                 "messages must be a list of {'role': ..., 'content': ...} mappings"
             )
@@ -205,22 +216,22 @@ class _BaseClient:
     def _invalidate(self, call: _Call) -> None:
         raise NotImplementedError
 
-    def _stamp(self, call: _Call) -> dict[str, Any]:
-        assert call.route is not None
+    def _stamp(self, call: _Call, **more: Any) -> dict[str, Any]:
+        route = call.route
+        assert route is not None
         return {
             "tenant": call.tenant,
             "task": call.task,
-            "adapter": call.route.adapter,
+            "adapter": route.adapter,
             "backend": self._backend_name,
-            "fallback_reason": call.route.fallback_reason,
-            "arm": call.route.arm,
+            "fallback_reason": route.fallback_reason,
+            "arm": route.arm,
+            **more,
         }
 
     def _succeeded(self, call: _Call, response: ChatResponse) -> ChatResponse:
         latency_ms = (self._clock() - call.started) * 1000.0
-        stamped = response.model_copy(
-            update={**self._stamp(call), "latency_ms": latency_ms, "retries": call.retries}
-        )
+        stamped = replace(response, self._stamp(call, latency_ms=latency_ms, retries=call.retries))
         self._emit(call, latency_ms, error=None, usage=stamped)
         return stamped
 
@@ -259,7 +270,7 @@ class _BaseClient:
         emit(self._hooks, event)
 
     def _stamp_chunk(self, call: _Call, chunk: ChatChunk) -> ChatChunk:
-        return chunk.model_copy(update=self._stamp(call))
+        return replace(chunk, self._stamp(call))
 
 
 def _resolver_from(

@@ -13,7 +13,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,13 +24,13 @@ __all__ = ["Hook", "RequestEvent", "Stats", "StatsCollector", "TenantStats", "em
 logger = logging.getLogger("tenantlora")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestEvent:
+class RequestEvent(NamedTuple):
     """What happened to one request.
 
     ``adapter`` is the adapter that served (None = base model); ``requested_adapter`` the one the
     route chose first (differs after an ``adapter_unavailable`` fallback). ``cache`` is how the
     resolver answered. ``error`` is the exception class name when the request failed.
+    An immutable named tuple (cheap to build: one is made per request).
     """
 
     tenant: str
@@ -112,28 +112,34 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+_REQUESTS, _ERRORS, _ADAPTER, _BASE, _RETRIES = range(5)
+_CACHE_SLOT = {"hit": 5, "miss": 6, "stale": 7}
+
+
 class _Counters:
-    """Mutable per-tenant tallies; only touched under the collector's lock."""
+    """Mutable per-tenant tallies; only touched under the collector's lock.
+
+    Counts live in a flat list indexed by the constants above: this runs on every request.
+    """
 
     __slots__ = ("counts", "fallbacks", "latencies")
 
     def __init__(self, window: int) -> None:
-        self.counts = dict.fromkeys(
-            ("requests", "errors", "adapter", "base", "hit", "miss", "stale", "retries"), 0
-        )
+        self.counts = [0] * 8
         self.fallbacks: dict[str, int] = {}
         self.latencies: deque[float] = deque(maxlen=window)
 
     def add(self, event: RequestEvent) -> None:
         counts = self.counts
-        counts["requests"] += 1
-        counts["retries"] += event.retries
-        if event.cache != "error":
-            counts[event.cache] += 1
+        counts[_REQUESTS] += 1
+        counts[_RETRIES] += event.retries
+        slot = _CACHE_SLOT.get(event.cache)
+        if slot is not None:
+            counts[slot] += 1
         if event.error is not None:
-            counts["errors"] += 1
+            counts[_ERRORS] += 1
             return
-        counts["adapter" if event.adapter is not None else "base"] += 1
+        counts[_ADAPTER if event.adapter is not None else _BASE] += 1
         if event.fallback_reason is not None:
             self.fallbacks[event.fallback_reason] = self.fallbacks.get(event.fallback_reason, 0) + 1
         self.latencies.append(event.latency_ms)
@@ -142,15 +148,15 @@ class _Counters:
         ordered = sorted(self.latencies)
         c = self.counts
         return TenantStats(
-            requests=c["requests"],
-            errors=c["errors"],
-            adapter_requests=c["adapter"],
-            base_requests=c["base"],
+            requests=c[_REQUESTS],
+            errors=c[_ERRORS],
+            adapter_requests=c[_ADAPTER],
+            base_requests=c[_BASE],
             fallbacks=dict(self.fallbacks),
-            cache_hits=c["hit"],
-            cache_misses=c["miss"],
-            cache_stale=c["stale"],
-            retries=c["retries"],
+            cache_hits=c[_CACHE_SLOT["hit"]],
+            cache_misses=c[_CACHE_SLOT["miss"]],
+            cache_stale=c[_CACHE_SLOT["stale"]],
+            retries=c[_RETRIES],
             latency_p50_ms=_percentile(ordered, 0.50),
             latency_p95_ms=_percentile(ordered, 0.95),
             latency_p99_ms=_percentile(ordered, 0.99),

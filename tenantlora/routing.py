@@ -154,4 +154,4 @@ def fallback_route(route: Route) -> Route:
     The base model serves with ``fallback_reason="adapter_unavailable"``; the record and the arm
     are kept so the call stays attributed to the adapter that was asked for.
     """
-    return route.model_copy(update={"adapter": None, "fallback_reason": "adapter_unavailable"})
+    return route._replace(adapter=None, fallback_reason="adapter_unavailable")

@@ -7,7 +7,7 @@ into these. Every model is immutable: derive a changed copy with ``model_copy(up
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,8 +42,27 @@ CacheOutcome = Literal["hit", "miss", "stale", "error"]
 """How the resolver answered: fresh cache entry, registry read, stale entry, or no answer."""
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def replace(model: _M, update: dict[str, Any]) -> _M:
+    """``model.model_copy(update=update)`` for our extra-free, private-free models, in half the
+    time (it runs on every request). Like ``model_copy``, ``update`` is not validated: callers
+    pass values of the fields' types. ``tests/test_types.py`` checks it against ``model_copy``.
+    """
+    new = model.__class__.__new__(model.__class__)
+    values = model.__dict__.copy()
+    values.update(update)
+    object.__setattr__(new, "__dict__", values)
+    fields_set = model.__pydantic_fields_set__ | update.keys()
+    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 class _Frozen(BaseModel):
@@ -193,10 +212,11 @@ class TenantAdapters(_Frozen):
         return self.adapters.get(task)
 
 
-class Route(_Frozen):
+class Route(NamedTuple):
     """Where a call goes: an adapter, or the base model and why.
 
-    Produced by :func:`tenantlora.routing.route`, a pure function.
+    Produced by :func:`tenantlora.routing.route`, a pure function. A named tuple rather than a
+    pydantic model because one is built per request and only ever from checked values.
     """
 
     adapter: str | None

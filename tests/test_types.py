@@ -73,3 +73,19 @@ def test_tenant_adapters_get() -> None:
     adapters = TenantAdapters(tenant="acme", adapters={"icp": rec})
     assert adapters.get("icp") is rec
     assert adapters.get("tone") is None
+
+
+def test_replace_matches_model_copy() -> None:
+    """types.replace gives exactly what model_copy(update=) gives (guards pydantic internals)."""
+    from tenantlora.types import ChatChunk, Usage, replace
+
+    original = ChatResponse(text="x", usage=Usage(total_tokens=3), backend="b", adapter="a")
+    update = {"tenant": "acme", "task": "icp", "latency_ms": 1.5, "retries": 2}
+    fast, slow = replace(original, update), original.model_copy(update=update)
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump() == slow.model_dump()
+    assert hash(replace(ChatChunk(text="t"), {"tenant": "acme"})) == hash(
+        ChatChunk(text="t").model_copy(update={"tenant": "acme"})
+    )
+    assert original.tenant is None  # the original is untouched
