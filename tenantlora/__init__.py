@@ -14,8 +14,9 @@ reply = client.chat(tenant="acme", task="icp_classifier",
 
 from __future__ import annotations
 
-from tenantlora._streams import AsyncChatStream, ChatStream
-from tenantlora.client import AsyncTenantLoRA, Policy, TenantLoRA
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tenantlora.errors import (
     AdapterNotAvailableError,
     AdapterResolutionError,
@@ -37,24 +38,74 @@ from tenantlora.errors import (
     ServerError,
     TenantLoRAError,
 )
-from tenantlora.events import RequestEvent, Stats, StatsCollector, TenantStats
-from tenantlora.naming import adapter_name, safe_adapter_name, validate_task, validate_tenant
-from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver, Resolution
-from tenantlora.retry import RetryPolicy
-from tenantlora.routing import Experiment
-from tenantlora.types import (
-    AdapterKey,
-    AdapterRecord,
-    ChatChunk,
-    ChatRequest,
-    ChatResponse,
-    Message,
-    Route,
-    TenantAdapters,
-    Usage,
-)
+
+if TYPE_CHECKING:
+    from tenantlora._streams import AsyncChatStream, ChatStream
+    from tenantlora.client import AsyncTenantLoRA, Policy, TenantLoRA
+    from tenantlora.events import RequestEvent, Stats, StatsCollector, TenantStats
+    from tenantlora.naming import adapter_name, safe_adapter_name, validate_task, validate_tenant
+    from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver, Resolution
+    from tenantlora.retry import RetryPolicy
+    from tenantlora.routing import Experiment
+    from tenantlora.types import (
+        AdapterKey,
+        AdapterRecord,
+        ChatChunk,
+        ChatRequest,
+        ChatResponse,
+        Message,
+        Route,
+        TenantAdapters,
+        Usage,
+    )
 
 __version__ = "0.1.0"
+
+# Everything but the errors loads on first use (PEP 562), so `import tenantlora` (and a CLI
+# built on it) does not pay for pydantic's machinery, asyncio or the client until they are used.
+_LAZY: dict[str, str] = {
+    "AdapterKey": "tenantlora.types",
+    "AdapterRecord": "tenantlora.types",
+    "AdapterResolver": "tenantlora.resolver",
+    "AsyncAdapterResolver": "tenantlora.resolver",
+    "AsyncChatStream": "tenantlora._streams",
+    "AsyncTenantLoRA": "tenantlora.client",
+    "ChatChunk": "tenantlora.types",
+    "ChatRequest": "tenantlora.types",
+    "ChatResponse": "tenantlora.types",
+    "ChatStream": "tenantlora._streams",
+    "Experiment": "tenantlora.routing",
+    "Message": "tenantlora.types",
+    "Policy": "tenantlora.client",
+    "RequestEvent": "tenantlora.events",
+    "Resolution": "tenantlora.resolver",
+    "RetryPolicy": "tenantlora.retry",
+    "Route": "tenantlora.types",
+    "Stats": "tenantlora.events",
+    "StatsCollector": "tenantlora.events",
+    "TenantAdapters": "tenantlora.types",
+    "TenantLoRA": "tenantlora.client",
+    "TenantStats": "tenantlora.events",
+    "Usage": "tenantlora.types",
+    "adapter_name": "tenantlora.naming",
+    "safe_adapter_name": "tenantlora.naming",
+    "validate_task": "tenantlora.naming",
+    "validate_tenant": "tenantlora.naming",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tenantlora' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AdapterKey",

@@ -64,7 +64,9 @@ def test_entry_point_backends_are_found(monkeypatch: pytest.MonkeyPatch) -> None
         name = "thirdparty"
         value = "tenantlora.testing:FakeBackend"
 
-    monkeypatch.setattr(backends.metadata, "entry_points", lambda group: [FakeEntryPoint()])
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEntryPoint()])
     assert "thirdparty" in backends.available_backends()
     from tenantlora.testing import FakeBackend
 

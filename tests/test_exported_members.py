@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import tenantlora
 
 
@@ -20,6 +22,14 @@ def test_all_is_complete() -> None:
     assert public - {"annotations"} <= set(tenantlora.__all__)
     for name in tenantlora.__all__:
         assert hasattr(tenantlora, name), name
+
+
+def test_lazy_names_match_all() -> None:
+    """Every lazily loaded name is exported, and every export resolves (eager or lazy)."""
+    assert set(tenantlora._LAZY) <= set(tenantlora.__all__)
+    assert set(dir(tenantlora)) >= set(tenantlora.__all__)
+    with pytest.raises(AttributeError):
+        _ = tenantlora.NoSuchName  # type: ignore[attr-defined]
 
 
 def test_exported_members_claim_a_public_module() -> None:

@@ -13,7 +13,6 @@ and are then available to :func:`load_backend` and :func:`create_backend` by nam
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenantlora.backends.base import AsyncBackend, Backend
@@ -53,6 +52,9 @@ _CLASSES: dict[str, str] = {
 
 
 def _entry_point_specs() -> dict[str, BackendSpec]:
+    # importlib.metadata costs ~15 ms to import: only pay it when a name is looked up.
+    from importlib import metadata
+
     return {ep.name: BackendSpec(ep.value) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

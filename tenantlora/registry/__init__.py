@@ -1,14 +1,20 @@
 """Registries: where each tenant's adapter per task is recorded.
 
 ``SQLiteRegistry`` is the embedded default (versions, rollback, erasure); ``MemoryRegistry`` is
-for tests and single-process use.
+for tests and single-process use. Both load on first use, so the client (which only needs the
+protocols) does not import sqlite3.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, WritableRegistry
-from tenantlora.registry.memory import MemoryRegistry
-from tenantlora.registry.sqlite import SQLiteRegistry
+
+if TYPE_CHECKING:
+    from tenantlora.registry.memory import MemoryRegistry
+    from tenantlora.registry.sqlite import SQLiteRegistry
 
 __all__ = [
     "AdapterRegistry",
@@ -17,3 +23,17 @@ __all__ = [
     "SQLiteRegistry",
     "WritableRegistry",
 ]
+
+_LAZY = {
+    "MemoryRegistry": "tenantlora.registry.memory",
+    "SQLiteRegistry": "tenantlora.registry.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tenantlora.registry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

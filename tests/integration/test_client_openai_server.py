@@ -149,10 +149,9 @@ def test_truncated_stream_raises_without_hanging(
     openai_server.push(Reply.sse([chat_chunk("Hel"), chat_chunk("lo")], done=False))
     with client_for(openai_server, registry, clock) as client:
         stream = client.stream(tenant="acme", task="icp_classifier", messages=MSG)
-        texts = []
+        texts: list[str] = []
         with pytest.raises(ResponseValidationError):
-            for chunk in stream:
-                texts.append(chunk.text)
+            texts.extend(chunk.text for chunk in stream)
         assert "".join(texts) == "Hello"
         assert client.stats().tenants["acme"].errors == 1
         # the client is still usable afterwards
