@@ -1,4 +1,4 @@
-"""Value objects: frozen pydantic v2 models.
+"""Value objects: frozen pydantic v2 models (and :class:`Route`, a named tuple).
 
 Shapes we own forbid extra fields; provider payloads are parsed elsewhere, tolerantly, and turned
 into these. Every model is immutable: derive a changed copy with ``model_copy(update=...)``.

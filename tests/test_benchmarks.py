@@ -1,0 +1,35 @@
+"""The benchmark harness runs end to end (figures are not asserted: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_run_reports_every_figure(tmp_path: Path) -> None:
+    """`python -m benchmarks.run --quick` completes and reports each figure the issue names."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["sync"]["median_us"]) == {
+        "raw_post", "raw_post_json", "backend_only", "tenantlora",
+    }  # fmt: skip
+    assert set(results["async"]["median_req_per_s"]) == {
+        "raw_aiohttp", "raw_httpx", "tenantlora_aiohttp", "tenantlora_httpx",
+    }  # fmt: skip
+    assert results["resolver"]["async_1000_concurrent_misses_reads"] == 1
+    assert results["import"]["imports_torch"] is False
+    for row in ("ratio chat / raw post", "fast path / raw aiohttp", "resolver cache-hit"):
+        assert row in proc.stdout
