@@ -20,7 +20,8 @@ class Backend(Protocol):
 
     ``chat(request, adapter=..., timeout=...)`` sends one chat call and returns the answer.
     ``adapter`` is the registry record's ``adapter_id``; ``None`` means the base model. ``timeout``
-    is seconds for the whole call (None = the backend's default).
+    is seconds allowed for connecting and for each read, as in httpx (None = the backend's
+    default), so a long stream that keeps sending is never cut off.
 
     Contract:
 
