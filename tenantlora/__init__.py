@@ -15,7 +15,7 @@ reply = client.chat(tenant="acme", task="icp_classifier",
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -39,7 +39,7 @@ from tenantlora.errors import (
     TenantLoRAError,
 )
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from tenantlora._streams import AsyncChatStream, ChatStream
     from tenantlora.client import AsyncTenantLoRA, Policy, TenantLoRA
     from tenantlora.events import RequestEvent, Stats, StatsCollector, TenantStats
@@ -94,7 +94,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tenantlora' has no attribute {name!r}")

@@ -16,7 +16,6 @@ Request flow::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
@@ -244,7 +243,8 @@ class AsyncTenantLoRA(_BaseClient):
     """The asynchronous client: the twin of :class:`TenantLoRA`, with ``await`` / ``async for``.
 
     ``backend`` must implement :class:`~tenantlora.backends.AsyncBackend`; ``registry`` may be a
-    sync or an async registry. ``sleep`` must be awaitable (default :func:`asyncio.sleep`).
+    sync or an async registry. ``sleep`` must be awaitable; None (the default) means
+    :func:`asyncio.sleep`.
     """
 
     def __init__(
@@ -260,7 +260,7 @@ class AsyncTenantLoRA(_BaseClient):
         hooks: Sequence[Hook] = (),
         timeout: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if not isinstance(backend, AsyncBackend):
             raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
@@ -278,7 +278,13 @@ class AsyncTenantLoRA(_BaseClient):
         self.resolver: AsyncAdapterResolver = _resolver_from(
             AsyncAdapterResolver, registry, resolver, ttl=ttl, policy=policy, clock=clock
         )
-        self._sleep = sleep
+        if sleep is None:
+            # Resolved here, not as the default value, so `import tenantlora.client` (which the
+            # sync client needs too) does not import asyncio.
+            import asyncio
+
+            sleep = asyncio.sleep
+        self._sleep: Callable[[float], Awaitable[None]] = sleep
 
     async def chat(
         self,

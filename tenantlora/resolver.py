@@ -20,20 +20,22 @@ What the resolver guarantees:
   :class:`~tenantlora.errors.AdapterResolutionError` (``on_error="raise"``);
 - a record that belongs to another tenant (or is filed under the wrong task) is never returned:
   it is dropped, counted in ``isolation_drops`` and logged.
+
+asyncio, concurrent.futures and inspect are imported where they are used (a registry read, a
+resolver's construction), never on the cache-hit path, so importing the sync client does not
+load asyncio (about 15 ms with the ssl and concurrent.futures modules it brings).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
-import inspect
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -41,12 +43,31 @@ from tenantlora.errors import AdapterResolutionError, ConfigurationError, Regist
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
 
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+
 __all__ = ["AdapterResolver", "AsyncAdapterResolver", "Resolution", "ResolverStats"]
 
 logger = logging.getLogger("tenantlora")
 
 OnError = Literal["fallback", "raise"]
-_TIMEOUTS = (TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a failed registry read timed out.
+
+    On Python 3.10 ``concurrent.futures.TimeoutError`` and ``asyncio.TimeoutError`` are distinct
+    from the builtin (3.11 made them aliases). Neither module is imported for this check: an
+    instance of one of their classes can only exist once that module has been imported.
+    """
+    if isinstance(exc, TimeoutError):
+        return True
+    futures = sys.modules.get("concurrent.futures")
+    if futures is not None and isinstance(exc, futures.TimeoutError):
+        return True
+    aio = sys.modules.get("asyncio")
+    return aio is not None and isinstance(exc, aio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +272,7 @@ class _ResolverCore:
         return _Entry(records, hits, ttl, len(result.adapters) - len(records))
 
     def _failure_from(self, tenant: str, exc: Exception) -> _Failure:
-        if isinstance(exc, _TIMEOUTS):
+        if _is_timeout(exc):
             detail = f"no answer within {self._timeout:g} s" if self._timeout else "timed out"
         elif isinstance(exc, RegistryError):
             detail = str(exc)
@@ -358,6 +379,9 @@ class AdapterResolver(_ResolverCore):
         registry_timeout: float | None = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Local like the asyncio imports below, though dataclasses already loads inspect.
+        import inspect
+
         if inspect.iscoroutinefunction(getattr(registry, "get", None)):
             raise ConfigurationError("an async registry needs AsyncAdapterResolver")
         super().__init__(
@@ -410,6 +434,8 @@ class AdapterResolver(_ResolverCore):
     def _read(self, tenant: str) -> object:
         if self._timeout is None:
             return self._get(tenant)
+        import concurrent.futures  # lazy: only a timed registry read (a cache miss) needs it
+
         future: concurrent.futures.Future[object] = concurrent.futures.Future()
         context = contextvars.copy_context()
         threading.Thread(
@@ -447,6 +473,8 @@ class AsyncAdapterResolver(_ResolverCore):
             registry, ttl=ttl, negative_ttl=negative_ttl, maxsize=maxsize, max_stale=max_stale,
             error_ttl=error_ttl, on_error=on_error, registry_timeout=registry_timeout, clock=clock,
         )  # fmt: skip
+        import inspect  # see AdapterResolver.__init__
+
         self._get: Callable[[str], Any] = registry.get
         self._is_async = inspect.iscoroutinefunction(registry.get)
 
@@ -466,6 +494,8 @@ class AsyncAdapterResolver(_ResolverCore):
         return await self._resolve_slow(tenant, task)
 
     async def _resolve_slow(self, tenant: str, task: str) -> Resolution:
+        import asyncio  # lazy: keeps asyncio out of `import tenantlora.client`; misses only
+
         loop = asyncio.get_running_loop()
         with self._lock:
             found = self._lookup(tenant, task)
@@ -493,6 +523,8 @@ class AsyncAdapterResolver(_ResolverCore):
             self._settle(tenant, flight, entry, None)
 
     async def _read(self, tenant: str) -> object:
+        import asyncio  # lazy: see _resolve_slow
+
         call = self._get(tenant) if self._is_async else asyncio.to_thread(self._get, tenant)
         if self._timeout is None:
             return await call

@@ -12,22 +12,22 @@ raised at once.
 
 The first attempt runs outside tenacity, so a call that succeeds first time (nearly all of them)
 pays no retry bookkeeping; tenacity takes over from the first retryable failure.
+
+tenacity (and asyncio, for the async default sleep) is imported on that slow path only, so
+importing the client does not pay for them. :class:`RetryAfterWait` subclasses tenacity's
+``wait_base``, so the class itself is built on first access to ``tenantlora.retry.RetryAfterWait``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import inspect
+import functools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import tenacity
-from tenacity import wait_exponential_jitter
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tenantlora.errors import (
     BackendConnectionError,
@@ -46,18 +46,32 @@ __all__ = [
     "parse_retry_after",
 ]
 
+if TYPE_CHECKING:
+    import tenacity
+    from tenacity.wait import wait_base
+
 T = TypeVar("T")
+_W = TypeVar("_W", bound="_RetryAfterWaitMixin")
 
 logger = logging.getLogger("tenantlora")
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
-# tenacity >= 9.2 renamed wait_exponential_jitter's ``initial`` to ``multiplier`` (and warns on
-# the old name); older releases only know ``initial``.
-_MULTIPLIER_ARG = (
-    "multiplier"
-    if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters
-    else "initial"
-)
+
+
+@functools.cache
+def _multiplier_arg() -> str:
+    """The name of wait_exponential_jitter's first back-off parameter, probed once.
+
+    tenacity >= 9.2 renamed ``initial`` to ``multiplier`` (and warns on the old name); older
+    releases only know ``initial``. Probed on first use, not at import: it needs tenacity and
+    inspect, which the first-attempt path never touches.
+    """
+    import inspect
+
+    from tenacity import wait_exponential_jitter
+
+    parameters = inspect.signature(wait_exponential_jitter.__init__).parameters
+    return "multiplier" if "multiplier" in parameters else "initial"
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,7 @@ def parse_retry_after(
     return seconds if seconds is not None else _http_date(value, now)
 
 
-class RetryAfterWait(tenacity.wait.wait_base):
+class _RetryAfterWaitMixin:
     """A tenacity wait that honours the server's Retry-After, else backs off exponentially.
 
     When the last attempt failed with a :class:`~tenantlora.errors.BackendStatusError` carrying
@@ -166,13 +180,15 @@ class RetryAfterWait(tenacity.wait.wait_base):
         jitter: float = 1.0,
         max_retry_after: float = 60.0,
     ) -> None:
+        from tenacity import wait_exponential_jitter
+
         self.max_retry_after = max_retry_after
         self.fallback = wait_exponential_jitter(
-            max=max_wait, jitter=jitter, **{_MULTIPLIER_ARG: initial}
+            max=max_wait, jitter=jitter, **{_multiplier_arg(): initial}
         )
 
     @classmethod
-    def from_policy(cls, policy: RetryPolicy) -> RetryAfterWait:
+    def from_policy(cls: type[_W], policy: RetryPolicy) -> _W:
         """The wait a :class:`RetryPolicy` describes."""
         return cls(
             initial=policy.initial,
@@ -187,6 +203,38 @@ class RetryAfterWait(tenacity.wait.wait_base):
         if isinstance(exc, BackendStatusError) and exc.retry_after is not None:
             return max(0.0, min(exc.retry_after, self.max_retry_after))
         return self.fallback(retry_state)
+
+
+if TYPE_CHECKING:
+
+    class RetryAfterWait(_RetryAfterWaitMixin, wait_base):
+        """A tenacity wait that honours the server's Retry-After (see the mixin above)."""
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        # PEP 562: RetryAfterWait is a real tenacity ``wait_base`` subclass, so defining it at
+        # import would import tenacity; it is built on first access instead and then cached
+        # in the module namespace, so later lookups (and pickling) find it directly.
+        if name == "RetryAfterWait":
+            cls = globals()["RetryAfterWait"] = _retry_after_wait_class()
+            return cls
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), "RetryAfterWait"})
+
+
+@functools.cache
+def _retry_after_wait_class() -> type[RetryAfterWait]:
+    """Build :class:`RetryAfterWait` (once): the mixin's behaviour on tenacity's ``wait_base``."""
+    from tenacity.wait import wait_base
+
+    class _Built(_RetryAfterWaitMixin, wait_base):
+        __doc__ = _RetryAfterWaitMixin.__doc__
+
+    _Built.__name__ = _Built.__qualname__ = "RetryAfterWait"
+    return cast("type[RetryAfterWait]", _Built)
 
 
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
@@ -204,10 +252,12 @@ def _log_retry(retry_state: tenacity.RetryCallState) -> None:
 
 
 def _retry_kwargs(policy: RetryPolicy) -> dict[str, Any]:
+    import tenacity  # lazy: reached only after a first attempt failed and is worth retrying
+
     return {
         "retry": tenacity.retry_if_exception(is_retryable),
         "stop": tenacity.stop_after_attempt(policy.max_retries + 1),
-        "wait": RetryAfterWait.from_policy(policy),
+        "wait": _retry_after_wait_class().from_policy(policy),
         "before_sleep": _log_retry,
         "reraise": True,
     }
@@ -255,6 +305,8 @@ def call_with_retries(
             raise first
         return fn()
 
+    import tenacity  # lazy: see _retry_kwargs
+
     retrying = tenacity.Retrying(sleep=sleep, **_retry_kwargs(policy))
     try:
         result = retrying(attempt)
@@ -268,9 +320,13 @@ async def acall_with_retries(
     policy: RetryPolicy,
     fn: Callable[[], Awaitable[T]],
     *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> tuple[T, int]:
-    """The async twin of :func:`call_with_retries`: ``fn`` returns an awaitable."""
+    """The async twin of :func:`call_with_retries`: ``fn`` returns an awaitable.
+
+    ``sleep`` must be awaitable; None (the default) means :func:`asyncio.sleep`, looked up only
+    when a retry is due so that importing this module does not import asyncio.
+    """
     try:
         return await fn(), 0
     except Exception as exc:
@@ -284,6 +340,12 @@ async def acall_with_retries(
             raise first
         return await fn()
 
+    import tenacity  # lazy: see _retry_kwargs
+
+    if sleep is None:
+        import asyncio
+
+        sleep = asyncio.sleep
     retrying = tenacity.AsyncRetrying(sleep=sleep, **_retry_kwargs(policy))
     try:
         result: T = await retrying(attempt)
