@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MESSAGES = [{"role": "user", "content": "Acme Corp, 400 staff, PE-backed. Qualified?"}]
@@ -311,6 +312,11 @@ def bench_import(sizes: Sizes) -> dict[str, Any]:
         "clients": "from tenantlora import TenantLoRA, AsyncTenantLoRA",
         "deps": "import httpx, pydantic, tenacity, cachetools",
     }
+    # A pip-installed package (like each dependency here) has its bytecode compiled at install;
+    # an editable checkout under PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every
+    # module on every import. Compile ours too so both sides load the same way.
+    package = Path(__file__).resolve().parent.parent / "tenantlora"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
     times: dict[str, list[float]] = {name: [] for name in codes}
     for code in codes.values():
         _import_ms(code)

@@ -384,7 +384,7 @@ def test_status_maps_to_error_class(
         ({"Retry-After": "7"}, 7.0),
         ({"retry-after-ms": "1500"}, 1.5),
         ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
-        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),  # in the past
         ({"Retry-After": "soon"}, None),
         ({}, None),
     ],

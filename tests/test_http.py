@@ -55,29 +55,6 @@ NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
 # -- Retry-After --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after-ms": "1500"}, 1.5),
-        ({"Retry-After-Ms": "20"}, 0.02),
-        ({"retry-after-ms": "100", "retry-after": "9"}, 0.1),
-        ({"retry-after-ms": "junk", "retry-after": "9"}, 9.0),
-        ({"Retry-After": "3"}, 3.0),
-        ({"retry-after": " 2.5 "}, 2.5),
-        ({"retry-after": "-4"}, 0.0),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:30 GMT"}, 30.0),
-        ({"retry-after": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0),
-        ({"retry-after": "nan"}, None),
-        ({"retry-after": "inf"}, None),
-        ({"retry-after": "tomorrow"}, None),
-        ({}, None),
-    ],
-)
-def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
-    """retry-after-ms wins, then Retry-After seconds or HTTP-date; junk is None, never negative."""
-    assert parse_retry_after(headers, now=lambda: NOW) == expected
-
-
 def test_parse_retry_after_reads_httpx_headers() -> None:
     """Case-insensitive header objects (httpx.Headers) work directly."""
     assert parse_retry_after(httpx.Headers({"RETRY-AFTER": "4"})) == 4.0

@@ -28,13 +28,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -48,6 +45,7 @@ from tenantlora.errors import (
     ResponseValidationError,
     status_error_class,
 )
+from tenantlora.retry import parse_retry_after
 
 __all__ = [
     "DONE",
@@ -162,39 +160,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None and isinstance(headers, dict):  # a plain dict is case-sensitive
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
-
-
-def _finite(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def parse_retry_after(
-    headers: Mapping[str, str], now: Callable[[], float] = time.time
-) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, else ``Retry-After`` (seconds or HTTP-date).
-
-    Returns None when neither header is present or parseable; never a negative number.
-    """
-    millis = _header(headers, "retry-after-ms")
-    if millis is not None and (value := _finite(millis.strip())) is not None:
-        return max(0.0, value / 1000.0)
-    raw = _header(headers, "retry-after")
-    if raw is None:
-        return None
-    seconds = _finite(raw.strip())
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now())
 
 
 def _text(value: object) -> str | None:
