@@ -32,7 +32,14 @@ from tenantlora.events import Hook, RequestEvent, Stats, StatsCollector, emit
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.resolver import Resolution
 from tenantlora.retry import RetryPolicy
-from tenantlora.routing import Experiment, fallback_route, find_experiment, route
+from tenantlora.routing import (
+    ARM_ADAPTER,
+    ARM_CONTROL,
+    Experiment,
+    fallback_route,
+    find_experiment,
+    route,
+)
 from tenantlora.types import (
     CacheOutcome,
     ChatChunk,
@@ -46,6 +53,7 @@ from tenantlora.types import (
 __all__ = ["MessagesInput", "Policy"]
 
 logger = logging.getLogger("tenantlora")
+_ARMS = (None, ARM_ADAPTER, ARM_CONTROL)
 
 MessagesInput = Sequence[Message | Mapping[str, Any]]
 
@@ -167,6 +175,8 @@ class _BaseClient:
             raise InvalidRequestError(
                 "messages must be a list of {'role': ..., 'content': ...} mappings"
             )
+        if params.pop("arm", None) not in _ARMS:
+            raise InvalidRequestError("arm must be None, 'adapter' or 'control'")
         fields = {k: v for k, v in params.items() if v is not None}
         try:
             return ChatRequest(messages=messages, **fields)
@@ -176,7 +186,9 @@ class _BaseClient:
     def _start(self, tenant: str, task: str, *, stream: bool) -> _Call:
         return _Call(tenant, task, self._clock(), stream=stream)
 
-    def _route(self, call: _Call, resolution: Resolution, unit: str | None) -> Route:
+    def _route(
+        self, call: _Call, resolution: Resolution, ab: tuple[str | None, str | None]
+    ) -> Route:
         call.cache = resolution.outcome
         experiment = (
             find_experiment(self._experiments, call.tenant, call.task)
@@ -189,7 +201,8 @@ class _BaseClient:
             task=call.task,
             outcome=resolution.outcome,
             experiment=experiment,
-            unit=unit,
+            unit=ab[0],
+            arm=ab[1],
         )
         call.requested = call.route.adapter
         return call.route

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from tenantlora._base_client import (
     MessagesInput,
@@ -92,6 +92,7 @@ class TenantLoRA(_BaseClient):
         messages: MessagesInput,
         *,
         unit: str | None = None,
+        arm: Literal["adapter", "control"] | None = None,
         timeout: float | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -103,16 +104,18 @@ class TenantLoRA(_BaseClient):
     ) -> ChatResponse:
         """Answer ``messages`` with ``tenant``'s adapter for ``task`` (or the base model).
 
-        ``unit`` is the A/B unit key (a user or session ID); ``timeout`` overrides the client's.
+        ``unit`` is the A/B unit key (a user or session ID); ``arm`` pins the A/B arm
+        (``"control"`` = the base model, ``"adapter"`` = the tenant's adapter when it has a ready
+        one) whatever the experiments say; ``timeout`` overrides the client's.
         Raises :class:`~tenantlora.errors.InvalidRequestError` before any I/O on bad input, and
         :class:`~tenantlora.errors.BackendError` subclasses when the backend fails after retries.
         """
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False)
         try:
-            self._route(call, self.resolver.resolve(tenant, task), unit)
+            self._route(call, self.resolver.resolve(tenant, task), (unit, arm))
             try:
                 response = self._send(call, request, timeout)
             except AdapterNotAvailableError as exc:
@@ -130,6 +133,7 @@ class TenantLoRA(_BaseClient):
         messages: MessagesInput,
         *,
         unit: str | None = None,
+        arm: Literal["adapter", "control"] | None = None,
         timeout: float | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -145,11 +149,11 @@ class TenantLoRA(_BaseClient):
         Retries and the base-model fallback apply until the first chunk arrives.
         """
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True)
         outcome = _Outcome()
-        return ChatStream(self._chunks(call, request, unit, timeout, outcome), outcome)
+        return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     def close(self) -> None:
         """Close the backend (its connection pool or model)."""
@@ -211,14 +215,14 @@ class TenantLoRA(_BaseClient):
         self,
         call: _Call,
         request: ChatRequest,
-        unit: str | None,
+        ab: tuple[str | None, str | None],
         timeout: float | None,
         outcome: _Outcome,
     ) -> Generator[ChatChunk, None, None]:
         chunks: Generator[ChatChunk, None, None] | None = None
         acc = _Accumulator()
         try:
-            self._route(call, self.resolver.resolve(call.tenant, call.task), unit)
+            self._route(call, self.resolver.resolve(call.tenant, call.task), ab)
             try:
                 chunks, chunk = self._open(call, request, timeout)
             except AdapterNotAvailableError as exc:
@@ -293,6 +297,7 @@ class AsyncTenantLoRA(_BaseClient):
         messages: MessagesInput,
         *,
         unit: str | None = None,
+        arm: Literal["adapter", "control"] | None = None,
         timeout: float | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -304,11 +309,11 @@ class AsyncTenantLoRA(_BaseClient):
     ) -> ChatResponse:
         """Answer with ``tenant``'s adapter for ``task``; see :meth:`TenantLoRA.chat`."""
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False)
         try:
-            self._route(call, await self.resolver.resolve(tenant, task), unit)
+            self._route(call, await self.resolver.resolve(tenant, task), (unit, arm))
             try:
                 response = await self._send(call, request, timeout)
             except AdapterNotAvailableError as exc:
@@ -326,6 +331,7 @@ class AsyncTenantLoRA(_BaseClient):
         messages: MessagesInput,
         *,
         unit: str | None = None,
+        arm: Literal["adapter", "control"] | None = None,
         timeout: float | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -337,11 +343,11 @@ class AsyncTenantLoRA(_BaseClient):
     ) -> AsyncChatStream:
         """Like :meth:`chat`, streamed: ``async for chunk in client.stream(...)``."""
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True)
         outcome = _Outcome()
-        return AsyncChatStream(self._chunks(call, request, unit, timeout, outcome), outcome)
+        return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     async def aclose(self) -> None:
         """Close the backend (its connection pool or model)."""
@@ -403,14 +409,14 @@ class AsyncTenantLoRA(_BaseClient):
         self,
         call: _Call,
         request: ChatRequest,
-        unit: str | None,
+        ab: tuple[str | None, str | None],
         timeout: float | None,
         outcome: _Outcome,
     ) -> AsyncGenerator[ChatChunk, None]:
         chunks: AsyncGenerator[ChatChunk, None] | None = None
         acc = _Accumulator()
         try:
-            self._route(call, await self.resolver.resolve(call.tenant, call.task), unit)
+            self._route(call, await self.resolver.resolve(call.tenant, call.task), ab)
             try:
                 chunks, chunk = await self._open(call, request, timeout)
             except AdapterNotAvailableError as exc:

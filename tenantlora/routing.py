@@ -119,6 +119,7 @@ def route(
     outcome: CacheOutcome,
     experiment: Experiment | None = None,
     unit: str | None = None,
+    arm: str | None = None,
 ) -> Route:
     """Where a call for ``tenant``'s ``task`` goes, given the resolved ``record``.
 
@@ -130,6 +131,9 @@ def route(
     - an ``experiment`` covering the call: the unit (``unit``, or the tenant when None) is
       assigned an arm; the control arm goes to the base model with ``"experiment_control"``
       and keeps the record, the adapter arm goes to the adapter;
+    - ``arm`` given (:data:`ARM_ADAPTER` or :data:`ARM_CONTROL`): that arm, whatever the
+      experiments say (an evaluation pins arms this way); it never adds an adapter the tenant
+      does not have: the rules above still apply first;
     - otherwise the adapter (``record.adapter_id``).
     """
     if record is None:
@@ -140,10 +144,11 @@ def route(
         return Route(adapter=None, fallback_reason="no_adapter")
     if record.status != "ready":
         return Route(adapter=None, record=record, fallback_reason="adapter_not_ready")
-    if experiment is not None and experiment.covers(tenant, task):
+    if arm is None and experiment is not None and experiment.covers(tenant, task):
         arm = assign_arm(experiment, tenant, task, tenant if unit is None else unit)
-        if arm == ARM_CONTROL:
-            return Route(adapter=None, record=record, fallback_reason="experiment_control", arm=arm)
+    if arm == ARM_CONTROL:
+        return Route(adapter=None, record=record, fallback_reason="experiment_control", arm=arm)
+    if arm is not None:
         return Route(adapter=record.adapter_id, record=record, arm=arm)
     return Route(adapter=record.adapter_id, record=record)
 

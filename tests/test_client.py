@@ -570,3 +570,27 @@ def test_public_methods_match() -> None:
     public = {n for n in dir(TenantLoRA) if not n.startswith("_")}
     apublic = {n for n in dir(AsyncTenantLoRA) if not n.startswith("_")}
     assert {("a" + n if n == "close" else n) for n in public} == apublic
+
+
+def test_arm_pins_base_or_adapter(registry: MemoryRegistry, clock: ManualClock) -> None:
+    """arm='control' serves base for a tenant with an adapter; arm='adapter' its adapter."""
+    client, backend, _ = make(registry, clock)
+    control = client.chat(tenant="acme", task="icp", messages=MSG, arm="control")
+    adapter = client.chat(tenant="acme", task="icp", messages=MSG, arm="adapter")
+    assert (control.adapter, control.fallback_reason, control.arm) == (
+        None, "experiment_control", "control",
+    )  # fmt: skip
+    assert (adapter.adapter, adapter.arm) == ("acme-icp-v1", "adapter")
+    with pytest.raises(InvalidRequestError, match="arm"):
+        client.chat(tenant="acme", task="icp", messages=MSG, arm="both")  # type: ignore[arg-type]
+    assert [c.adapter for c in backend.calls] == [None, "acme-icp-v1"]
+
+
+async def test_async_arm_pins_base(registry: MemoryRegistry, clock: ManualClock) -> None:
+    """The async client honours arm= too, in chat and stream."""
+    client, _, _ = amake(registry, clock)
+    reply = await client.chat(tenant="acme", task="icp", messages=MSG, arm="control")
+    assert reply.adapter is None
+    stream = client.stream(tenant="acme", task="icp", messages=MSG, arm="control")
+    chunks = [c async for c in stream]
+    assert {c.adapter for c in chunks} == {None}

@@ -246,3 +246,18 @@ def test_experiment_accepts_list_of_tenants_and_is_frozen() -> None:
     assert experiment.tenants == frozenset({"acme", "globex"})
     with pytest.raises(ValidationError):
         experiment.share = 0.9  # type: ignore[misc]
+
+
+def test_forced_arm_overrides_the_experiment() -> None:
+    """arm= pins the arm whatever the experiment assigns, and never invents an adapter."""
+    record = AdapterRecord(tenant="acme", task="icp", adapter_id="a1")
+    everyone_adapter = Experiment(share=1.0)
+    pinned = route(record, tenant="acme", task="icp", outcome="hit",
+                   experiment=everyone_adapter, arm=ARM_CONTROL)  # fmt: skip
+    assert (pinned.adapter, pinned.fallback_reason, pinned.arm) == (
+        None, "experiment_control", ARM_CONTROL,
+    )  # fmt: skip
+    forced = route(record, tenant="acme", task="icp", outcome="hit", arm=ARM_ADAPTER)
+    assert (forced.adapter, forced.arm) == ("a1", ARM_ADAPTER)
+    none = route(None, tenant="acme", task="icp", outcome="hit", arm=ARM_ADAPTER)
+    assert (none.adapter, none.fallback_reason) == (None, "no_adapter")
