@@ -176,10 +176,11 @@ class TenantLoRA(_BaseClient):
     def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        record = call.route.record if adapter is not None else None
         try:
             response, retries = call_with_retries(
                 self._retry,
-                lambda: self.backend.chat(request, adapter=adapter, timeout=seconds),
+                lambda: self.backend.chat(request, adapter=adapter, timeout=seconds, record=record),
                 sleep=self._sleep,
             )
         except BackendError as exc:
@@ -194,9 +195,12 @@ class TenantLoRA(_BaseClient):
         """Start a backend stream and read its first chunk, retrying until one arrives."""
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        record = call.route.record if adapter is not None else None
 
         def attempt() -> tuple[Generator[ChatChunk, None, None], ChatChunk | None]:
-            chunks = _generator(self.backend.stream(request, adapter=adapter, timeout=seconds))
+            chunks = _generator(
+                self.backend.stream(request, adapter=adapter, timeout=seconds, record=record)
+            )
             try:
                 return chunks, next(chunks, None)
             except BaseException:
@@ -370,10 +374,13 @@ class AsyncTenantLoRA(_BaseClient):
     async def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        record = call.route.record if adapter is not None else None
         try:
             response, retries = await acall_with_retries(
                 self._retry,
-                lambda: self.backend.achat(request, adapter=adapter, timeout=seconds),
+                lambda: self.backend.achat(
+                    request, adapter=adapter, timeout=seconds, record=record
+                ),
                 sleep=self._sleep,
             )
         except BackendError as exc:
@@ -388,9 +395,12 @@ class AsyncTenantLoRA(_BaseClient):
         """Start a backend stream and read its first chunk, retrying until one arrives."""
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
+        record = call.route.record if adapter is not None else None
 
         async def attempt() -> tuple[AsyncGenerator[ChatChunk, None], ChatChunk | None]:
-            chunks = _agenerator(self.backend.astream(request, adapter=adapter, timeout=seconds))
+            chunks = _agenerator(
+                self.backend.astream(request, adapter=adapter, timeout=seconds, record=record)
+            )
             try:
                 return chunks, await anext(chunks, None)
             except BaseException:

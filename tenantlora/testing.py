@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from tenantlora.errors import AdapterNotAvailableError
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Usage
+from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Usage
 
 __all__ = ["FakeBackend", "FakeCall", "Handler", "ManualClock", "scripted"]
 
@@ -67,6 +67,7 @@ class FakeCall:
     request: ChatRequest
     adapter: str | None
     stream: bool
+    record: AdapterRecord | None = None
 
 
 def scripted(*outcomes: ChatResponse | str | BaseException) -> Handler:
@@ -117,8 +118,14 @@ class FakeBackend:
         self.calls: list[FakeCall] = []
         self.closed = False
 
-    def _answer(self, request: ChatRequest, adapter: str | None, stream: bool) -> ChatResponse:
-        self.calls.append(FakeCall(request, adapter, stream))
+    def _answer(
+        self,
+        request: ChatRequest,
+        adapter: str | None,
+        stream: bool,
+        record: AdapterRecord | None,
+    ) -> ChatResponse:
+        self.calls.append(FakeCall(request, adapter, stream, record))
         if adapter is not None and self.adapters is not None and adapter not in self.adapters:
             raise AdapterNotAvailableError(
                 f"adapter {adapter!r} is not loaded", backend=self.name, adapter=adapter
@@ -144,24 +151,44 @@ class FakeBackend:
             )
 
     def chat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse:
-        return self._answer(request, adapter, stream=False)
+        return self._answer(request, adapter, False, record)
 
     def stream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> Iterator[ChatChunk]:
-        yield from self._chunks(self._answer(request, adapter, stream=True))
+        yield from self._chunks(self._answer(request, adapter, True, record))
 
     async def achat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse:
-        return self._answer(request, adapter, stream=False)
+        return self._answer(request, adapter, False, record)
 
     async def astream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> AsyncIterator[ChatChunk]:
-        for chunk in self._chunks(self._answer(request, adapter, stream=True)):
+        for chunk in self._chunks(self._answer(request, adapter, True, record)):
             yield chunk
 
     def close(self) -> None:

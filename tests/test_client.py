@@ -594,3 +594,23 @@ async def test_async_arm_pins_base(registry: MemoryRegistry, clock: ManualClock)
     stream = client.stream(tenant="acme", task="icp", messages=MSG, arm="control")
     chunks = [c async for c in stream]
     assert {c.adapter for c in chunks} == {None}
+
+
+def test_backend_receives_the_record_for_adapter_calls_only(
+    registry: MemoryRegistry, clock: ManualClock
+) -> None:
+    """Loading backends get the registry record (uri, base_model) with the adapter; base calls
+    get none, also after a fallback."""
+    registry.publish("gamma", "icp", adapter_id="gamma-v1", uri="/adapters/gamma-v1")
+    client, backend, _ = make(registry, clock)
+    client.chat(tenant="gamma", task="icp", messages=MSG)
+    client.chat(tenant="unknown-co", task="icp", messages=MSG)
+    list(client.stream(tenant="gamma", task="icp", messages=MSG))
+    records = [c.record for c in backend.calls]
+    assert records[0] is not None
+    assert (records[0].tenant, records[0].uri) == ("gamma", "/adapters/gamma-v1")
+    assert records[1] is None
+    assert records[2] == records[0]
+    fallback_client, fallback_backend, _ = make(registry, clock, adapters=set())
+    fallback_client.chat(tenant="gamma", task="icp", messages=MSG)
+    assert [c.record is None for c in fallback_backend.calls] == [False, True]

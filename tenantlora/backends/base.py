@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Protocol, runtime_checkable
 
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 __all__ = ["AsyncBackend", "Backend"]
 
@@ -19,7 +19,10 @@ class Backend(Protocol):
     """A synchronous model backend.
 
     ``chat(request, adapter=..., timeout=...)`` sends one chat call and returns the answer.
-    ``adapter`` is the registry record's ``adapter_id``; ``None`` means the base model. ``timeout``
+    ``adapter`` is the registry record's ``adapter_id``; ``None`` means the base model.
+    ``record`` is that registry record when the client has one (None for the base model): its
+    ``uri`` and ``base_model`` let a backend that loads adapters on demand find and check the
+    files; backends that serve adapters by name alone ignore it. ``timeout``
     is seconds allowed for connecting and for each read, as in httpx (None = the backend's
     default), so a long stream that keeps sending is never cut off.
 
@@ -50,11 +53,21 @@ class Backend(Protocol):
     name: str
 
     def chat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse: ...
 
     def stream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> Iterator[ChatChunk]: ...
 
     def close(self) -> None: ...
@@ -71,11 +84,21 @@ class AsyncBackend(Protocol):
     name: str
 
     async def achat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse: ...
 
     def astream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> AsyncIterator[ChatChunk]: ...
 
     async def aclose(self) -> None: ...

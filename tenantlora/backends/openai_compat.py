@@ -46,7 +46,7 @@ from tenantlora.errors import (
     ConfigurationError,
     InvalidRequestError,
 )
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Message, Usage
+from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Message, Usage
 
 __all__ = ["OpenAICompatible"]
 
@@ -147,7 +147,12 @@ class OpenAICompatible:
     # -- sync ---------------------------------------------------------------------------------
 
     def chat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
         ctx = CallContext(self.name, adapter, CHAT_PATH)
@@ -158,7 +163,12 @@ class OpenAICompatible:
         return _parse_completion(data, headers, ctx)
 
     def stream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> Iterator[ChatChunk]:
         """Stream text deltas; the last chunk carries finish_reason and usage.
 
@@ -207,7 +217,12 @@ class OpenAICompatible:
         return transport
 
     async def achat(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> ChatResponse:
         """The async twin of :meth:`chat`."""
         ctx = CallContext(self.name, adapter, CHAT_PATH)
@@ -218,7 +233,12 @@ class OpenAICompatible:
         return _parse_completion(data, headers, ctx)
 
     async def astream(
-        self, request: ChatRequest, *, adapter: str | None, timeout: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
     ) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
         ctx = CallContext(self.name, adapter, CHAT_PATH)
