@@ -142,6 +142,7 @@ class _BaseClient:
     def __init__(
         self,
         *,
+        backend: object,
         backend_name: str,
         policy: Policy,
         retry: RetryPolicy,
@@ -156,6 +157,9 @@ class _BaseClient:
         self._experiments = tuple(experiments)
         self._collector = StatsCollector()
         self._hooks: tuple[Hook, ...] = (*hooks, self._collector)
+        subscribe = getattr(backend, "subscribe", None)
+        if callable(subscribe):  # backends that load adapters report loads, hits, evictions
+            subscribe(self._collector.adapter_event)
         self._timeout = timeout
         self._clock = clock
 

@@ -71,6 +71,7 @@ class TenantLoRA(_BaseClient):
             raise ConfigurationError(f"{type(backend).__name__} does not implement Backend")
         policy = policy or Policy()
         super().__init__(
+            backend=backend,
             backend_name=backend.name,
             policy=policy,
             retry=retry or RetryPolicy(),
@@ -274,6 +275,7 @@ class AsyncTenantLoRA(_BaseClient):
             raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
         policy = policy or Policy()
         super().__init__(
+            backend=backend,
             backend_name=backend.name,
             policy=policy,
             retry=retry or RetryPolicy(),

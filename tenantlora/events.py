@@ -13,13 +13,22 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from tenantlora.types import CacheOutcome, FallbackReason, Usage
 
-__all__ = ["Hook", "RequestEvent", "Stats", "StatsCollector", "TenantStats", "emit"]
+__all__ = [
+    "AdapterEvent",
+    "AdapterHook",
+    "Hook",
+    "RequestEvent",
+    "Stats",
+    "StatsCollector",
+    "TenantStats",
+    "emit",
+]
 
 logger = logging.getLogger("tenantlora")
 
@@ -51,6 +60,23 @@ class RequestEvent(NamedTuple):
     def ok(self) -> bool:
         return self.error is None
 
+
+class AdapterEvent(NamedTuple):
+    """Something a backend did with an adapter it loads itself (local PEFT, vLLM runtime loads).
+
+    ``kind``: ``"load"`` (``ms`` = load time), ``"hit"`` (already loaded), ``"evict"``
+    (unloaded to make room), ``"load_failed"`` (``error`` = the exception class name).
+    """
+
+    kind: Literal["load", "hit", "evict", "load_failed"]
+    adapter: str
+    backend: str
+    ms: float = 0.0
+    error: str | None = None
+
+
+AdapterHook = Callable[[AdapterEvent], None]
+"""Receives every :class:`AdapterEvent`; backends that emit them offer ``subscribe(hook)``."""
 
 Hook = Callable[[RequestEvent], None]
 """A callable given every :class:`RequestEvent`. Keep it fast; exceptions are logged, not raised."""
@@ -102,6 +128,12 @@ class Stats(BaseModel):
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
     tenants: dict[str, TenantStats] = {}
+    adapter_loads: int = 0
+    adapter_load_failures: int = 0
+    adapter_hits: int = 0
+    adapter_evictions: int = 0
+    adapter_load_p50_ms: float | None = None
+    adapter_load_max_ms: float | None = None
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -176,6 +208,8 @@ class StatsCollector:
         self._max_tenants = max_tenants
         self._lock = threading.Lock()
         self._tenants: dict[str, _Counters] = {}
+        self._adapter_counts = dict.fromkeys(("load", "hit", "evict", "load_failed"), 0)
+        self._load_ms: deque[float] = deque(maxlen=window)
 
     def __call__(self, event: RequestEvent) -> None:
         """Record ``event`` (a collector is itself a hook)."""
@@ -186,16 +220,27 @@ class StatsCollector:
                 counters = self._tenants.setdefault(name, _Counters(self._window))
             counters.add(event)
 
+    def adapter_event(self, event: AdapterEvent) -> None:
+        """Record a backend's :class:`AdapterEvent` (the client subscribes this for you)."""
+        with self._lock:
+            self._adapter_counts[event.kind] += 1
+            if event.kind == "load":
+                self._load_ms.append(event.ms)
+
     def reset(self) -> None:
         """Forget everything recorded so far."""
         with self._lock:
             self._tenants.clear()
+            self._adapter_counts = dict.fromkeys(self._adapter_counts, 0)
+            self._load_ms.clear()
 
     def snapshot(self) -> Stats:
         """Totals plus per-tenant statistics as immutable values."""
         with self._lock:
             tenants = {name: c.snapshot() for name, c in self._tenants.items()}
             latencies = sorted(x for c in self._tenants.values() for x in c.latencies)
+            adapters = dict(self._adapter_counts)
+            loads = sorted(self._load_ms)
         fallbacks: dict[str, int] = {}
         for t in tenants.values():
             for reason, n in t.fallbacks.items():
@@ -211,4 +256,10 @@ class StatsCollector:
             latency_p95_ms=_percentile(latencies, 0.95),
             latency_p99_ms=_percentile(latencies, 0.99),
             tenants=tenants,
+            adapter_loads=adapters["load"],
+            adapter_load_failures=adapters["load_failed"],
+            adapter_hits=adapters["hit"],
+            adapter_evictions=adapters["evict"],
+            adapter_load_p50_ms=_percentile(loads, 0.50),
+            adapter_load_max_ms=loads[-1] if loads else None,
         )

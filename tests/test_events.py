@@ -119,3 +119,41 @@ def test_reset_and_empty_snapshot() -> None:
     stats.reset()
     snap = stats.snapshot()
     assert (snap.requests, snap.cache_hit_rate, snap.latency_p50_ms) == (0, 0.0, None)
+
+
+def test_adapter_events_are_aggregated() -> None:
+    """Backend adapter events feed load counts, hits, evictions and load-time figures."""
+    from tenantlora.events import AdapterEvent
+
+    stats = StatsCollector()
+    for ms in (80.0, 20.0, 50.0):
+        stats.adapter_event(AdapterEvent("load", "a", "local_peft", ms))
+    stats.adapter_event(AdapterEvent("hit", "a", "local_peft"))
+    stats.adapter_event(AdapterEvent("evict", "a", "local_peft"))
+    stats.adapter_event(AdapterEvent("load_failed", "b", "local_peft", error="OSError"))
+    snap = stats.snapshot()
+    assert (snap.adapter_loads, snap.adapter_hits, snap.adapter_evictions) == (3, 1, 1)
+    assert snap.adapter_load_failures == 1
+    assert (snap.adapter_load_p50_ms, snap.adapter_load_max_ms) == (50.0, 80.0)
+
+
+def test_client_subscribes_to_backend_adapter_events() -> None:
+    """A client wires its stats to a backend that offers subscribe(hook)."""
+    from tenantlora import TenantLoRA
+    from tenantlora.events import AdapterEvent, AdapterHook
+    from tenantlora.registry import MemoryRegistry
+    from tenantlora.testing import FakeBackend
+
+    class LoadingBackend(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hooks: list[AdapterHook] = []
+
+        def subscribe(self, hook: AdapterHook) -> None:
+            self.hooks.append(hook)
+
+    backend = LoadingBackend()
+    client = TenantLoRA(backend=backend, registry=MemoryRegistry())
+    assert len(backend.hooks) == 1
+    backend.hooks[0](AdapterEvent("load", "a1", "fake", 12.5))
+    assert client.stats().adapter_load_p50_ms == 12.5
