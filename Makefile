@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# The CPU build; installed before anything that depends on torch so pip never pulls a CUDA one.
+TORCH  ?= torch==2.13.0
 
 .PHONY: install lint typecheck pytest docs test bench clean
 
@@ -11,7 +13,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q -e '.[dev,peft]'
 	touch $@
 
 install: $(STAMP)
