@@ -1,0 +1,473 @@
+"""Read and validate PEFT LoRA adapter directories without torch, safetensors or peft.
+
+An adapter directory holds ``adapter_config.json`` (PEFT's ``LoraConfig``: ``r``, ``lora_alpha``,
+``target_modules``, ...) and ``adapter_model.safetensors``, whose tensors are named
+``base_model.model.<module>.lora_A.weight`` (shape ``[r, in_features]``) and
+``...lora_B.weight`` (shape ``[out_features, r]``); embeddings use ``lora_embedding_A`` /
+``lora_embedding_B``. :func:`inspect` reads and cross-checks the two files; :func:`validate`
+adds limits (rank, sizes, file names, ``model_type``) and, given a local base model directory,
+checks every LoRA pair against the base model's weight shapes.
+
+```python
+from tenantlora.adapters import WORKERS_AI_LIMITS, inspect, validate
+
+info = inspect("out/acme-icp")                # AdapterInfo: rank, alpha, targets, tensors, ...
+validate("out/acme-icp", **WORKERS_AI_LIMITS.as_kwargs(), base="models/mistral-7b")
+```
+
+Only headers are read, never tensor data, and errors carry file names, tensor names and
+numbers, never file contents. Everything raised is
+:class:`~tenantlora.errors.AdapterValidationError` with ``.path`` set to the offending file or
+directory. This module imports only the stdlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Collection, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from tenantlora._safetensors import TensorInfo, read_header, show_name
+from tenantlora.errors import AdapterValidationError
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "WORKERS_AI_LIMITS",
+    "AdapterInfo",
+    "AdapterLimits",
+    "TensorInfo",
+    "inspect",
+    "validate",
+]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_PEFT_PREFIX = "base_model.model."
+_LORA_SUFFIXES = {
+    ".lora_A.weight": ("A", False),
+    ".lora_B.weight": ("B", False),
+    ".lora_embedding_A": ("A", True),
+    ".lora_embedding_B": ("B", True),
+}
+_MAX_JSON_BYTES = 16 * 1024 * 1024
+_SHOWN = 5  # how many mismatches an error lists before "and N more"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterInfo:
+    """What :func:`inspect` found in an adapter directory.
+
+    ``rank`` is the largest rank the adapter uses (``r`` and every ``rank_pattern`` value);
+    ``size_bytes`` counts ``adapter_config.json`` plus ``adapter_model.safetensors``;
+    ``config`` is the raw, read-only ``adapter_config.json``. ``base_model_type`` is the base
+    model's ``config.json`` ``model_type``, filled by :func:`validate` when given ``base``.
+    """
+
+    path: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    base_model: str | None
+    model_type: str | None
+    peft_type: str | None
+    size_bytes: int
+    tensors: tuple[TensorInfo, ...] = dataclasses.field(repr=False)
+    config: Mapping[str, Any] = dataclasses.field(repr=False, hash=False)
+    base_model_type: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterLimits:
+    """A set of :func:`validate` limits; ``None`` means no limit. Maxima are inclusive."""
+
+    max_rank: int | None = None
+    max_bytes: int | None = None
+    max_file_bytes: int | None = None
+    allowed_files: frozenset[str] | None = None
+    model_types: frozenset[str] | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The limits as keyword arguments: ``validate(path, **limits.as_kwargs())``."""
+        return {
+            "max_rank": self.max_rank,
+            "max_bytes": self.max_bytes,
+            "max_file_bytes": self.max_file_bytes,
+            "allowed_files": self.allowed_files,
+            "model_types": self.model_types,
+        }
+
+
+#: Cloudflare Workers AI: rank <= 32, each file < 300 MB, exactly the two adapter files,
+#: and ``model_type`` in ``adapter_config.json`` one of mistral, gemma or llama.
+WORKERS_AI_LIMITS = AdapterLimits(
+    max_rank=32,
+    max_file_bytes=300 * 1024 * 1024 - 1,
+    allowed_files=frozenset({ADAPTER_CONFIG, ADAPTER_WEIGHTS}),
+    model_types=frozenset({"gemma", "llama", "mistral"}),
+)
+
+
+class _Pair(NamedTuple):
+    """One adapted module: its name in the base model and its two LoRA tensors."""
+
+    module: str
+    a: TensorInfo
+    b: TensorInfo
+    embedding: bool
+
+
+def _fail(path: str, message: str) -> AdapterValidationError:
+    return AdapterValidationError(f"{path}: {message}", path=path)
+
+
+def _listed(items: list[str]) -> str:
+    more = f"; and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return "; ".join(items[:_SHOWN]) + more
+
+
+def inspect(path: str | os.PathLike[str]) -> AdapterInfo:
+    """Read an adapter directory and check that its two files are usable and agree.
+
+    Raises :class:`~tenantlora.errors.AdapterValidationError` when the directory or either file
+    is missing (``adapter_model.bin`` is not accepted: safetensors is required), when
+    ``adapter_config.json`` is not a JSON object with a positive integer ``r`` and well-typed
+    LoRA fields, when ``adapter_model.safetensors`` has a corrupt header, or when its LoRA
+    tensors disagree with the config (a lone ``lora_A``, or a rank other than ``r`` /
+    ``rank_pattern`` says).
+    """
+    root = os.fspath(path)
+    if not os.path.isdir(root):
+        raise _fail(root, "no such adapter directory")
+    config_path = os.path.join(root, ADAPTER_CONFIG)
+    weights_path = os.path.join(root, ADAPTER_WEIGHTS)
+    if not os.path.isfile(config_path):
+        raise _fail(root, f"missing {ADAPTER_CONFIG}")
+    if not os.path.isfile(weights_path):
+        hint = " (found adapter_model.bin: re-save with safe_serialization=True)"
+        found_bin = os.path.exists(os.path.join(root, "adapter_model.bin"))
+        raise _fail(root, f"missing {ADAPTER_WEIGHTS}{hint if found_bin else ''}")
+    config = _read_json_object(config_path)
+    rank, alpha = _rank_and_alpha(config, config_path)
+    target_modules = _target_modules(config.get("target_modules"), config_path)
+    base_model = _optional_str(config, "base_model_name_or_path", config_path)
+    model_type = _optional_str(config, "model_type", config_path)
+    peft_type = _peft_type(config, config_path)
+    tensors = read_header(weights_path).tensors
+    _check_ranks(_pairs(tensors, weights_path), config, weights_path)
+    return AdapterInfo(
+        path=root,
+        rank=rank,
+        alpha=alpha,
+        target_modules=target_modules,
+        base_model=base_model,
+        model_type=model_type,
+        peft_type=peft_type,
+        size_bytes=os.path.getsize(config_path) + os.path.getsize(weights_path),
+        tensors=tensors,
+        config=MappingProxyType(config),
+    )
+
+
+def validate(
+    path: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    max_rank: int | None = None,
+    max_bytes: int | None = None,
+    max_file_bytes: int | None = None,
+    allowed_files: Collection[str] | None = None,
+    model_types: Collection[str] | None = None,
+) -> AdapterInfo:
+    """:func:`inspect` the adapter, then check it against limits and (optionally) a base model.
+
+    ``max_rank``, ``max_bytes`` (both adapter files together) and ``max_file_bytes`` (each file
+    in the directory) are inclusive maxima. ``allowed_files`` is every name the directory may
+    hold. ``model_types`` requires ``adapter_config.json`` to name one of them as
+    ``model_type``. ``base`` is a local base model directory (``config.json`` plus
+    ``*.safetensors``, sharded or not): every LoRA pair must fit the base weight it adapts
+    (``in_features`` and ``out_features``); a differing ``base_model_name_or_path`` alone is
+    not an error. All limit violations are reported together in one
+    :class:`~tenantlora.errors.AdapterValidationError`. Returns the :class:`AdapterInfo`, with
+    ``base_model_type`` filled in when ``base`` is given.
+    """
+    info = inspect(path)
+    base_dir = None if base is None else os.fspath(base)
+    base_model_type = None if base_dir is None else _base_model_type(base_dir)
+    problems = _limit_problems(info, max_rank, max_bytes, max_file_bytes, allowed_files)
+    if model_types is not None:
+        problems += _model_type_problems(info.model_type, model_types, base_model_type)
+    if problems:
+        raise _fail(info.path, "adapter breaks its limits: " + "; ".join(problems))
+    if base_dir is not None:
+        _check_base(_pairs(info.tensors, info.path), info.config, base_dir)
+    return dataclasses.replace(info, base_model_type=base_model_type)
+
+
+# -- adapter_config.json -------------------------------------------------------------------
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    try:
+        if os.path.getsize(path) > _MAX_JSON_BYTES:
+            raise _fail(path, f"over {_MAX_JSON_BYTES} bytes; not a config file")
+        with open(path, "rb") as fh:
+            value = json.loads(fh.read())
+    except OSError as exc:
+        raise _fail(path, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"not JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise _fail(path, "JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise _fail(path, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _rank_and_alpha(config: Mapping[str, Any], path: str) -> tuple[int, float]:
+    """Effective rank (``r`` and every ``rank_pattern`` value) and ``lora_alpha`` (default 8)."""
+    if "r" not in config:
+        raise _fail(path, "missing 'r' (the LoRA rank)")
+    r = config["r"]
+    if not _is_int(r) or r < 1:
+        raise _fail(path, f"'r' must be a positive integer, got {_describe(r)}")
+    alpha = config.get("lora_alpha", 8)  # PEFT's LoraConfig default
+    if not _is_number(alpha) or not math.isfinite(alpha):
+        raise _fail(path, f"'lora_alpha' must be a number, got {_describe(alpha)}")
+    ranks = _pattern(config, "rank_pattern", path, positive_int=True)
+    _pattern(config, "alpha_pattern", path, positive_int=False)
+    return max([r, *ranks.values()]), float(alpha)
+
+
+def _pattern(
+    config: Mapping[str, Any], key: str, path: str, *, positive_int: bool
+) -> dict[str, Any]:
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, f"{key!r} must be an object, got {_describe(value)}")
+    for pattern, item in value.items():
+        ok = _is_int(item) and item >= 1 if positive_int else _is_number(item)
+        if not ok:
+            kind = "a positive integer" if positive_int else "a number"
+            raise _fail(path, f"{key}[{show_name(pattern)}] must be {kind}, got {_describe(item)}")
+        try:
+            re.compile(pattern)
+        except re.error:
+            raise _fail(path, f"{key} key {show_name(pattern)} is not a valid regex") from None
+    return value
+
+
+def _describe(value: object) -> str:
+    if _is_number(value):
+        return repr(value)
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _target_modules(value: object, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise _fail(
+        path, f"'target_modules' must be a list of names or a string, got {_describe(value)}"
+    )
+
+
+def _optional_str(config: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = config.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _fail(path, f"{key!r} must be a string, got {_describe(value)}")
+
+
+def _peft_type(config: Mapping[str, Any], path: str) -> str | None:
+    peft_type = _optional_str(config, "peft_type", path)
+    if peft_type is not None and peft_type != "LORA":
+        raise _fail(path, f"peft_type is {show_name(peft_type)}; only LORA adapters are supported")
+    return peft_type
+
+
+# -- adapter_model.safetensors ------------------------------------------------------------
+
+
+def _pairs(tensors: Iterable[TensorInfo], path: str) -> list[_Pair]:
+    """Group the LoRA tensors by module; other tensors (biases, DoRA magnitudes) are skipped."""
+    halves: dict[tuple[str, bool], dict[str, TensorInfo]] = {}
+    for tensor in tensors:
+        for suffix, (half, embedding) in _LORA_SUFFIXES.items():
+            if tensor.name.endswith(suffix):
+                module = tensor.name[: -len(suffix)].removeprefix(_PEFT_PREFIX)
+                halves.setdefault((module, embedding), {})[half] = tensor
+                break
+    if not halves:
+        raise _fail(path, "no LoRA tensors (names ending in .lora_A.weight / .lora_B.weight)")
+    pairs: list[_Pair] = []
+    lonely: list[str] = []
+    for (module, embedding), found in sorted(halves.items()):
+        if "A" in found and "B" in found:
+            pairs.append(_Pair(module, found["A"], found["B"], embedding))
+        else:
+            lonely.append(f"{show_name(module)} has lora_{''.join(found)} only")
+    if lonely:
+        raise _fail(path, "unpaired LoRA tensors: " + _listed(lonely))
+    return pairs
+
+
+def _expected_rank(module: str, r: int, rank_pattern: Mapping[str, int]) -> int:
+    """The rank PEFT gives ``module``: the first ``rank_pattern`` key matching its name's end."""
+    for pattern, rank in rank_pattern.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return rank
+    return r
+
+
+def _check_ranks(pairs: list[_Pair], config: Mapping[str, Any], path: str) -> None:
+    rank_pattern: Mapping[str, int] = config.get("rank_pattern") or {}
+    problems: list[str] = []
+    for pair in pairs:
+        if len(pair.a.shape) < 2 or len(pair.b.shape) < 2:
+            problems.append(f"{show_name(pair.module)} has LoRA tensors of fewer than 2 dims")
+            continue
+        rank_a, rank_b = pair.a.shape[0], pair.b.shape[1]
+        expected = _expected_rank(pair.module, config["r"], rank_pattern)
+        if rank_a != rank_b:
+            problems.append(f"{show_name(pair.module)} lora_A rank {rank_a} != lora_B {rank_b}")
+        elif rank_a != expected:
+            problems.append(f"{show_name(pair.module)} has rank {rank_a}, config says {expected}")
+    if problems:
+        raise _fail(path, "LoRA tensors disagree with adapter_config.json: " + _listed(problems))
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def _limit_problems(
+    info: AdapterInfo,
+    max_rank: int | None,
+    max_bytes: int | None,
+    max_file_bytes: int | None,
+    allowed_files: Collection[str] | None,
+) -> list[str]:
+    problems: list[str] = []
+    with os.scandir(info.path) as it:
+        entries = sorted(it, key=lambda entry: entry.name)
+    names = [entry.name for entry in entries]
+    if allowed_files is not None:
+        extra = [name for name in names if name not in allowed_files]
+        if extra:
+            allowed = ", ".join(sorted(allowed_files))
+            problems.append(f"unexpected files {', '.join(extra)} (allowed: {allowed})")
+    if max_rank is not None and info.rank > max_rank:
+        problems.append(f"rank {info.rank} is over the maximum of {max_rank}")
+    if max_bytes is not None and info.size_bytes > max_bytes:
+        problems.append(f"the adapter is {info.size_bytes} bytes, over the maximum of {max_bytes}")
+    if max_file_bytes is not None:
+        for entry in entries:
+            size = entry.stat().st_size if entry.is_file() else 0
+            if size > max_file_bytes:
+                problems.append(
+                    f"{entry.name} is {size} bytes, over the maximum of {max_file_bytes}"
+                )
+    return problems
+
+
+def _model_type_problems(
+    model_type: str | None, model_types: Collection[str], base_model_type: str | None
+) -> list[str]:
+    allowed = ", ".join(sorted(model_types))
+    if model_type is None:
+        hint = f"; the base model's config.json says {base_model_type!r}" if base_model_type else ""
+        return [f"{ADAPTER_CONFIG} has no model_type (expected one of {allowed}){hint}"]
+    if model_type not in model_types:
+        return [f"model_type {show_name(model_type)} is not one of {allowed}"]
+    return []
+
+
+# -- base model ----------------------------------------------------------------------------
+
+
+def _base_model_type(base_dir: str) -> str | None:
+    if not os.path.isdir(base_dir):
+        raise _fail(base_dir, "no such base model directory")
+    config_path = os.path.join(base_dir, "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    return _optional_str(_read_json_object(config_path), "model_type", config_path)
+
+
+def _base_shapes(base_dir: str) -> dict[str, tuple[int, ...]]:
+    """Every weight shape in the base model's safetensors files (sharded or not)."""
+    index_path = os.path.join(base_dir, "model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        weight_map = _read_json_object(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise _fail(index_path, "'weight_map' must be an object of shard file names")
+        files = sorted(set(weight_map.values()))
+        for name in files:
+            if os.path.basename(name) != name or name in ("", ".", ".."):
+                raise _fail(index_path, f"shard {show_name(name)} is not a plain file name")
+    else:
+        files = sorted(name for name in os.listdir(base_dir) if name.endswith(".safetensors"))
+    if not files:
+        raise _fail(base_dir, "no *.safetensors weights in the base model directory")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        for tensor in read_header(os.path.join(base_dir, name)).tensors:
+            shapes[tensor.name] = tensor.shape
+    return shapes
+
+
+def _fits(pair: _Pair, base_shape: tuple[int, ...], fan_in_fan_out: bool) -> bool:
+    """Whether lora_A's in_features and lora_B's out_features match the base weight."""
+    in_features, out_features = pair.a.shape[1], pair.b.shape[0]
+    if len(base_shape) < 2:
+        return False
+    # nn.Embedding stores [num_embeddings, dim] and its lora_embedding_A is [r, num_embeddings];
+    # a fan_in_fan_out layer (GPT-2's Conv1D) stores [in, out]; everything else [out, in, ...].
+    if pair.embedding or fan_in_fan_out:
+        return (in_features, out_features) == base_shape[:2]
+    return (out_features, in_features) == base_shape[:2]
+
+
+def _check_base(pairs: list[_Pair], config: Mapping[str, Any], base_dir: str) -> None:
+    shapes = _base_shapes(base_dir)
+    fan_in_fan_out = config.get("fan_in_fan_out") is True
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for pair in pairs:
+        weight = f"{pair.module}.weight"
+        if weight not in shapes:
+            missing.append(show_name(weight))
+        elif not _fits(pair, shapes[weight], fan_in_fan_out):
+            mismatched.append(
+                f"{show_name(pair.module)} in={pair.a.shape[1]} out={pair.b.shape[0]}, "
+                f"base weight shape {list(shapes[weight])}"
+            )
+    if missing:
+        raise _fail(base_dir, "target modules missing from the base model: " + _listed(missing))
+    if mismatched:
+        raise _fail(
+            base_dir, "adapter was trained for a different base model: " + _listed(mismatched)
+        )
