@@ -108,7 +108,9 @@ class AdapterLimits:
 #: and ``model_type`` in ``adapter_config.json`` one of mistral, gemma or llama.
 WORKERS_AI_LIMITS = AdapterLimits(
     max_rank=32,
-    max_file_bytes=300 * 1024 * 1024 - 1,
+    # "< 300 MB" read as 300,000,000 bytes, the stricter reading: a file we pass is then
+    # accepted whether Cloudflare means MB or MiB.
+    max_file_bytes=300_000_000 - 1,
     allowed_files=frozenset({ADAPTER_CONFIG, ADAPTER_WEIGHTS}),
     model_types=frozenset({"gemma", "llama", "mistral"}),
 )
