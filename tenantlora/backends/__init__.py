@@ -20,12 +20,14 @@ from tenantlora.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tenantlora.backends.openai_compat import OpenAICompatible
+    from tenantlora.backends.peft import LocalPeft
 
 __all__ = [
     "AsyncBackend",
     "Backend",
     "BackendSpec",
     "ENTRY_POINT_GROUP",
+    "LocalPeft",
     "OpenAICompatible",
     "available_backends",
     "create_backend",
@@ -44,10 +46,12 @@ class BackendSpec(NamedTuple):
 
 _BUILTIN: dict[str, BackendSpec] = {
     "openai_compat": BackendSpec("tenantlora.backends.openai_compat:OpenAICompatible"),
+    "local_peft": BackendSpec("tenantlora.backends.peft:LocalPeft", "peft"),
 }
 # Public class name -> backend name, for ``from tenantlora.backends import X``.
 _CLASSES: dict[str, str] = {
     "OpenAICompatible": "openai_compat",
+    "LocalPeft": "local_peft",
 }
 
 

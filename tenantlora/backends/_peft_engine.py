@@ -1,0 +1,442 @@
+"""The model side of LocalPeft: base model, adapter LRU, batched generation, hook cleanup.
+
+Everything here runs in the LocalPeft worker thread (the constructor runs in the caller's thread,
+before the worker starts), so nothing here locks the model. The small lock guards only what other
+threads read: the resident-adapter list and the statistics.
+
+Model layout: the base model is wrapped once in a PeftModel holding a tiny inert "anchor" adapter
+(rank 1, zero-initialised, on one linear layer), and tenant adapters are added and deleted beside
+it. The anchor keeps the PeftModel alive with no tenant adapter loaded, so evicting the last
+tenant never leaves PEFT in a half-torn-down state, and it keeps an active adapter set, which PEFT
+needs before it honours ``adapter_names``. The anchor never serves a row: every ``generate``
+passes ``adapter_names`` with a tenant adapter or ``"__base__"`` for each row.
+
+Tenant adapters are loaded under generated names (``tl0``, ``tl1``, ...), not under their ids:
+PEFT stores adapters in ``nn.ModuleDict``s, whose keys may not contain ".", and a fresh name per
+load means a reloaded adapter can never be confused with what was there before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+from tenantlora.adapters import validate
+from tenantlora.backends._peft_generate import (
+    BASE,
+    Row,
+    RowStops,
+    count_adapter_hooks,
+    render_prompt,
+    sampling,
+    seeded,
+    strip_adapter_hooks,
+)
+from tenantlora.backends._peft_worker import Job, LocalPeftStats, find_stop
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    AdapterValidationError,
+    BackendError,
+    BadRequestError,
+    ConfigurationError,
+)
+from tenantlora.events import AdapterEvent
+from tenantlora.types import ChatResponse, Usage
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("tenantlora")
+
+_ANCHOR = "tenantlora_anchor"
+_Kind = Literal["load", "hit", "evict", "load_failed"]
+
+
+def _chained(error: BackendError, cause: BaseException) -> BackendError:
+    error.__cause__ = cause  # `raise ... from cause`, for an error delivered through a future
+    return error
+
+
+def _load_tokenizer(base_dir: str) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot load the tokenizer from {base_dir}: {type(exc).__name__}"
+        ) from exc
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_model(base_dir: str) -> PeftModel:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_dir)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot load a causal LM from {base_dir}: {type(exc).__name__}"
+        ) from exc
+    model.eval()  # type: ignore[no-untyped-call]
+    target = next(
+        (n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"),
+        None,
+    )
+    if target is None:
+        raise ConfigurationError(f"the model in {base_dir} has no linear layer to adapt")
+    config = LoraConfig(r=1, target_modules=[target], inference_mode=True)
+    peft_model = get_peft_model(model, config, adapter_name=_ANCHOR)
+    peft_model.eval()
+    assert isinstance(peft_model, PeftModel)
+    return peft_model
+
+
+class Engine:
+    """The base model with its resident adapters; ``serve`` answers a batch of jobs."""
+
+    def __init__(
+        self,
+        base_dir: str,
+        *,
+        name: str,
+        max_loaded: int,
+        emit: Callable[[AdapterEvent], None],
+    ) -> None:
+        self._base_dir = base_dir
+        self._name = name
+        self._model_name = Path(base_dir).name
+        self._max_loaded = max_loaded
+        self._emit = emit
+        self.tokenizer = _load_tokenizer(base_dir)
+        self.model: PeftModel | None = _load_model(base_dir)
+        self._slots: OrderedDict[str, str] = OrderedDict()  # adapter id -> PEFT name, LRU first
+        self._slot_names = (f"tl{n}" for n in itertools.count())
+        self._lock = threading.Lock()
+        self._stats = LocalPeftStats()
+        self._eos = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self._pad = pad if isinstance(pad, int) else min(self._eos, default=0)
+        self._max_positions: int | None = getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+
+    # -- what other threads may read ---------------------------------------------------------
+
+    def loaded(self) -> list[str]:
+        """Resident adapter ids, least recently used first."""
+        with self._lock:
+            return list(self._slots)
+
+    def stats(self) -> LocalPeftStats:
+        with self._lock:
+            return self._stats
+
+    def slot_of(self, adapter: str) -> str | None:
+        """The PEFT adapter name ``adapter`` is loaded under (None if not resident)."""
+        with self._lock:
+            return self._slots.get(adapter)
+
+    def _count(self, **deltas: float) -> None:
+        with self._lock:
+            stats = self._stats
+            values = {k: getattr(stats, k) + v for k, v in deltas.items()}
+            self._stats = dataclasses.replace(stats, **values)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def serve(self, jobs: list[Job], closing: threading.Event) -> None:
+        """Answer ``jobs``: one ``generate`` per group of compatible rows; settles every job."""
+        groups: dict[object, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.sampling_key(), []).append(job)
+        for group in groups.values():
+            for chunk in self._chunks(group):
+                rows = self._rows(chunk, closing)
+                if rows:
+                    self._generate(rows, closing)
+
+    def _chunks(self, group: list[Job]) -> list[list[Job]]:
+        """Split ``group`` so no chunk needs more than ``max_loaded`` adapters resident."""
+        chunks: list[list[Job]] = [[]]
+        adapters: set[str] = set()
+        for job in group:
+            if job.adapter is not None and job.adapter not in adapters:
+                if len(adapters) == self._max_loaded:
+                    chunks.append([])
+                    adapters = set()
+                adapters.add(job.adapter)
+            chunks[-1].append(job)
+        return [chunk for chunk in chunks if chunk]
+
+    def _rows(self, chunk: list[Job], closing: threading.Event) -> list[Row]:
+        """Load the chunk's adapters and tokenize its prompts; jobs that fail are settled."""
+        pinned = {job.adapter for job in chunk if job.adapter is not None}
+        failed: dict[str, BackendError] = {}
+        rows: list[Row] = []
+        for job in chunk:
+            if job.cancelled.is_set() or closing.is_set():
+                job.settle(self._cancelled(job, closing))
+                continue
+            if job.adapter is not None and job.adapter in failed:  # one load attempt per chunk
+                first = failed[job.adapter]
+                job.settle(
+                    AdapterNotAvailableError(str(first), backend=self._name, adapter=job.adapter)
+                )
+                continue
+            try:
+                slot = BASE if job.adapter is None else self._ensure(job, pinned)
+                rows.append(Row(job, slot, self._prompt_ids(job)))
+            except AdapterNotAvailableError as exc:
+                failed[str(job.adapter)] = exc
+                job.settle(exc)
+            except BackendError as exc:
+                job.settle(exc)
+        return rows
+
+    def _cancelled(self, job: Job, closing: threading.Event) -> BackendError:
+        what = "closed" if closing.is_set() else "cancelled"
+        return BackendError(
+            f"{self._name} backend: request {what}", backend=self._name, adapter=job.adapter
+        )
+
+    def _prompt_ids(self, job: Job) -> list[int]:
+        """The chat template applied to the request, as token ids; checks the context fits."""
+        try:
+            ids = self.tokenizer.encode(
+                render_prompt(self.tokenizer, job), add_special_tokens=False
+            )
+        except Exception as exc:  # a template that refuses the conversation (role order, ...)
+            raise self._bad_request(job, f"chat template: {type(exc).__name__}") from exc
+        if self._max_positions is not None and len(ids) + job.max_tokens > self._max_positions:
+            raise self._bad_request(
+                job,
+                f"prompt of {len(ids)} tokens plus max_tokens {job.max_tokens} exceeds the "
+                f"model's context of {self._max_positions}",
+            )
+        return list(ids)
+
+    def _bad_request(self, job: Job, message: str) -> BadRequestError:
+        return BadRequestError(
+            f"{self._name}: {message}", status_code=400, backend=self._name, adapter=job.adapter
+        )
+
+    def _generate(self, rows: list[Row], closing: threading.Event) -> None:
+        model = self.model
+        assert model is not None
+        width = max(len(row.ids) for row in rows)
+        # Left padding: every prompt ends at column `width`, where generation starts.
+        ids = [[self._pad] * (width - len(r.ids)) + r.ids for r in rows]
+        mask = [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows]
+        stops = RowStops(rows, width, self._eos, self._decode, closing)
+        job = rows[0].job  # every row shares its sampling parameters (see Job.sampling_key)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode(), seeded(job.request.seed if job.do_sample else None):
+                out = model.generate(  # type: ignore[no-untyped-call]
+                    input_ids=torch.tensor(ids, device=model.device),
+                    attention_mask=torch.tensor(mask, device=model.device),
+                    adapter_names=[row.slot for row in rows],
+                    max_new_tokens=max(row.job.max_tokens for row in rows),
+                    stopping_criteria=StoppingCriteriaList([stops]),
+                    pad_token_id=self._pad,
+                    eos_token_id=sorted(self._eos) or None,
+                    **sampling(job),
+                )
+        except Exception as exc:
+            self._recover(exc)
+            for row in rows:
+                row.job.settle(self._generation_failed(row.job, exc))
+            return
+        self._record_batch(rows, time.perf_counter() - started)
+        for i, row in enumerate(rows):
+            row.job.settle(self._result(row, stops, i, out[i].tolist(), closing))
+
+    def _generation_failed(self, job: Job, exc: Exception) -> BackendError:
+        message = f"{self._name}: generation failed ({type(exc).__name__})"
+        return _chained(BackendError(message, backend=self._name, adapter=job.adapter), exc)
+
+    def _record_batch(self, rows: list[Row], seconds: float) -> None:
+        adapters = len({row.slot for row in rows})
+        logger.debug(
+            "%s: generated %d rows for %d adapters in %.1f ms",
+            self._name,
+            len(rows),
+            adapters,
+            seconds * 1000,
+        )
+        with self._lock:
+            stats = self._stats
+            self._stats = dataclasses.replace(
+                stats,
+                requests=stats.requests + len(rows),
+                generate_calls=stats.generate_calls + 1,
+                largest_batch=max(stats.largest_batch, len(rows)),
+            )
+
+    def _result(
+        self, row: Row, stops: RowStops, i: int, out: list[int], closing: threading.Event
+    ) -> ChatResponse | BackendError:
+        job = row.job
+        reason = stops.reasons[i]
+        if reason == "cancelled":
+            return self._cancelled(job, closing)
+        generated = out[stops.start : stops.ends[i] or len(out)]
+        text = self._decode(generated)
+        cut = find_stop(text, job.stops)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+        if job.stream and text.startswith(stops.emitted[i]):
+            job.emit(text[len(stops.emitted[i]) :])
+        usage = Usage(
+            prompt_tokens=len(row.ids),
+            completion_tokens=len(generated),
+            total_tokens=len(row.ids) + len(generated),
+        )
+        return ChatResponse(
+            text=text,
+            finish_reason=reason,
+            usage=usage,
+            model=self._model_name,
+            adapter=job.adapter,
+            backend=self._name,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _eos_ids(self) -> frozenset[int]:
+        assert self.model is not None
+        found: set[int] = set()
+        for value in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
+            if isinstance(value, int):
+                found.add(value)
+            elif isinstance(value, list):
+                found.update(v for v in value if isinstance(v, int))
+        return frozenset(found)
+
+    def _recover(self, exc: Exception) -> None:
+        """After a failed generate: remove PEFT's leftover hooks, or rebuild the model."""
+        assert self.model is not None
+        removed = strip_adapter_hooks(self.model)
+        self._count(hook_cleanups=1)
+        logger.warning(
+            "%s: generate failed (%s); removed %d leftover adapter hooks",
+            self._name,
+            type(exc).__name__,
+            removed,
+        )
+        if count_adapter_hooks(self.model):
+            self._rebuild()
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    def _ensure(self, job: Job, pinned: set[str]) -> str:
+        """The PEFT name of ``job``'s adapter, loading it (and evicting another) if needed."""
+        adapter, path = job.adapter, job.path
+        assert adapter is not None  # only adapter jobs get here
+        assert path is not None  # LocalPeft resolves the directory before queueing
+        with self._lock:
+            slot = self._slots.get(adapter)
+            if slot is not None:
+                self._slots.move_to_end(adapter)
+        if slot is not None:
+            self._event("hit", adapter)
+            self._count(hits=1)
+            return slot
+        return self._load(adapter, path, pinned)
+
+    def _load(self, adapter: str, path: str, pinned: set[str]) -> str:
+        started = time.perf_counter()
+        try:
+            # Check the files before PEFT sees them: a corrupt or mismatched adapter must fail
+            # here, cleanly, not halfway through injecting layers into the shared model.
+            validate(path, base=self._base_dir)
+        except AdapterValidationError as exc:
+            raise self._load_failed(adapter, exc, str(exc)) from exc
+        self._make_room(pinned)
+        assert self.model is not None
+        slot = next(self._slot_names)
+        try:
+            self.model.load_adapter(path, adapter_name=slot, is_trainable=False)
+        except Exception as exc:
+            self._discard(slot)
+            reason = f"PEFT could not load it ({type(exc).__name__})"
+            raise self._load_failed(adapter, exc, reason) from exc
+        ms = (time.perf_counter() - started) * 1000.0
+        with self._lock:
+            self._slots[adapter] = slot
+        self._count(loads=1, load_ms_total=ms)
+        with self._lock:
+            self._stats = dataclasses.replace(self._stats, load_ms_last=ms)
+        self._event("load", adapter, ms=ms)
+        return slot
+
+    def _load_failed(self, adapter: str, exc: Exception, reason: str) -> AdapterNotAvailableError:
+        logger.warning("%s: adapter %r not loaded: %s", self._name, adapter, reason)
+        self._count(load_failures=1)
+        self._event("load_failed", adapter, error=type(exc).__name__)
+        error = AdapterNotAvailableError(
+            f"adapter {adapter!r} is not available: {reason}", backend=self._name, adapter=adapter
+        )
+        error.__cause__ = exc
+        return error
+
+    def _make_room(self, pinned: set[str]) -> None:
+        """Evict least recently used adapters (never one this batch needs) below the cap."""
+        while True:
+            with self._lock:
+                if len(self._slots) < self._max_loaded:
+                    return
+                victim = next((a for a in self._slots if a not in pinned), None)
+                if victim is None:
+                    return  # cannot happen: chunks never need more than max_loaded adapters
+                slot = self._slots.pop(victim)
+            self._discard(slot)
+            self._count(evictions=1)
+            self._event("evict", victim)
+
+    def _discard(self, slot: str) -> None:
+        """Delete a PEFT adapter; if PEFT cannot, rebuild the model rather than serve from it."""
+        assert self.model is not None
+        try:
+            if slot in self.model.peft_config:
+                self.model.delete_adapter(slot)
+        except Exception:
+            logger.exception("%s: could not delete adapter %s; rebuilding", self._name, slot)
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Reload the base model from disk; every resident adapter is dropped (evicted)."""
+        logger.warning("%s: rebuilding the model from %s", self._name, self._base_dir)
+        with self._lock:
+            dropped = list(self._slots)
+            self._slots.clear()
+        self.model = None
+        gc.collect()
+        self.model = _load_model(self._base_dir)
+        self._count(rebuilds=1, evictions=len(dropped))
+        for adapter in dropped:
+            self._event("evict", adapter)
+
+    def _event(
+        self, kind: _Kind, adapter: str, *, ms: float = 0.0, error: str | None = None
+    ) -> None:
+        self._emit(AdapterEvent(kind, adapter, self._name, ms, error))
+
+    def free(self) -> None:
+        """Drop the model and the tokenizer's references; the engine is unusable afterwards."""
+        with self._lock:
+            self._slots.clear()
+        self.model = None
+        gc.collect()

@@ -1,0 +1,393 @@
+"""LocalPeft: one resident base model, per-tenant LoRA adapters hot-swapped in-process with PEFT.
+
+```python
+from tenantlora import TenantLoRA
+from tenantlora.backends import LocalPeft
+from tenantlora.registry import MemoryRegistry
+
+registry = MemoryRegistry()
+registry.publish("acme", "icp", adapter_id="acme-icp-v1", uri="adapters/acme-icp")
+with LocalPeft("models/base", max_loaded=8) as backend:
+    client = TenantLoRA(backend=backend, registry=registry)
+    client.chat(tenant="acme", task="icp", messages=[{"role": "user", "content": "..."}])
+```
+
+Importing this module is cheap; torch, transformers and peft are imported when a
+:class:`LocalPeft` is constructed (a missing one is a ConfigurationError with the install hint).
+The design, and why it is this way, is in ``docs/local-peft.md``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from tenantlora.backends._peft_worker import DeltaSink, Job, LocalPeftStats, Worker
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    BackendTimeoutError,
+    ConfigurationError,
+)
+from tenantlora.events import AdapterEvent, AdapterHook
+from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
+
+if TYPE_CHECKING:
+    from tenantlora.backends._peft_engine import Engine
+
+__all__ = ["LocalPeft", "LocalPeftStats"]
+
+logger = logging.getLogger("tenantlora")
+
+
+def _local_dir(uri: str) -> str | None:
+    """A local directory from a path or ``file://`` URI; None for remote URIs (s3://, ...)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, C:\...
+        return None
+    return uri
+
+
+class _Hooks:
+    """The subscribed adapter hooks; emitting never raises."""
+
+    def __init__(self) -> None:
+        self._hooks: tuple[AdapterHook, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, hook: AdapterHook) -> None:
+        with self._lock:  # copy-on-write: emit reads the tuple without the lock
+            self._hooks = (*self._hooks, hook)
+
+    def emit(self, event: AdapterEvent) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:
+                logger.warning(
+                    "%s adapter hook %r raised; ignoring", event.backend, hook, exc_info=True
+                )
+
+
+class LocalPeft:
+    """An in-process :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` over PEFT.
+
+    ``base`` is a local directory holding a causal LM and its tokenizer, as
+    ``save_pretrained`` writes them. A request for ``adapter`` loads that adapter from
+    ``record.uri`` (a local directory or ``file://`` URI with ``adapter_config.json`` and
+    ``adapter_model.safetensors``), or from ``adapters[adapter]`` when no record is passed;
+    adapter ids are assumed to name immutable files (publish a new id for a new version).
+    Without either, or when the files are missing, corrupt, over limits or made for another
+    base model (checked by :func:`tenantlora.adapters.validate` before PEFT sees them), the call
+    raises :class:`~tenantlora.errors.AdapterNotAvailableError` and the client falls back to base.
+
+    * **One worker thread owns the model.** Callers (threads or asyncio tasks) queue requests
+      and wait on a future; nothing else touches the PeftModel, whose active adapter and
+      ``adapter_names`` hooks are model-global. After any exception inside ``generate`` the
+      hooks PEFT leaves behind are removed (or the model is rebuilt) before the next batch.
+    * **LRU of adapters**: at most ``max_loaded`` resident; the least recently used is deleted
+      to make room. Loads, hits, evictions and failed loads go to the hooks given to
+      :meth:`subscribe` (a :class:`~tenantlora.TenantLoRA` subscribes its stats) and to
+      :meth:`stats`.
+    * **Micro-batching**: requests that arrive within ``max_wait_ms`` of the first (up to
+      ``max_batch``) share one ``generate(adapter_names=[...])`` call, mixing tenants and the
+      base model row by row. Rows share a call only when their sampling agrees: all greedy
+      rows together, unseeded sampled rows per (temperature, top_p); ``max_tokens`` and
+      ``stop`` are per row. A seeded request and every stream run as a batch of one.
+    * **Generation**: the tokenizer's chat template with ``add_generation_prompt=True``;
+      ``temperature`` 0 or None is greedy; ``max_tokens`` is capped at ``max_new_tokens``;
+      ``stop`` strings cut the text (``finish_reason`` ``"stop"``, also on EOS; ``"length"``
+      when the token budget ran out). ``response_format`` and ``extra`` are ignored.
+    * **Seeds**: a seeded request generates alone with torch's RNG seeded, so the same
+      request, adapter, seed, model files, library versions and hardware give the same text
+      whatever else is being served. Unseeded sampling is not reproducible.
+    * **Timeouts**: ``timeout`` bounds the wait for the answer (and for each streamed chunk);
+      on expiry :class:`~tenantlora.errors.BackendTimeoutError` is raised and the request is
+      cancelled (it stops at the next generation step, or never starts).
+    * ``threads`` sets torch's intra-op thread count, which is process-wide.
+
+    The instance is a context manager (sync and async); :meth:`close` stops the worker (queued
+    and in-flight requests fail with a BackendError "closed") and frees the model.
+    """
+
+    def __init__(
+        self,
+        base: str | os.PathLike[str],
+        *,
+        max_loaded: int = 8,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        max_new_tokens: int = 64,
+        threads: int | None = None,
+        adapters: Mapping[str, str | os.PathLike[str]] | None = None,
+        name: str = "local_peft",
+    ) -> None:
+        _check_options(max_loaded, max_batch, max_wait_ms, max_new_tokens, threads)
+        base_dir = os.fspath(base)
+        if not os.path.isdir(base_dir):
+            raise ConfigurationError(f"base model directory not found: {base_dir}")
+        engine_cls = _engine_class()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.name = name
+        self.base_path = Path(base_dir)
+        self._max_new_tokens = max_new_tokens
+        self._adapters = {key: os.fspath(path) for key, path in (adapters or {}).items()}
+        # Nothing the worker holds may reference self (see the finalizer below): it gets the
+        # hooks' emit, not a bound method of this object.
+        self._hooks = _Hooks()
+        self._engine: Engine = engine_cls(
+            base_dir, name=name, max_loaded=max_loaded, emit=self._hooks.emit
+        )
+        self._worker = Worker(self._engine, name=name, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        # A backend dropped without close() still stops its thread and frees the model (at
+        # garbage collection or interpreter exit). The callback must not reference self.
+        self._finalizer = weakref.finalize(self, self._worker.close)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def subscribe(self, hook: AdapterHook) -> None:
+        """Call ``hook`` with every :class:`~tenantlora.events.AdapterEvent` from now on.
+
+        Hooks run on the worker thread: keep them fast. An exception is logged, never raised.
+        """
+        self._hooks.add(hook)
+
+    def loaded(self) -> list[str]:
+        """The resident adapter ids, least recently used first."""
+        return self._engine.loaded()
+
+    def stats(self) -> LocalPeftStats:
+        """Adapter loads, hits, evictions, load times, and batching counts so far."""
+        return self._engine.stats()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _job(
+        self,
+        request: ChatRequest,
+        adapter: str | None,
+        record: AdapterRecord | None,
+        on_delta: DeltaSink | None = None,
+    ) -> Job:
+        path = None if adapter is None else self._adapter_dir(adapter, record)
+        limit = self._max_new_tokens
+        max_tokens = min(request.max_tokens or limit, limit)
+        return Job(request, adapter, path, max_tokens, on_delta)
+
+    def _adapter_dir(self, adapter: str, record: AdapterRecord | None) -> str:
+        uri = record.uri if record is not None and record.uri else self._adapters.get(adapter)
+        if uri is None:
+            raise AdapterNotAvailableError(
+                f"adapter {adapter!r} has no local directory (no record.uri, no adapters= entry)",
+                backend=self.name,
+                adapter=adapter,
+            )
+        path = _local_dir(uri)
+        if path is None:
+            raise AdapterNotAvailableError(
+                f"adapter {adapter!r}: {urlparse(uri).scheme}:// URIs are not local directories",
+                backend=self.name,
+                adapter=adapter,
+            )
+        return path
+
+    def _timed_out(self, job: Job, timeout: float | None) -> BackendTimeoutError:
+        job.cancel()
+        return BackendTimeoutError(
+            f"{self.name}: no answer within {timeout} s", backend=self.name, adapter=job.adapter
+        )
+
+    def _final_chunk(self, job: Job) -> ChatChunk:
+        response = job.future.result()  # raises the job's error, if it failed
+        return ChatChunk(
+            finish_reason=response.finish_reason,
+            usage=response.usage,
+            model=response.model,
+            adapter=job.adapter,
+            backend=self.name,
+        )
+
+    def _chunk(self, text: str, job: Job) -> ChatChunk:
+        return ChatChunk(text=text, adapter=job.adapter, backend=self.name)
+
+    def chat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """Answer ``request`` with ``adapter`` (None = the base model); see the class docs."""
+        job = self._job(request, adapter, record)
+        self._worker.submit(job)
+        try:
+            return job.future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timed_out(job, timeout) from None
+        except BaseException:  # interrupted while waiting: stop the work too
+            job.cancel()
+            raise
+
+    def stream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> Iterator[ChatChunk]:
+        """Text deltas as they are generated, then a final chunk with finish_reason and usage.
+
+        The request runs as a batch of its own on the worker. Closing the iterator early
+        cancels it: generation stops at the next step and the worker moves on.
+        """
+        chunks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        job = self._job(request, adapter, record, on_delta=chunks.put)
+        job.future.add_done_callback(lambda _: chunks.put(None))
+        try:
+            self._worker.submit(job)
+            while True:
+                try:
+                    text = chunks.get(timeout=timeout)
+                except queue.Empty:
+                    raise self._timed_out(job, timeout) from None
+                if text is None:
+                    break
+                yield self._chunk(text, job)
+            yield self._final_chunk(job)
+        finally:
+            job.cancel()  # a no-op once finished; stops generation when closed early
+
+    async def achat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """The async twin of :meth:`chat`: awaits the worker's future, no thread per call."""
+        import asyncio
+
+        job = self._job(request, adapter, record)
+        self._worker.submit(job)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout)
+        except asyncio.TimeoutError:
+            raise self._timed_out(job, timeout) from None
+        except BaseException:  # the awaiting task was cancelled: stop the work too
+            job.cancel()
+            raise
+
+    async def astream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """The async twin of :meth:`stream`; ``aclose()`` early cancels the generation."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def put(text: str | None) -> None:  # called on the worker thread
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, text)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                job.cancelled.set()
+
+        job = self._job(request, adapter, record, on_delta=put)
+        job.future.add_done_callback(lambda _: put(None))
+        try:
+            self._worker.submit(job)
+            while True:
+                try:
+                    text = await asyncio.wait_for(chunks.get(), timeout)
+                except asyncio.TimeoutError:
+                    raise self._timed_out(job, timeout) from None
+                if text is None:
+                    break
+                yield self._chunk(text, job)
+            yield self._final_chunk(job)
+        finally:
+            job.cancel()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker and free the model. Idempotent; later calls raise BackendError."""
+        self._finalizer()
+
+    async def aclose(self) -> None:
+        """The async twin of :meth:`close` (waits for the worker without blocking the loop)."""
+        import asyncio
+
+        await asyncio.to_thread(self._finalizer)
+
+    def __enter__(self) -> LocalPeft:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> LocalPeft:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _check_options(
+    max_loaded: int, max_batch: int, max_wait_ms: float, max_new_tokens: int, threads: int | None
+) -> None:
+    for label, value in (
+        ("max_loaded", max_loaded),
+        ("max_batch", max_batch),
+        ("max_new_tokens", max_new_tokens),
+    ):
+        if value < 1:
+            raise ConfigurationError(f"{label} must be at least 1, got {value}")
+    if max_wait_ms < 0:
+        raise ConfigurationError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+    if threads is not None and threads < 1:
+        raise ConfigurationError(f"threads must be at least 1, got {threads}")
+
+
+def _engine_class() -> type[Engine]:
+    """The engine class, importing torch, transformers and peft on first use."""
+    try:
+        from tenantlora.backends._peft_engine import Engine
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "a dependency"
+        raise ConfigurationError(
+            f"LocalPeft needs {missing!r}, which is not installed; "
+            "install it with: pip install 'tenantlora[peft]'"
+        ) from exc
+    return Engine
