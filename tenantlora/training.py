@@ -1,0 +1,631 @@
+"""Dataset checks and a local PEFT LoRA trainer.
+
+```python
+from tenantlora.training import load_examples, split, train_adapter
+
+examples = load_examples("acme-icp.jsonl")          # InvalidRequestError("line 7: ...") on bad rows
+train, heldout = split(examples, holdout=0.2, seed=0)
+result = train_adapter("models/base", train, "adapters/acme-icp-v1", steps=200)
+result.path, result.steps, result.final_loss, result.seconds
+```
+
+A dataset is JSONL (or an iterable of dicts), one example per row, in either form:
+
+- chat: ``{"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", ...}]}``;
+  the last message is the assistant's and is the training target, the ones before are the prompt;
+- pairs: ``{"prompt": "...", "completion": "..."}``; the prompt becomes one user message.
+
+Loading checks the schema, empty and over-long rows, duplicates and conflicting answers, and names
+the offending line. Training needs the optional extra (``pip install 'tenantlora[train]'``):
+torch, transformers and peft are imported inside the functions that use them, never at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenantlora.errors import ConfigurationError, InvalidRequestError
+from tenantlora.types import Message
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "ADAPTER_FILES",
+    "Example",
+    "TrainResult",
+    "load_examples",
+    "predict",
+    "split",
+    "train_adapter",
+]
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""The two files an adapter directory holds (what Workers AI accepts as fine-tune assets)."""
+
+INSTALL_HINT = "pip install 'tenantlora[train]'"
+_ROLES = ("system", "user", "assistant")
+_MAX_PROBLEMS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One training example: the prompt messages and the assistant's answer to learn."""
+
+    prompt_messages: tuple[Message, ...]
+    completion: str
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The whole conversation as chat dicts, the completion last as the assistant's turn."""
+        prompt = [{"role": m.role, "content": m.content} for m in self.prompt_messages]
+        return [*prompt, {"role": "assistant", "content": self.completion}]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_adapter` did. ``os.fspath(result)`` is the adapter directory."""
+
+    path: Path
+    steps: int
+    final_loss: float
+    seconds: float
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _require_extra() -> None:
+    """Raise ConfigurationError with the install hint when torch/transformers/peft are missing."""
+    for name in ("torch", "transformers", "peft"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"training needs {name}, which is not installed: {INSTALL_HINT}"
+            ) from exc
+
+
+# --- dataset checks -------------------------------------------------------------------------
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    return value
+
+
+def _chat_row(messages: object) -> Example:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    parsed: list[Message] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{i}] must be an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise ValueError(f"messages[{i}].role must be one of {', '.join(_ROLES)}, not {role!r}")
+        content = _text(message.get("content"), f"messages[{i}].content")
+        parsed.append(Message(role=role, content=content))
+    if parsed[-1].role != "assistant":
+        raise ValueError("the last message must be the assistant's (the training target)")
+    if not any(m.role == "user" for m in parsed[:-1]):
+        raise ValueError("no user message before the assistant's answer")
+    return Example(prompt_messages=tuple(parsed[:-1]), completion=parsed[-1].content)
+
+
+def _parse_row(row: object) -> Example:
+    """One row's Example, or ValueError saying what is wrong with it."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if not row:
+        raise ValueError("empty row")
+    if "messages" in row:
+        if "prompt" in row or "completion" in row:
+            raise ValueError("has both 'messages' and 'prompt'/'completion': use one form")
+        return _chat_row(row["messages"])
+    if "prompt" in row or "completion" in row:
+        prompt = _text(row.get("prompt"), "'prompt'")
+        completion = _text(row.get("completion"), "'completion'")
+        return Example(
+            prompt_messages=(Message(role="user", content=prompt),), completion=completion
+        )
+    raise ValueError("expected 'messages' or 'prompt' and 'completion'")
+
+
+def _rows(
+    source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row or a ValueError) for a JSONL path or an iterable of dicts."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    yield number, ValueError("empty line")
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, ValueError(f"not valid JSON ({exc.msg}, column {exc.colno})")
+    else:
+        yield from enumerate(source, start=1)
+
+
+def _prompt_key(example: Example) -> str:
+    blob = json.dumps([[m.role, m.content] for m in example.prompt_messages])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _count_tokens(tokenizer: PreTrainedTokenizerBase, example: Example) -> int:
+    text = tokenizer.apply_chat_template(example.messages, tokenize=False)
+    assert isinstance(text, str)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _check_example(
+    example: Example, max_chars: int | None, max_tokens: int | None, tokenizer: Any
+) -> None:
+    chars = sum(len(m.content) for m in example.prompt_messages) + len(example.completion)
+    if max_chars is not None and chars > max_chars:
+        raise ValueError(f"too long: {chars} characters (max_chars={max_chars})")
+    if max_tokens is not None:
+        tokens = _count_tokens(tokenizer, example)
+        if tokens > max_tokens:
+            raise ValueError(f"too long: {tokens} tokens (max_tokens={max_tokens})")
+
+
+def load_examples(
+    source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+    *,
+    max_chars: int | None = 20_000,
+    max_tokens: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
+) -> list[Example]:
+    """Read and check a dataset: a JSONL path, or an iterable of row dicts.
+
+    Every row is checked; on any problem this raises :class:`~tenantlora.errors.InvalidRequestError`
+    whose message lists the problems (up to 20), each as ``line N: ...`` (for an iterable, ``N`` is
+    the row's 1-based position). Checked: JSON, schema (see the module docstring), empty rows and
+    empty contents, length (``max_chars`` over all contents; ``max_tokens`` over the rendered chat,
+    which needs ``tokenizer``: an object or a model directory), duplicate rows, and rows with the
+    same prompt but a different completion. An empty dataset is an error too.
+    """
+    if max_tokens is not None:
+        if tokenizer is None:
+            raise ConfigurationError("max_tokens needs a tokenizer (or a model directory)")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_tokenizer(tokenizer)
+    examples: list[Example] = []
+    problems: list[str] = []
+    seen: dict[str, tuple[int, str]] = {}
+    for number, row in _rows(source):
+        try:
+            if isinstance(row, ValueError):
+                raise row
+            example = _parse_row(row)
+            _check_example(example, max_chars, max_tokens, tokenizer)
+            first = seen.setdefault(_prompt_key(example), (number, example.completion))
+            if first[0] != number and first[1] == example.completion:
+                raise ValueError(f"duplicate of line {first[0]}")
+            if first[0] != number:
+                raise ValueError(f"same prompt as line {first[0]} with a different completion")
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        examples.append(example)
+    if problems:
+        more = len(problems) - _MAX_PROBLEMS
+        shown = problems[:_MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+        raise InvalidRequestError("\n".join(shown))
+    if not examples:
+        raise InvalidRequestError("the dataset has no examples")
+    return examples
+
+
+def split(
+    examples: Sequence[Example], holdout: float = 0.2, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Shuffle with ``seed`` and cut off a held-out share: ``(train, heldout)``.
+
+    Deterministic: the same examples, ``holdout`` and ``seed`` give the same split. Both parts
+    keep at least one example (so at least two are needed) unless ``holdout`` is 0.
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigurationError(f"holdout must be in [0, 1), not {holdout!r}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    count = 0 if holdout == 0 else max(1, round(len(order) * holdout))
+    if count and len(order) - count < 1:
+        raise InvalidRequestError(f"cannot hold out {holdout:.0%} of {len(order)} examples")
+    heldout = [examples[i] for i in order[:count]]
+    train = [examples[i] for i in order[count:]]
+    return train, heldout
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _load_tokenizer(base: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+    _require_extra()
+    from transformers import AutoTokenizer
+
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(os.fspath(base))
+    return tokenizer
+
+
+def _load_model(base: str | os.PathLike[str]) -> PreTrainedModel:
+    """A fresh float32 copy of the base (peft wraps a model in place: never reuse one)."""
+    _require_extra()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        os.fspath(base), dtype=torch.float32
+    )
+    return model
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], gen: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
+    if not isinstance(text, str):  # pragma: no cover - tokenize=False always gives a string
+        raise TypeError("apply_chat_template did not return a string")
+    return text
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], list[int]]:
+    """Token ids of the whole chat and labels that mask the prompt with -100 (loss on the answer).
+
+    The prompt is rendered with the generation prompt, exactly as at inference; the answer is
+    what the full rendering adds after it (or the completion plus EOS when the template does not
+    extend the prompt), so training and generation see the same prompt tokens.
+    """
+    prompt_messages = example.messages[:-1]
+    prompt = _render(tokenizer, prompt_messages, True)
+    full = _render(tokenizer, example.messages, False)
+    answer = full[len(prompt) :] if full.startswith(prompt) else example.completion
+    prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids: list[int] = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if isinstance(eos, int) and eos not in answer_ids:
+        answer_ids = [*answer_ids, eos]
+    return [*prompt_ids, *answer_ids], [-100] * len(prompt_ids) + answer_ids
+
+
+def _batches(size: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` batches of indices drawn epoch by epoch from seeded shuffles of ``range(size)``."""
+    rng = random.Random(seed)
+    pool: list[int] = []
+    for _ in range(steps):
+        while len(pool) < batch_size:
+            epoch = list(range(size))
+            rng.shuffle(epoch)
+            pool.extend(epoch)
+        batch, pool = pool[:batch_size], pool[batch_size:]
+        yield batch
+
+
+def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: positions then match unpadded inference (padding is masked out)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = [ids + [pad_id] * (width - len(ids)) for ids, _ in rows]
+    labels = [lab + [-100] * (width - len(lab)) for _, lab in rows]
+    mask = [[1] * len(i) + [0] * (width - len(i)) for i, _ in rows]
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "labels": torch.tensor(labels),
+    }
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    # tqdm ships no type information; importlib keeps mypy from needing a stub package.
+    tqdm = importlib.import_module("tqdm.auto").tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+def _fit(
+    model: torch.nn.Module,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    schedule: _Schedule,
+    *,
+    pad_id: int,
+    desc: str,
+    progress: bool,
+) -> float:
+    """AdamW with warm-up and linear decay over ``schedule``; the mean loss of the last steps."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=0.0)
+    warmup = max(1, schedule.steps // 10)
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / schedule.steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    batches = _batches(len(encoded), schedule.batch_size, schedule.steps, schedule.seed)
+    losses: list[float] = []
+    model.train()
+    bar = _progress_bar(schedule.steps, desc, progress)
+    try:
+        for indices in batches:
+            loss = model(**_collate([encoded[i] for i in indices], pad_id)).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    finally:
+        bar.close()
+    model.eval()
+    tail = losses[-max(1, min(10, len(losses) // 10)) :]
+    return sum(tail) / len(tail)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, threads: int = 1) -> Iterator[None]:
+    """Seed torch's global RNG and set its thread count inside the block; restore both after.
+
+    One thread by default: a fixed count keeps float reductions in one order (a seed gives the
+    same weights on any machine with the same torch build), and for tiny models a second thread
+    gains little but loses a lot when the machine's cores are busy (threads wait on each other).
+    """
+    import torch
+
+    if threads < 1:
+        raise ConfigurationError(f"threads must be at least 1, not {threads!r}")
+    saved = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
+
+
+def _steps_for(size: int, batch_size: int, steps: int | None, epochs: float | None) -> int:
+    if steps is not None and epochs is not None:
+        raise ConfigurationError("pass steps or epochs, not both")
+    if steps is None:
+        epochs = 3.0 if epochs is None else epochs
+        if epochs <= 0:
+            raise ConfigurationError(f"epochs must be positive, not {epochs!r}")
+        steps = math.ceil(epochs * size / batch_size)
+    if steps < 1:
+        raise ConfigurationError(f"steps must be at least 1, not {steps!r}")
+    return steps
+
+
+def _as_examples(
+    dataset: str | os.PathLike[str] | Iterable[Example] | Iterable[Mapping[str, Any]],
+) -> list[Example]:
+    if isinstance(dataset, (str, os.PathLike)):
+        return load_examples(dataset)
+    rows: list[Example | Mapping[str, Any]] = list(dataset)
+    examples = [row for row in rows if isinstance(row, Example)]
+    if not examples:
+        return load_examples(row for row in rows if not isinstance(row, Example))
+    if len(examples) != len(rows):
+        raise InvalidRequestError("dataset mixes Example objects and row dicts: use one kind")
+    return examples
+
+
+def _base_name(base: str | os.PathLike[str], base_name: str | None) -> str:
+    """What goes in ``base_model_name_or_path``: never a local absolute path."""
+    if base_name:
+        return base_name
+    path = Path(base)
+    return path.resolve().name if path.exists() else os.fspath(base)
+
+
+def _save_adapter(model: Any, out_dir: Path, base_name: str) -> None:
+    """Write exactly ADAPTER_FILES into ``out_dir``, mode 0644, with a portable base name.
+
+    peft also writes a README.md model card and creates files 0600, so it saves into a scratch
+    directory next to ``out_dir`` and only the two adapter files are moved in. The config is
+    rewritten with sorted keys and target modules (peft keeps them in a set: random order).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        # save_embedding_layers=False: "auto" may look the base model's name up on the Hub.
+        model.save_pretrained(os.fspath(scratch), save_embedding_layers=False)
+        config_path = scratch / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_name
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+        for name in ADAPTER_FILES:
+            (scratch / name).chmod(0o644)
+            os.replace(scratch / name, out_dir / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _linear_names(model: PreTrainedModel) -> list[str]:
+    """What peft's ``all-linear`` means, as sorted short names: every Linear but the head."""
+    import torch
+
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide transformers' per-load progress bars and a deprecation warning peft triggers."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _check_lora_options(rank: int, alpha: int, lr: float, batch_size: int) -> None:
+    if rank < 1:
+        raise ConfigurationError(f"rank must be at least 1, not {rank!r}")
+    if alpha <= 0 or lr <= 0:
+        raise ConfigurationError("alpha and lr must be positive")
+    if batch_size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, not {batch_size!r}")
+
+
+def train_adapter(
+    base: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | Iterable[Example] | Iterable[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    *,
+    rank: int = 8,
+    alpha: int = 16,
+    target_modules: str | Sequence[str] = "all-linear",
+    steps: int | None = None,
+    epochs: float | None = None,
+    lr: float = 2e-4,
+    batch_size: int = 16,
+    seed: int = 0,
+    base_name: str | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a LoRA adapter on ``base`` (a model directory) and write it to ``out_dir``.
+
+    ``dataset`` is a JSONL path, row dicts (both checked by :func:`load_examples`) or Examples.
+    Train for ``steps`` optimizer steps or ``epochs`` passes (default: 3 epochs, not both);
+    the loss counts the answer tokens only. The base is loaded afresh for every call.
+
+    ``out_dir`` receives exactly :data:`ADAPTER_FILES`, mode 0644 (other files there are left
+    alone); ``base_model_name_or_path`` in the config is ``base_name``, or the base directory's
+    name, never a local path. Training runs on the CPU with ``threads`` torch threads (raise it
+    for models bigger than the toy); the same inputs, ``seed`` and ``threads`` give the same
+    adapter bytes.
+    Raises ConfigurationError for bad options or a missing training extra, InvalidRequestError
+    for a bad dataset.
+    """
+    examples = _as_examples(dataset)
+    _check_lora_options(rank, alpha, lr, batch_size)
+    schedule = _Schedule(_steps_for(len(examples), batch_size, steps, epochs), batch_size, lr, seed)
+    _require_extra()
+    from peft import LoraConfig, get_peft_model
+
+    started = time.perf_counter()
+    with _quiet(), _seeded(seed, threads):
+        tokenizer = _load_tokenizer(base)
+        encoded = [_encode(tokenizer, example) for example in examples]
+        model = _load_model(base)
+        # Spelled out so adapter_config.json lists short names (q_proj, ...) in a stable order.
+        modules = _linear_names(model) if target_modules == "all-linear" else target_modules
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=modules if isinstance(modules, str) else list(modules),
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
+        pad_id = _pad_id(tokenizer)
+        path = Path(out_dir)
+        loss = _fit(peft_model, encoded, schedule, pad_id=pad_id, desc=path.name, progress=progress)
+        _save_adapter(peft_model, path, _base_name(base, base_name))
+    seconds = time.perf_counter() - started
+    return TrainResult(path=path, steps=schedule.steps, final_loss=loss, seconds=seconds)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def _prompt_dicts(prompt: Example | Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    if isinstance(prompt, Example):
+        return prompt.messages[:-1]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def predict(
+    base: str | os.PathLike[str],
+    prompts: Sequence[Example | Sequence[Mapping[str, str]]],
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy answers of ``base`` (with ``adapter`` if given) to each prompt, in order.
+
+    A prompt is an Example (its prompt messages are used) or a list of chat dicts; the answer is
+    the decoded new text without special tokens, stripped. Meant for evaluation and tests: it
+    loads the model on every call.
+    """
+    _require_extra()
+    import torch
+
+    with _quiet():
+        tokenizer = _load_tokenizer(base)
+        model: Any = _load_model(base)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, os.fspath(adapter))
+    model.eval()
+    texts = [_render(tokenizer, _prompt_dicts(p), True) for p in prompts]
+    answers: list[str] = []
+    with _seeded(0), torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                add_special_tokens=False,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=_pad_id(tokenizer),
+            )
+            new = out[:, batch["input_ids"].shape[1] :]
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return answers
