@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 # The CPU build; installed before anything that depends on torch so pip never pulls a CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install lint typecheck pytest docs test bench clean
+.PHONY: install lint typecheck pytest docs test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ docs: install
 	$(BIN)/mkdocs build --strict --quiet
 
 test: lint typecheck pytest docs
+
+# The main job: the whole per-tenant loop on the embedded default (local PEFT backend, SQLite
+# registry, a toy base model built offline). Built artifacts are reused on the next run.
+demo: install
+	$(BIN)/python -m tenantlora.demo
 
 bench: install
 	$(BIN)/python -m benchmarks.run

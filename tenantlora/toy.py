@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from tenantlora import training
+from tenantlora._hf import quiet
 from tenantlora.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -326,7 +327,7 @@ def build_toy_model(
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild is never "complete"
-    with training._quiet():
+    with quiet():
         _save(out, model, tokenizer)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name in _SAVED_FILES}
     manifest = {"params": params, "files": files, "final_loss": round(loss, 6)}

@@ -33,11 +33,11 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tenantlora._hf import quiet as _quiet
 from tenantlora.errors import ConfigurationError, InvalidRequestError
 from tenantlora.types import Message
 
@@ -484,22 +484,6 @@ def _linear_names(model: PreTrainedModel) -> list[str]:
         if isinstance(module, torch.nn.Linear) and module is not head
     }
     return sorted(names)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide transformers' per-load progress bars and a deprecation warning peft triggers."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _check_lora_options(rank: int, alpha: int, lr: float, batch_size: int) -> None:

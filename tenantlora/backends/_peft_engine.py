@@ -34,6 +34,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from tenantlora._hf import quiet
 from tenantlora.adapters import validate
 from tenantlora.backends._peft_generate import (
     BASE,
@@ -71,7 +72,8 @@ def _chained(error: BackendError, cause: BaseException) -> BackendError:
 
 def _load_tokenizer(base_dir: str) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        with quiet():
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
     except Exception as exc:
         raise ConfigurationError(
             f"cannot load the tokenizer from {base_dir}: {type(exc).__name__}"
@@ -83,7 +85,8 @@ def _load_tokenizer(base_dir: str) -> PreTrainedTokenizerBase:
 
 def _load_model(base_dir: str) -> PeftModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_dir)
+        with quiet():
+            model = AutoModelForCausalLM.from_pretrained(base_dir)
     except Exception as exc:
         raise ConfigurationError(
             f"cannot load a causal LM from {base_dir}: {type(exc).__name__}"
@@ -96,7 +99,8 @@ def _load_model(base_dir: str) -> PeftModel:
     if target is None:
         raise ConfigurationError(f"the model in {base_dir} has no linear layer to adapt")
     config = LoraConfig(r=1, target_modules=[target], inference_mode=True)
-    peft_model = get_peft_model(model, config, adapter_name=_ANCHOR)
+    with quiet():
+        peft_model = get_peft_model(model, config, adapter_name=_ANCHOR)
     peft_model.eval()
     assert isinstance(peft_model, PeftModel)
     return peft_model

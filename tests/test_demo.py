@@ -1,0 +1,42 @@
+"""The main job: `python -m tenantlora.demo` runs end to end, offline, and reuses its work."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_demo(workdir: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenantlora.demo", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> None:
+    """First run: three tenants trained, answers differ, unknown tenant on base, each adapter
+    shipped. Second run: nothing rebuilt, retrained or republished."""
+    first = run_demo(tmp_path)
+    for tenant in ("kahuna", "goliath", "europa"):
+        assert f"{tenant}   trained in" in first or f"{tenant}  trained in" in first
+        assert f"{tenant}   published" in first or f"{tenant}  published" in first
+    evaluation = [line for line in first.splitlines() if "uplift" in line]
+    assert len(evaluation) == 3
+    assert all(line.rstrip().endswith("SHIP") for line in evaluation), evaluation
+    assert "fallback_reason 'no_adapter'" in first
+    rows = [line for line in first.splitlines() if line.startswith("   ") and " staff, " in line]
+    assert len(rows) == 6
+    assert any(
+        len({cell.strip() for cell in row[47:].split("  ") if cell.strip()}) > 2 for row in rows
+    )  # fmt: skip  (tenants disagree on the same lead)
+    second = run_demo(tmp_path)
+    assert len(re.findall(r"^ +\w+ +cached +/", second, flags=re.MULTILINE)) == 3
+    assert second.count("already published") == 3
+    assert "trained in" not in second
