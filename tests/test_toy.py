@@ -12,16 +12,7 @@ import pytest
 from tenantlora import toy, training
 from tenantlora.errors import ConfigurationError
 
-# Fewer pre-training steps than the default keep the suite fast; the base still follows its rule.
-TEST_STEPS = 200
 PROMPT = "company acme corp staff 400 funding pe-backed sector saas region emea"
-
-
-@pytest.fixture(scope="session")
-def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toy base, built once per session (test_training.py asks for the same directory,
-    and the manifest makes its second build a no-op)."""
-    return toy.build_toy_model(tmp_path_factory.getbasetemp() / "toy-base", steps=TEST_STEPS)
 
 
 @pytest.fixture
