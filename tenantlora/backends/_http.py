@@ -45,7 +45,7 @@ from tenantlora.errors import (
     ResponseValidationError,
     status_error_class,
 )
-from tenantlora.retry import parse_retry_after
+from tenantlora.retry import _header, parse_retry_after
 
 __all__ = [
     "DONE",
@@ -153,13 +153,6 @@ class ErrorInfo:
 
 StatusMapper = Callable[[ErrorInfo, CallContext], BackendError]
 """Turns an error response into the exception to raise; backends refine the default."""
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None and isinstance(headers, dict):  # a plain dict is case-sensitive
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
 
 
 def _text(value: object) -> str | None:
