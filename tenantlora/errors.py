@@ -12,6 +12,7 @@ TenantLoRAError
 ├── RegistryError                 a registry read or write failed (.tenant .task)
 │   └── AdapterResolutionError    the registry failed and no stale entry could serve
 ├── AdapterValidationError        adapter files unusable (rank, size, base model, config)
+├── PublishError                  publishing an adapter failed (.step .tenant .task .finetune_id)
 └── BackendError                  .backend .adapter .tenant .task
     ├── AdapterNotAvailableError  backend lacks the adapter -> fallback to base by policy
     ├── BackendConnectionError    could not connect / connection dropped (retryable)
@@ -20,7 +21,10 @@ TenantLoRAError
     │   ├── BadRequestError       400, 422
     │   ├── AuthenticationError   401, 403
     │   ├── NotFoundError         404 (not an adapter lookup)
+    │   ├── ModelConfigurationError   the provider refuses the model set-up (also a
+    │   │                         ConfigurationError; Workers AI 5005 no LoRA, 5007 no such model)
     │   ├── RateLimitError        429 (retryable unless the provider says otherwise)
+    │   │   └── DailyQuotaError   429 for a used-up daily quota (Workers AI 3036; not retryable)
     │   └── ServerError           >= 500 (retryable)
     └── ResponseValidationError   a 2xx whose payload does not parse (or a stream cut short)
 ```
@@ -30,6 +34,8 @@ provider error messages and identifiers only.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AdapterNotAvailableError",
@@ -42,10 +48,13 @@ __all__ = [
     "BackendTimeoutError",
     "BadRequestError",
     "ConfigurationError",
+    "DailyQuotaError",
     "InvalidRequestError",
     "InvalidTaskError",
     "InvalidTenantError",
+    "ModelConfigurationError",
     "NotFoundError",
+    "PublishError",
     "RateLimitError",
     "RegistryError",
     "ResponseValidationError",
@@ -93,6 +102,29 @@ class AdapterValidationError(TenantLoRAError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class PublishError(TenantLoRAError):
+    """Publishing an adapter failed at ``step`` (``"validate"``, ``"quota"``, ``"create"``,
+    ``"upload"``, ``"registry"``, ...); the cause is chained. Nothing was pointed at the new
+    adapter: the registry is unchanged. ``finetune_id`` is the provider-side object created
+    before the failure, if any (it holds no registry entry and can be deleted).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str,
+        tenant: str | None = None,
+        task: str | None = None,
+        finetune_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.tenant = tenant
+        self.task = task
+        self.finetune_id = finetune_id
 
 
 class BackendError(TenantLoRAError):
@@ -175,8 +207,27 @@ class NotFoundError(BackendStatusError):
     """404 for something other than an adapter (wrong URL, unknown base model)."""
 
 
+class ModelConfigurationError(BackendStatusError, ConfigurationError):
+    """The provider refuses how the backend is set up: the model does not exist (Workers AI
+    5007) or takes no LoRA adapters (5005). Fix the configuration; retrying will not help.
+    """
+
+    def __init__(self, message: str, *, retryable: bool | None = False, **fields: Any) -> None:
+        super().__init__(message, retryable=retryable, **fields)
+
+
 class RateLimitError(BackendStatusError):
     """429: slow down. Retryable unless ``retryable`` is False."""
+
+
+class DailyQuotaError(RateLimitError):
+    """429 for a used-up daily allowance (Workers AI code 3036): waiting seconds will not help.
+
+    ``retryable`` defaults to False, so the client does not retry it.
+    """
+
+    def __init__(self, message: str, *, retryable: bool | None = False, **fields: Any) -> None:
+        super().__init__(message, retryable=retryable, **fields)
 
 
 class ServerError(BackendStatusError):

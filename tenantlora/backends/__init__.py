@@ -21,6 +21,7 @@ from tenantlora.errors import ConfigurationError
 if TYPE_CHECKING:
     from tenantlora.backends.openai_compat import OpenAICompatible
     from tenantlora.backends.peft import LocalPeft
+    from tenantlora.backends.workers_ai import WorkersAI
 
 __all__ = [
     "AsyncBackend",
@@ -29,6 +30,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "LocalPeft",
     "OpenAICompatible",
+    "WorkersAI",
     "available_backends",
     "create_backend",
     "load_backend",
@@ -47,11 +49,13 @@ class BackendSpec(NamedTuple):
 _BUILTIN: dict[str, BackendSpec] = {
     "openai_compat": BackendSpec("tenantlora.backends.openai_compat:OpenAICompatible"),
     "local_peft": BackendSpec("tenantlora.backends.peft:LocalPeft", "peft"),
+    "workers_ai": BackendSpec("tenantlora.backends.workers_ai:WorkersAI"),
 }
 # Public class name -> backend name, for ``from tenantlora.backends import X``.
 _CLASSES: dict[str, str] = {
     "OpenAICompatible": "openai_compat",
     "LocalPeft": "local_peft",
+    "WorkersAI": "workers_ai",
 }
 
 
