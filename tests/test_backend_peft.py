@@ -37,6 +37,7 @@ from transformers import (  # noqa: E402
 from tenantlora import TenantLoRA  # noqa: E402
 from tenantlora.backends import create_backend  # noqa: E402
 from tenantlora.backends import peft as peft_backend  # noqa: E402
+from tenantlora.backends._peft_engine import _ANCHOR  # noqa: E402
 from tenantlora.backends._peft_generate import count_adapter_hooks  # noqa: E402
 from tenantlora.backends.peft import LocalPeft  # noqa: E402
 from tenantlora.errors import (  # noqa: E402
@@ -200,10 +201,16 @@ def make(models: Models) -> Iterator[Callable[..., LocalPeft]]:
 
 
 class GenerateSpy:
-    """Records each PeftModel.generate call: adapter_names and how many tokens it produced."""
+    """Records each PeftModel.generate call: what served each row, and tokens produced.
+
+    ``names`` holds the PEFT adapter per row: the ``adapter_names`` of a mixed batch, or for a
+    single-target batch (no ``adapter_names``) the active adapter repeated, with the inert
+    anchor reported as ``"__base__"``. ``mixed`` says which calls passed ``adapter_names``.
+    """
 
     def __init__(self) -> None:
         self.names: list[list[str]] = []
+        self.mixed: list[bool] = []
         self.new_tokens: list[int] = []
         self.served: list[list[str | None]] = []  # names as adapter ids, when `translate` is set
         self.translate: Callable[[list[str]], list[str | None]] | None = None
@@ -217,6 +224,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> GenerateSpy:
 
     def generate(self: PeftModel, *args: Any, **kwargs: Any) -> Any:
         names = list(kwargs.get("adapter_names") or [])
+        recorded.mixed.append(bool(names))
+        if not names:
+            active = self.active_adapter
+            served = "__base__" if active == _ANCHOR else active
+            names = [served] * kwargs["input_ids"].shape[0]
         recorded.names.append(names)
         if recorded.translate is not None:  # while the backend is alive: slots are known
             recorded.served.append(recorded.translate(names))
@@ -240,6 +252,20 @@ def _fail_once(backend: LocalPeft) -> None:
     """Make the next forward pass of the backend's model raise (once), mid-generate."""
 
     def boom(module: torch.nn.Module, args: Any) -> None:
+        handle.remove()
+        raise RuntimeError("injected failure")
+
+    handle = _lm_head(backend).register_forward_pre_hook(boom)
+
+
+def _fail_next_mixed_batch(backend: LocalPeft) -> None:
+    """Make the next forward pass of a mixed batch (adapter_names hooks attached) raise, once."""
+    model = backend._engine.model
+    assert model is not None
+
+    def boom(module: torch.nn.Module, args: Any) -> None:
+        if count_adapter_hooks(model) == 0:
+            return
         handle.remove()
         raise RuntimeError("injected failure")
 
@@ -290,6 +316,17 @@ def _gated(
     backend: LocalPeft, calls: list[tuple[ChatRequest, str | None]], monkeypatch: pytest.MonkeyPatch
 ) -> list[ChatResponse]:
     """Queue ``calls`` behind a held worker, then release it: the worker finds them all queued."""
+    outcomes = _gated_outcomes(backend, calls, monkeypatch)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [o for o in outcomes if isinstance(o, ChatResponse)]
+
+
+def _gated_outcomes(
+    backend: LocalPeft, calls: list[tuple[ChatRequest, str | None]], monkeypatch: pytest.MonkeyPatch
+) -> list[ChatResponse | BaseException]:
+    """Like ``_gated``, but each call's reply or the error it raised."""
     gate = Gate(backend)
     with ThreadPoolExecutor(len(calls) + 1) as pool:
         held = pool.submit(backend.chat, _request("hello"), adapter=None)
@@ -299,7 +336,7 @@ def _gated(
         assert queued.wait(WAIT)
         gate.open()
         held.result(WAIT)
-        return [f.result(WAIT) for f in futures]
+        return [f.exception(WAIT) or f.result(WAIT) for f in futures]
 
 
 # -- the shared contract ----------------------------------------------------------------------
@@ -605,13 +642,21 @@ def test_hazard_peft_leaves_adapter_hooks_after_an_exception(models: Models) -> 
     assert count_adapter_hooks(naive.model) > 0
 
 
-def test_exception_inside_generate_leaves_no_stray_hooks(make: Any, oracle: Oracle) -> None:
-    """A failure mid-generate is a BackendError; leftover hooks are removed; answers stay right."""
+def test_exception_inside_a_mixed_batch_leaves_no_stray_hooks(
+    make: Any, oracle: Oracle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure mid-generate in a mixed batch is a BackendError for every row; PEFT's leftover
+    adapter_names hooks are removed; every target answers right afterwards."""
     backend = make()
-    _fail_once(backend)
-    with pytest.raises(BackendError, match=r"generation failed \(RuntimeError\)") as info:
-        backend.chat(_request(PROMPTS[0]), adapter="t1")
-    assert isinstance(info.value.__cause__, RuntimeError)
+    for target in TENANTS:  # resident, so the failing batch is a pure generate failure
+        backend.chat(_request(PROMPTS[0]), adapter=target)
+    _fail_next_mixed_batch(backend)
+    calls = [(_request(PROMPTS[0]), "t1"), (_request(PROMPTS[0]), None)]
+    outcomes = _gated_outcomes(backend, calls, monkeypatch)
+    for outcome in outcomes:
+        assert isinstance(outcome, BackendError)
+        assert "generation failed (RuntimeError)" in str(outcome)
+        assert isinstance(outcome.__cause__, RuntimeError)
     model = backend._engine.model
     assert model is not None
     assert count_adapter_hooks(model) == 0
@@ -619,6 +664,26 @@ def test_exception_inside_generate_leaves_no_stray_hooks(make: Any, oracle: Orac
     with ThreadPoolExecutor(4) as pool:
         replies = pool.map(lambda t: backend.chat(_request(PROMPTS[0]), adapter=t), TARGETS)
         assert [r.text for r in replies] == [oracle.text[PROMPTS[0], t] for t in TARGETS]
+
+
+def test_exception_in_a_single_target_batch_leaves_the_model_serving(
+    make: Any, oracle: Oracle
+) -> None:
+    """A failure while one adapter is active: a BackendError, and every target still answers
+    right (the anchor is re-activated; nothing is left pointing at the failed adapter)."""
+    backend = make()
+    _fail_once(backend)
+    with pytest.raises(BackendError, match=r"generation failed \(RuntimeError\)") as info:
+        backend.chat(_request(PROMPTS[0]), adapter="t1")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    model = backend._engine.model
+    assert model is not None
+    assert model.active_adapter == _ANCHOR
+    for target in (None, *TENANTS):
+        assert (
+            backend.chat(_request(PROMPTS[1]), adapter=target).text
+            == oracle.text[PROMPTS[1], target]
+        )
 
 
 def test_hooks_that_cannot_be_removed_trigger_a_rebuild(
@@ -630,9 +695,10 @@ def test_hooks_that_cannot_be_removed_trigger_a_rebuild(
     backend.subscribe(events.append)
     backend.chat(_request(PROMPTS[0]), adapter="t2")
     monkeypatch.setattr("tenantlora.backends._peft_engine.strip_adapter_hooks", lambda model: 0)
-    _fail_once(backend)
-    with pytest.raises(BackendError):
-        backend.chat(_request(PROMPTS[0]), adapter="t1")
+    _fail_next_mixed_batch(backend)
+    calls = [(_request(PROMPTS[0]), "t1"), (_request(PROMPTS[0]), "t2")]
+    outcomes = _gated_outcomes(backend, calls, monkeypatch)
+    assert all(isinstance(o, BackendError) for o in outcomes)
     assert backend.stats().rebuilds == 1
     assert backend.loaded() == []
     assert ("evict", "t2") in [(e.kind, e.adapter) for e in events]
@@ -644,6 +710,37 @@ def test_hooks_that_cannot_be_removed_trigger_a_rebuild(
             backend.chat(_request(PROMPTS[3]), adapter=target).text
             == oracle.text[PROMPTS[3], target]
         )
+
+
+def test_single_target_batches_run_without_adapter_names(
+    make: Any, oracle: Oracle, spy: GenerateSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One target per batch: the adapter (or the inert anchor, for base) is made active and no
+    per-row routing is installed; a mixed batch routes per row. Answers are the same."""
+    backend = make()
+    prompt = PROMPTS[2]
+    for target in ("t1", None, "t2", "t2"):
+        assert backend.chat(_request(prompt), adapter=target).text == oracle.text[prompt, target]
+    assert spy.mixed == [False] * 4
+    slot = backend._engine.slot_of
+    assert [names[0] for names in spy.names] == [slot("t1"), "__base__", slot("t2"), slot("t2")]
+    calls = [(_request(prompt), t) for t in ("t1", None, "t1")]
+    replies = _gated(backend, calls, monkeypatch)
+    assert [r.text for r in replies] == [oracle.text[prompt, t] for _, t in calls]
+    assert spy.mixed[-1] is True
+    assert spy.names[-1] == [slot("t1"), "__base__", slot("t1")]
+
+
+def test_evicting_the_active_adapter_leaves_base_and_others_right(
+    make: Any, oracle: Oracle
+) -> None:
+    """max_loaded=1: each load evicts the adapter that is active right now."""
+    backend = make(max_loaded=1)
+    prompt = PROMPTS[1]
+    for target in ("t1", "t2", None, "t3", "t1", None):
+        assert backend.chat(_request(prompt), adapter=target).text == oracle.text[prompt, target]
+    assert backend.loaded() == ["t1"]
+    assert backend.stats().evictions == 3
 
 
 # -- generation parameters --------------------------------------------------------------------

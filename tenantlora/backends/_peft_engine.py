@@ -8,8 +8,18 @@ Model layout: the base model is wrapped once in a PeftModel holding a tiny inert
 (rank 1, zero-initialised, on one linear layer), and tenant adapters are added and deleted beside
 it. The anchor keeps the PeftModel alive with no tenant adapter loaded, so evicting the last
 tenant never leaves PEFT in a half-torn-down state, and it keeps an active adapter set, which PEFT
-needs before it honours ``adapter_names``. The anchor never serves a row: every ``generate``
-passes ``adapter_names`` with a tenant adapter or ``"__base__"`` for each row.
+needs before it honours ``adapter_names``. Its B matrix is zero, so with the anchor active the
+model computes exactly the base model's outputs (it adds 0.0 to one layer).
+
+Routing rows to adapters: a batch that mixes targets passes ``adapter_names`` (a tenant adapter
+or ``"__base__"`` per row), which PEFT implements with forward hooks installed and removed on
+every ``generate`` and a per-row split in every LoRA layer (that split is replaced, on this model
+instance only, by the same arithmetic with its bookkeeping done once per call: ``_peft_mixed``).
+A batch whose rows all use one target (the common case at low load, and every streamed request)
+instead makes that adapter, or the anchor for base rows, the *active* adapter and runs a plain
+``generate``: no hooks, no split. The active adapter is model-global state, which is exactly why
+only this worker thread touches it; it is switched only when it changes, and never left pointing
+at an evicted adapter.
 
 Tenant adapters are loaded under generated names (``tl0``, ``tl1``, ...), not under their ids:
 PEFT stores adapters in ``nn.ModuleDict``s, whose keys may not contain ".", and a fresh name per
@@ -46,6 +56,7 @@ from tenantlora.backends._peft_generate import (
     seeded,
     strip_adapter_hooks,
 )
+from tenantlora.backends._peft_mixed import install as install_mixed_forward
 from tenantlora.backends._peft_worker import Job, LocalPeftStats, find_stop
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -134,6 +145,7 @@ class Engine:
         self._max_positions: int | None = getattr(
             self.model.config, "max_position_embeddings", None
         )
+        self._active = _ANCHOR  # the PEFT adapter `generate` applies without adapter_names
 
     # -- what other threads may read ---------------------------------------------------------
 
@@ -246,11 +258,12 @@ class Engine:
         job = rows[0].job  # every row shares its sampling parameters (see Job.sampling_key)
         started = time.perf_counter()
         try:
+            routing = self._routing(rows)
             with torch.inference_mode(), seeded(job.request.seed if job.do_sample else None):
                 out = model.generate(  # type: ignore[no-untyped-call]
                     input_ids=torch.tensor(ids, device=model.device),
                     attention_mask=torch.tensor(mask, device=model.device),
-                    adapter_names=[row.slot for row in rows],
+                    **routing,
                     max_new_tokens=max(row.job.max_tokens for row in rows),
                     stopping_criteria=StoppingCriteriaList([stops]),
                     pad_token_id=self._pad,
@@ -265,6 +278,23 @@ class Engine:
         self._record_batch(rows, time.perf_counter() - started)
         for i, row in enumerate(rows):
             row.job.settle(self._result(row, stops, i, out[i].tolist(), closing))
+
+    def _routing(self, rows: list[Row]) -> dict[str, list[str]]:
+        """``generate``'s adapter arguments for ``rows``: per-row names only for mixed batches."""
+        slots = {row.slot for row in rows}
+        if len(slots) > 1:
+            return {"adapter_names": [row.slot for row in rows]}
+        only = slots.pop()
+        self._activate(_ANCHOR if only == BASE else only)
+        return {}
+
+    def _activate(self, slot: str) -> None:
+        """Make ``slot`` the active adapter (worker thread only; a no-op when it already is)."""
+        if self._active != slot:
+            assert self.model is not None
+            self._active = _ANCHOR  # if set_adapter fails halfway, _recover re-activates it
+            self.model.set_adapter(slot, inference_mode=True)
+            self._active = slot
 
     def _generation_failed(self, job: Job, exc: Exception) -> BackendError:
         message = f"{self._name}: generation failed ({type(exc).__name__})"
@@ -342,6 +372,13 @@ class Engine:
         )
         if count_adapter_hooks(self.model):
             self._rebuild()
+            return
+        try:
+            self.model.set_adapter(_ANCHOR, inference_mode=True)
+            self._active = _ANCHOR
+        except Exception:
+            logger.exception("%s: could not re-activate the anchor adapter", self._name)
+            self._rebuild()
 
     # -- adapters ----------------------------------------------------------------------------
 
@@ -373,6 +410,7 @@ class Engine:
         slot = next(self._slot_names)
         try:
             self.model.load_adapter(path, adapter_name=slot, is_trainable=False)
+            install_mixed_forward(self.model)  # loading may have wrapped more layers
         except Exception as exc:
             self._discard(slot)
             reason = f"PEFT could not load it ({type(exc).__name__})"
@@ -414,6 +452,9 @@ class Engine:
         """Delete a PEFT adapter; if PEFT cannot, rebuild the model rather than serve from it."""
         assert self.model is not None
         try:
+            if self._active == slot:  # never leave the active adapter pointing at a deleted one
+                self.model.set_adapter(_ANCHOR, inference_mode=True)
+                self._active = _ANCHOR
             if slot in self.model.peft_config:
                 self.model.delete_adapter(slot)
         except Exception:
@@ -427,6 +468,7 @@ class Engine:
             dropped = list(self._slots)
             self._slots.clear()
         self.model = None
+        self._active = _ANCHOR
         gc.collect()
         self.model = _load_model(self._base_dir)
         self._count(rebuilds=1, evictions=len(dropped))
