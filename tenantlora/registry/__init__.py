@@ -1,8 +1,9 @@
 """Registries: where each tenant's adapter per task is recorded.
 
 ``SQLiteRegistry`` is the embedded default (versions, rollback, erasure); ``MemoryRegistry`` is
-for tests and single-process use. Both load on first use, so the client (which only needs the
-protocols) does not import sqlite3.
+for tests and single-process use; ``CloudflareKV`` (and its async reader ``AsyncCloudflareKV``)
+keeps each tenant's map in a Cloudflare KV namespace. All load on first use, so the client
+(which only needs the protocols) imports neither sqlite3 nor httpx for them.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from typing import TYPE_CHECKING, Any
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, WritableRegistry
 
 if TYPE_CHECKING:
+    from tenantlora.registry.cloudflare_kv import AsyncCloudflareKV, CloudflareKV
     from tenantlora.registry.memory import MemoryRegistry
     from tenantlora.registry.sqlite import SQLiteRegistry
 
 __all__ = [
     "AdapterRegistry",
     "AsyncAdapterRegistry",
+    "AsyncCloudflareKV",
+    "CloudflareKV",
     "MemoryRegistry",
     "SQLiteRegistry",
     "WritableRegistry",
 ]
 
 _LAZY = {
+    "AsyncCloudflareKV": "tenantlora.registry.cloudflare_kv",
+    "CloudflareKV": "tenantlora.registry.cloudflare_kv",
     "MemoryRegistry": "tenantlora.registry.memory",
     "SQLiteRegistry": "tenantlora.registry.sqlite",
 }

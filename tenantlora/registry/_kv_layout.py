@@ -1,0 +1,132 @@
+"""The Cloudflare KV value layout for one tenant, as pure functions (no I/O).
+
+Key ``{prefix}{tenant}`` (default prefix ``lora_adapters:``) holds a JSON object
+``{task: adapter}``. ``adapter`` is either a string (a fine-tune id or name: the ADR's original
+layout, read as version 1, ready) or an object::
+
+    {"id": "6f1c...", "version": 3, "status": "ready", "base_model": "@cf/mistral/...",
+     "uri": null, "created_at": "2024-06-01T10:00:00+00:00", "metadata": {},
+     "history": [{"id": "...", "version": 1, ...}, {"id": "...", "version": 2, ...}]}
+
+The top-level fields are the active version, so a Worker reading ``value[task].id`` (or the
+string) finds the adapter to send; ``history`` keeps the other versions for rollback.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from tenantlora.errors import AdapterResolutionError
+from tenantlora.naming import validate_task
+from tenantlora.types import AdapterRecord
+
+__all__ = ["TaskVersions", "decode_value", "encode_value", "entry_of", "task_versions"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # created_at of a bare-string entry
+_FIELDS = ("id", "version", "status", "base_model", "uri", "created_at", "metadata", "history")
+
+
+class TaskVersions:
+    """Every version of one task: the active record and the others (sorted by version)."""
+
+    __slots__ = ("active", "others")
+
+    def __init__(self, active: AdapterRecord, others: list[AdapterRecord]) -> None:
+        self.active = active
+        self.others = others
+
+    def all(self) -> list[AdapterRecord]:
+        return sorted([self.active, *self.others], key=lambda r: r.version)
+
+
+def _malformed(key: str, reason: str, tenant: str, task: str | None = None) -> Exception:
+    return AdapterResolutionError(
+        f"Cloudflare KV key {key!r} holds a malformed value: {reason}", tenant=tenant, task=task
+    )
+
+
+def decode_value(raw: bytes, key: str, tenant: str) -> dict[str, Any]:
+    """The stored JSON object; AdapterResolutionError naming the key if it is not one."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _malformed(key, "not JSON", tenant) from None
+    if not isinstance(value, dict):
+        raise _malformed(key, f"a JSON {type(value).__name__}, not an object", tenant)
+    return value
+
+
+def encode_value(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _record(entry: object, key: str, tenant: str, task: str, where: str) -> AdapterRecord:
+    if isinstance(entry, str):
+        entry = {"id": entry, "created_at": _EPOCH.isoformat()}
+    if not isinstance(entry, dict):
+        raise _malformed(key, f"{where} is a JSON {type(entry).__name__}", tenant, task)
+    unknown = set(entry) - set(_FIELDS)
+    if unknown:
+        raise _malformed(key, f"{where} has unknown fields {sorted(unknown)}", tenant, task)
+    try:
+        return AdapterRecord(
+            tenant=tenant,
+            task=task,
+            adapter_id=entry.get("id"),
+            version=entry.get("version", 1),
+            status=entry.get("status", "ready"),
+            base_model=entry.get("base_model"),
+            uri=entry.get("uri"),
+            created_at=entry.get("created_at") or _EPOCH,
+            metadata=entry.get("metadata") or {},
+        )
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+        raise _malformed(key, f"{where}: bad {fields}", tenant, task) from None
+
+
+def task_versions(value: dict[str, Any], key: str, tenant: str, task: str) -> TaskVersions | None:
+    """The versions of ``task`` in a tenant's value, or None when the task is absent."""
+    if task not in value:
+        return None
+    try:
+        validate_task(task)
+    except ValueError:
+        raise _malformed(key, f"task name {task!r} is not a valid task", tenant) from None
+    entry = value[task]
+    active = _record(entry, key, tenant, task, f"task {task!r}")
+    history = entry.get("history", []) if isinstance(entry, dict) else []
+    if not isinstance(history, list):
+        raise _malformed(key, f"task {task!r} history is not an array", tenant, task)
+    others = []
+    for item in history:
+        if isinstance(item, dict) and "history" in item:
+            raise _malformed(key, f"task {task!r} history nests a history", tenant, task)
+        others.append(_record(item, key, tenant, task, f"task {task!r} history"))
+    versions = [r.version for r in [active, *others]]
+    if len(set(versions)) != len(versions):
+        raise _malformed(key, f"task {task!r} repeats a version", tenant, task)
+    return TaskVersions(active, sorted(others, key=lambda r: r.version))
+
+
+def _flat(record: AdapterRecord) -> dict[str, Any]:
+    return {
+        "id": record.adapter_id,
+        "version": record.version,
+        "status": record.status,
+        "base_model": record.base_model,
+        "uri": record.uri,
+        "created_at": record.created_at.astimezone(timezone.utc).isoformat(),
+        "metadata": record.metadata,
+    }
+
+
+def entry_of(versions: TaskVersions) -> dict[str, Any]:
+    """The stored object for a task: the active version's fields plus ``history``."""
+    entry = _flat(versions.active)
+    entry["history"] = [_flat(r) for r in versions.others]
+    return entry

@@ -1,0 +1,459 @@
+"""The ADR's registry: each tenant's ``{task: adapter}`` map in one Cloudflare KV key.
+
+``GET/PUT/DELETE {base}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/values/{key}``
+with ``key = {prefix}{tenant}`` (URL-encoded), and ``GET .../keys?prefix=`` to list tenants. The
+value layout is described in ``_kv_layout``. Every httpx exception and error status becomes a
+:class:`~tenantlora.errors.RegistryError` in one place (:meth:`_KVClient.request`).
+
+KV has no compare-and-swap: writes are read-modify-write, serialised per registry object by a
+lock. Run one writer (the publishing job) per namespace; any number of readers. KV is eventually
+consistent, so other locations may read the previous value for up to about a minute after a
+write; the resolver's TTL cache adds its own delay on top.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from tenantlora.backends._http import as_secret, error_info, sensitive_values
+from tenantlora.errors import ConfigurationError, RegistryError
+from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.registry._kv_layout import (
+    TaskVersions,
+    decode_value,
+    encode_value,
+    entry_of,
+    task_versions,
+)
+from tenantlora.registry.memory import (
+    _check_version,
+    _make_record,
+    _metadata_json,
+    _rollback_target,
+)
+from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+
+__all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
+
+_log = logging.getLogger("tenantlora")
+
+DEFAULT_PREFIX = "lora_adapters:"
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+_ENV = (
+    ("CLOUDFLARE_ACCOUNT_ID", "account_id"),
+    ("CLOUDFLARE_KV_NAMESPACE_ID", "namespace_id"),
+    ("CLOUDFLARE_API_TOKEN", "api_token"),
+)
+
+
+class _KVConfig:
+    """Where the namespace lives and how to authenticate; shared by the sync and async twins."""
+
+    def __init__(
+        self,
+        account_id: str,
+        namespace_id: str,
+        api_token: SecretStr | str,
+        prefix: str,
+        base_url: str,
+        timeout: float,
+    ) -> None:
+        for name, value in (("account_id", account_id), ("namespace_id", namespace_id)):
+            if not isinstance(value, str) or not value or "/" in value:
+                raise ConfigurationError(f"{name} must be a non-empty Cloudflare ID (no '/')")
+        token = as_secret(api_token)
+        if token is None:
+            raise ConfigurationError("api_token must be a non-empty Cloudflare API token")
+        if not isinstance(prefix, str):
+            raise ConfigurationError("prefix must be a string")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError("base_url must be an http(s) URL")
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.prefix = prefix
+        self.namespace_id = namespace_id
+        self.root = (
+            f"{base_url.rstrip('/')}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}"
+        )
+        self.headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+        self.secrets = sensitive_values(self.headers)
+        self.timeout = httpx.Timeout(timeout)
+
+    def key(self, tenant: str) -> str:
+        return self.prefix + tenant
+
+    def value_url(self, key: str) -> str:
+        return f"{self.root}/values/{quote(key, safe='')}"
+
+    def fail(self, action: str, key: str, reason: str, tenant: str | None) -> RegistryError:
+        return RegistryError(
+            f"Cloudflare KV namespace {self.namespace_id}: {action} {key!r} failed: {reason}",
+            tenant=tenant,
+        )
+
+    def check(self, response: httpx.Response, action: str, key: str, tenant: str | None) -> None:
+        """RegistryError for a non-2xx, with Cloudflare's message (secrets scrubbed)."""
+        if response.is_success:
+            return
+        info = error_info(
+            response.status_code, response.headers, response.content, secrets=self.secrets
+        )
+        what = "authentication failed" if info.status_code in (401, 403) else "HTTP"
+        reason = f"{what} {info.status_code}" + (f": {info.message}" if info.message else "")
+        raise self.fail(action, key, reason, tenant)
+
+
+class CloudflareKV:
+    """A :class:`~tenantlora.registry.WritableRegistry` on one Cloudflare KV namespace.
+
+    ``get`` reads one key per tenant; a missing key (404) means the tenant has no adapters. A
+    value that is not JSON or has the wrong types raises
+    :class:`~tenantlora.errors.AdapterResolutionError` naming the key; a 5xx, a refused token
+    or a dropped connection raises :class:`~tenantlora.errors.RegistryError`. Either way the
+    resolver serves a stale entry or falls back to the base model, by policy.
+
+    ``publish`` / ``rollback`` / ``delete_tenant`` rewrite or delete the tenant's key (see the
+    module docstring for the single-writer caveat); ``list`` without a tenant pages through
+    ``GET .../keys?prefix=``. ``api_token`` is a :class:`~pydantic.SecretStr` kept out of repr,
+    logs and errors.
+
+    Example::
+
+        registry = CloudflareKV.from_env()  # CLOUDFLARE_ACCOUNT_ID, _KV_NAMESPACE_ID, _API_TOKEN
+        registry.publish("acme", "icp_classifier", adapter_id="6f1c...", base_model=MODEL)
+    """
+
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        namespace_id: str,
+        api_token: SecretStr | str,
+        prefix: str = DEFAULT_PREFIX,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 10.0,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._config = _KVConfig(account_id, namespace_id, api_token, prefix, base_url, timeout)
+        self._client = http_client
+        self._owns_client = http_client is None
+        self._lock = threading.Lock()  # serialises read-modify-write cycles
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> CloudflareKV:
+        """Build from ``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_KV_NAMESPACE_ID`` and
+        ``CLOUDFLARE_API_TOKEN``; keyword ``overrides`` win."""
+        return cls(**_env_options("CloudflareKV", overrides))
+
+    def __repr__(self) -> str:
+        return f"CloudflareKV(namespace_id={self._config.namespace_id!r}, prefix={self.prefix!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self._config.prefix
+
+    def close(self) -> None:
+        """Close the HTTP client (unless it was supplied); later calls raise RegistryError."""
+        self._closed = True
+        if self._client is not None and self._owns_client:
+            self._client.close()
+        self._client = None
+
+    def __enter__(self) -> CloudflareKV:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- read ---------------------------------------------------------------------------------
+
+    def get(self, tenant: str) -> TenantAdapters | None:
+        """The tenant's active record per task, or None when the key is missing or empty."""
+        validate_tenant(tenant)
+        key = self._config.key(tenant)
+        value = self._read(key, tenant)
+        return _adapters(value, key, tenant)
+
+    # -- write --------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        tenant: str,
+        task: str,
+        *,
+        adapter_id: str,
+        base_model: str | None = None,
+        uri: str | None = None,
+        status: AdapterStatus = "ready",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AdapterRecord:
+        """Store a new version (highest + 1) for (tenant, task) and make it active; the
+        previous active version moves to the task's ``history``."""
+        validate_tenant(tenant)
+        validate_task(task)
+        meta = _metadata_json(metadata)
+        draft = _make_record(
+            tenant, task, 1, adapter_id=adapter_id, base_model=base_model, uri=uri,
+            status=status, metadata=json.loads(meta),
+        )  # fmt: skip
+        key = self._config.key(tenant)
+        with self._lock:
+            value = self._read(key, tenant) or {}
+            current = task_versions(value, key, tenant, task)
+            latest = max((r.version for r in current.all()), default=0) if current else 0
+            record = draft.model_copy(update={"version": latest + 1})
+            others = current.all() if current else []
+            value[task] = entry_of(TaskVersions(record, others))
+            self._write(key, value, tenant)
+        _log.info("registry: published %s/%s version %d", tenant, task, record.version)
+        return record
+
+    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord:
+        """Re-activate the version below the active one, or ``to_version``; return it."""
+        validate_tenant(tenant)
+        validate_task(task)
+        _check_version(to_version)
+        key = self._config.key(tenant)
+        with self._lock:
+            value = self._read(key, tenant) or {}
+            current = task_versions(value, key, tenant, task)
+            records = current.all() if current else []
+            active = current.active.version if current else None
+            target = _rollback_target(
+                tenant, task, [r.version for r in records], active, to_version
+            )
+            record = next(r for r in records if r.version == target)
+            if target != active:
+                others = [r for r in records if r.version != target]
+                value[task] = entry_of(TaskVersions(record, others))
+                self._write(key, value, tenant)
+        _log.info("registry: rolled back %s/%s to version %d", tenant, task, target)
+        return record
+
+    def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]:
+        """Delete the tenant's key; return every version it held (by task, version)."""
+        validate_tenant(tenant)
+        key = self._config.key(tenant)
+        with self._lock:
+            value = self._read(key, tenant)
+            # Parsed before deleting: a malformed value aborts the erasure, so nothing is lost
+            # without the caller learning which fine-tunes to delete.
+            deleted = _all_records(value or {}, key, tenant)
+            if value is not None:
+                self._request("DELETE", self._config.value_url(key), "delete", key, tenant)
+        _log.info("registry: deleted tenant %s (%d records)", tenant, len(deleted))
+        return deleted
+
+    # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
+    def list(
+        self, tenant: str | None = None, task: str | None = None, *, history: bool = False
+    ) -> builtins.list[AdapterRecord]:
+        """Active records (every version with ``history=True``) by tenant, task, version."""
+        if tenant is not None:
+            validate_tenant(tenant)
+        if task is not None:
+            validate_task(task)
+        tenants = [tenant] if tenant is not None else self._tenants()
+        found: list[AdapterRecord] = []
+        for name in tenants:
+            key = self._config.key(name)
+            records = _all_records(self._read(key, name) or {}, key, name, active_only=not history)
+            found.extend(r for r in records if task is None or r.task == task)
+        return sorted(found, key=lambda r: (r.tenant, r.task, r.version))
+
+    # -- HTTP: the one boundary ---------------------------------------------------------------
+
+    def _http(self, key: str, tenant: str | None) -> httpx.Client:
+        if self._closed:
+            raise self._config.fail("use", key, "the registry is closed", tenant)
+        if self._client is None:
+            self._client = httpx.Client(
+                headers=self._config.headers, timeout=self._config.timeout, trust_env=False
+            )
+        return self._client
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        action: str,
+        key: str,
+        tenant: str | None,
+        extra_headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request; httpx errors and error statuses (but a read's 404) -> RegistryError."""
+        client = self._http(key, tenant)
+        headers = None if self._owns_client else dict(self._config.headers)
+        if extra_headers:
+            headers = {**(headers or {}), **extra_headers}
+        try:
+            response = client.request(method, url, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__} on the wire"
+            raise self._config.fail(action, key, reason, tenant) from exc
+        if not (method == "GET" and action == "read" and response.status_code == 404):
+            self._config.check(response, action, key, tenant)
+        return response
+
+    def _read(self, key: str, tenant: str) -> dict[str, Any] | None:
+        response = self._request("GET", self._config.value_url(key), "read", key, tenant)
+        if response.status_code == 404:
+            return None
+        return decode_value(response.content, key, tenant)
+
+    def _write(self, key: str, value: dict[str, Any], tenant: str) -> None:
+        self._request(
+            "PUT",
+            self._config.value_url(key),
+            "write",
+            key,
+            tenant,
+            content=encode_value(value),
+            extra_headers={"Content-Type": "text/plain; charset=utf-8"},
+        )
+
+    def _tenants(self) -> builtins.list[str]:
+        """Tenants with a key under the prefix (pages through the cursor)."""
+        names: list[str] = []
+        cursor = ""
+        prefix = self._config.prefix
+        while True:
+            params = {"prefix": prefix, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+            url = f"{self._config.root}/keys"
+            data = _json(self._request("GET", url, "list", prefix, None, params=params), prefix)
+            names += [n for n in _key_names(data, prefix) if _is_tenant(n[len(prefix) :])]
+            info = data.get("result_info")
+            next_cursor = info.get("cursor") if isinstance(info, dict) else None
+            cursor = next_cursor if isinstance(next_cursor, str) else ""
+            if not cursor:
+                return [n[len(prefix) :] for n in names]
+
+
+class AsyncCloudflareKV:
+    """The async twin of :meth:`CloudflareKV.get` (an :class:`AsyncAdapterRegistry`), for
+    :class:`~tenantlora.AsyncTenantLoRA`. Writes are admin operations: use the sync class."""
+
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        namespace_id: str,
+        api_token: SecretStr | str,
+        prefix: str = DEFAULT_PREFIX,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 10.0,
+    ) -> None:
+        self._config = _KVConfig(account_id, namespace_id, api_token, prefix, base_url, timeout)
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncCloudflareKV:
+        """Like :meth:`CloudflareKV.from_env`."""
+        return cls(**_env_options("AsyncCloudflareKV", overrides))
+
+    def __repr__(self) -> str:
+        return f"AsyncCloudflareKV(namespace_id={self._config.namespace_id!r})"
+
+    async def get(self, tenant: str) -> TenantAdapters | None:
+        """The async twin of :meth:`CloudflareKV.get`."""
+        validate_tenant(tenant)
+        key = self._config.key(tenant)
+        if self._closed:
+            raise self._config.fail("read", key, "the registry is closed", tenant)
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                headers=self._config.headers, timeout=self._config.timeout, trust_env=False
+            )
+        try:
+            response = await self._client.get(self._config.value_url(key))
+        except httpx.HTTPError as exc:
+            raise self._config.fail(
+                "read", key, f"{type(exc).__name__} on the wire", tenant
+            ) from exc
+        if response.status_code == 404:
+            return None
+        self._config.check(response, "read", key, tenant)
+        return _adapters(decode_value(response.content, key, tenant), key, tenant)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client; later calls raise RegistryError."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _env_options(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {o: os.environ[v] for v, o in _ENV if os.environ.get(v)}
+    options.update(overrides)
+    missing = [v for v, o in _ENV if not options.get(o)]
+    if missing:
+        raise ConfigurationError(f"{owner}.from_env: set {', '.join(missing)}")
+    return options
+
+
+def _all_records(
+    value: dict[str, Any], key: str, tenant: str, *, active_only: bool = False
+) -> list[AdapterRecord]:
+    records: list[AdapterRecord] = []
+    for task in sorted(value):
+        versions = task_versions(value, key, tenant, task)
+        if versions is not None:
+            records.extend([versions.active] if active_only else versions.all())
+    return sorted(records, key=lambda r: (r.task, r.version))
+
+
+def _adapters(value: dict[str, Any] | None, key: str, tenant: str) -> TenantAdapters | None:
+    records = _all_records(value or {}, key, tenant, active_only=True)
+    if not records:
+        return None
+    return TenantAdapters(tenant=tenant, adapters={r.task: r for r in records})
+
+
+def _json(response: httpx.Response, key: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise RegistryError(f"Cloudflare KV: listing keys under {key!r} returned no JSON object")
+    return data
+
+
+def _key_names(data: dict[str, Any], prefix: str) -> list[str]:
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise RegistryError(f"Cloudflare KV: listing keys under {prefix!r}: result is not a list")
+    names = [item.get("name") for item in result if isinstance(item, dict)]
+    return [n for n in names if isinstance(n, str) and n.startswith(prefix)]
+
+
+def _is_tenant(name: str) -> bool:
+    try:
+        validate_tenant(name)
+    except ValueError:
+        _log.warning("registry: skipping a KV key whose tenant part is not a tenant ID")
+        return False
+    return True
