@@ -28,10 +28,13 @@ from tenantlora.errors import (
     BackendTimeoutError,
     BadRequestError,
     ConfigurationError,
+    DailyQuotaError,
     InvalidRequestError,
     InvalidTaskError,
     InvalidTenantError,
+    ModelConfigurationError,
     NotFoundError,
+    PublishError,
     RateLimitError,
     RegistryError,
     ResponseValidationError,
@@ -44,6 +47,7 @@ if typing.TYPE_CHECKING:
     from tenantlora.client import AsyncTenantLoRA, Policy, TenantLoRA
     from tenantlora.events import RequestEvent, Stats, StatsCollector, TenantStats
     from tenantlora.naming import adapter_name, safe_adapter_name, validate_task, validate_tenant
+    from tenantlora.publish import publish_adapter
     from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver, Resolution
     from tenantlora.retry import RetryPolicy
     from tenantlora.routing import Experiment
@@ -88,6 +92,7 @@ _LAZY: dict[str, str] = {
     "TenantStats": "tenantlora.events",
     "Usage": "tenantlora.types",
     "adapter_name": "tenantlora.naming",
+    "publish_adapter": "tenantlora.publish",
     "safe_adapter_name": "tenantlora.naming",
     "validate_task": "tenantlora.naming",
     "validate_tenant": "tenantlora.naming",
@@ -128,13 +133,16 @@ __all__ = [
     "ChatResponse",
     "ChatStream",
     "ConfigurationError",
+    "DailyQuotaError",
     "Experiment",
     "InvalidRequestError",
     "InvalidTaskError",
     "InvalidTenantError",
     "Message",
+    "ModelConfigurationError",
     "NotFoundError",
     "Policy",
+    "PublishError",
     "RateLimitError",
     "RegistryError",
     "RequestEvent",
@@ -152,6 +160,7 @@ __all__ = [
     "Usage",
     "__version__",
     "adapter_name",
+    "publish_adapter",
     "safe_adapter_name",
     "validate_task",
     "validate_tenant",
