@@ -22,6 +22,7 @@ from tenantlora.types import CacheOutcome, FallbackReason, Usage
 __all__ = [
     "AdapterEvent",
     "AdapterHook",
+    "AdapterHooks",
     "Hook",
     "RequestEvent",
     "Stats",
@@ -77,6 +78,32 @@ class AdapterEvent(NamedTuple):
 
 AdapterHook = Callable[[AdapterEvent], None]
 """Receives every :class:`AdapterEvent`; backends that emit them offer ``subscribe(hook)``."""
+
+
+class AdapterHooks:
+    """The hooks subscribed to one backend's adapter events; :meth:`emit` never raises.
+
+    For backend authors: ``subscribe(hook)`` calls :meth:`add`; the backend calls :meth:`emit`
+    from whatever thread did the work. Adding is copy-on-write, so emitting takes no lock.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: tuple[AdapterHook, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, hook: AdapterHook) -> None:
+        with self._lock:
+            self._hooks = (*self._hooks, hook)
+
+    def emit(self, event: AdapterEvent) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:
+                logger.warning(
+                    "%s adapter hook %r raised; ignoring", event.backend, hook, exc_info=True
+                )
+
 
 Hook = Callable[[RequestEvent], None]
 """A callable given every :class:`RequestEvent`. Keep it fast; exceptions are logged, not raised."""

@@ -21,6 +21,7 @@ from tenantlora.errors import ConfigurationError
 if TYPE_CHECKING:
     from tenantlora.backends.openai_compat import OpenAICompatible
     from tenantlora.backends.peft import LocalPeft
+    from tenantlora.backends.vllm import VLLM
     from tenantlora.backends.workers_ai import WorkersAI
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "LocalPeft",
     "OpenAICompatible",
+    "VLLM",
     "WorkersAI",
     "available_backends",
     "create_backend",
@@ -50,12 +52,14 @@ _BUILTIN: dict[str, BackendSpec] = {
     "openai_compat": BackendSpec("tenantlora.backends.openai_compat:OpenAICompatible"),
     "local_peft": BackendSpec("tenantlora.backends.peft:LocalPeft", "peft"),
     "workers_ai": BackendSpec("tenantlora.backends.workers_ai:WorkersAI"),
+    "vllm": BackendSpec("tenantlora.backends.vllm:VLLM"),
 }
 # Public class name -> backend name, for ``from tenantlora.backends import X``.
 _CLASSES: dict[str, str] = {
     "OpenAICompatible": "openai_compat",
     "LocalPeft": "local_peft",
     "WorkersAI": "workers_ai",
+    "VLLM": "vllm",
 }
 
 

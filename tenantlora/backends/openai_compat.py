@@ -23,6 +23,7 @@ from tenantlora.backends._http import (
     CallContext,
     ErrorInfo,
     HTTPConfig,
+    HTTPResponse,
     SSEEvent,
     as_secret,
     auth_headers,
@@ -189,6 +190,22 @@ class OpenAICompatible:
         finally:
             events.close()
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        adapter: str | None = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> HTTPResponse:
+        """One request to ``{base_url}{path}`` through the same error boundary; the body is not
+        parsed (vLLM's admin endpoints answer success in plain text)."""
+        ctx = CallContext(self.name, adapter, path, method)
+        if self._closed:
+            raise closed_error(ctx)
+        return self._http.send(method, path, ctx=ctx, content=content, timeout=timeout)
+
     def close(self) -> None:
         """Close the sync connection pool; later calls raise. After async use, await
         :meth:`aclose` instead (an async pool cannot be closed from sync code)."""
@@ -255,6 +272,21 @@ class OpenAICompatible:
                 yield last
         finally:
             await events.aclose()
+
+    async def _asend(
+        self,
+        method: str,
+        path: str,
+        *,
+        adapter: str | None = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> HTTPResponse:
+        """The async twin of :meth:`_send`."""
+        ctx = CallContext(self.name, adapter, path, method)
+        return await self._transport(ctx).send(
+            method, path, ctx=ctx, content=content, timeout=timeout
+        )
 
     async def aclose(self) -> None:
         """Close both connection pools (async and sync); later calls raise."""

@@ -23,7 +23,6 @@ import concurrent.futures
 import logging
 import os
 import queue
-import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -37,7 +36,7 @@ from tenantlora.errors import (
     BackendTimeoutError,
     ConfigurationError,
 )
-from tenantlora.events import AdapterEvent, AdapterHook
+from tenantlora.events import AdapterHook, AdapterHooks
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
@@ -56,27 +55,6 @@ def _local_dir(uri: str) -> str | None:
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, C:\...
         return None
     return uri
-
-
-class _Hooks:
-    """The subscribed adapter hooks; emitting never raises."""
-
-    def __init__(self) -> None:
-        self._hooks: tuple[AdapterHook, ...] = ()
-        self._lock = threading.Lock()
-
-    def add(self, hook: AdapterHook) -> None:
-        with self._lock:  # copy-on-write: emit reads the tuple without the lock
-            self._hooks = (*self._hooks, hook)
-
-    def emit(self, event: AdapterEvent) -> None:
-        for hook in self._hooks:
-            try:
-                hook(event)
-            except Exception:
-                logger.warning(
-                    "%s adapter hook %r raised; ignoring", event.backend, hook, exc_info=True
-                )
 
 
 class LocalPeft:
@@ -147,7 +125,7 @@ class LocalPeft:
         self._adapters = {key: os.fspath(path) for key, path in (adapters or {}).items()}
         # Nothing the worker holds may reference self (see the finalizer below): it gets the
         # hooks' emit, not a bound method of this object.
-        self._hooks = _Hooks()
+        self._hooks = AdapterHooks()
         self._engine: Engine = engine_cls(
             base_dir, name=name, max_loaded=max_loaded, emit=self._hooks.emit
         )

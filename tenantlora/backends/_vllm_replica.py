@@ -1,0 +1,334 @@
+"""One vLLM server as the VLLM backend sees it: its adapters, loads and unloads.
+
+A :class:`Replica` wraps an :class:`~tenantlora.backends.openai_compat.OpenAICompatible` client
+for one server and keeps tenantlora's view of which adapters that server holds, least recently
+used first. The view is a cache, not the truth: when the server answers 404 for an adapter the
+view says is there (restarted, unloaded by someone else), the caller forgets it and loads again.
+
+Loads are single-flight per adapter: concurrent first requests for one adapter make one
+``POST /v1/load_lora_adapter``, from threads (a per-adapter event) or from asyncio tasks (a
+shared task per event loop). When ``max_loaded`` is set, each load that grows the view past it
+unloads the least recently used adapters (``POST /v1/unload_lora_adapter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
+
+from tenantlora.backends._http import CallContext, decode_json, invalid_response
+from tenantlora.backends.openai_compat import OpenAICompatible
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    BackendError,
+    BackendStatusError,
+    BackendTimeoutError,
+)
+from tenantlora.events import AdapterEvent
+
+__all__ = ["Replica", "already_loaded", "base_children"]
+
+logger = logging.getLogger("tenantlora")
+
+LOAD_PATH = "/load_lora_adapter"
+UNLOAD_PATH = "/unload_lora_adapter"
+MODELS_PATH = "/models"
+
+_Kind = Literal["load", "hit", "evict", "load_failed"]
+
+
+def already_loaded(error: BackendStatusError) -> bool:
+    """vLLM's 400 for a load of an adapter it already has ("... has already been loaded")."""
+    return error.status_code == 400 and "already been loaded" in (error.body or "")
+
+
+def not_found_on_unload(error: BackendStatusError) -> bool:
+    """vLLM's 404 for an unload of an adapter it does not have: the goal is met."""
+    return error.status_code == 404
+
+
+def base_children(data: Any, base: str) -> list[str]:
+    """Adapter ids in a ``/v1/models`` payload: entries whose ``parent`` is ``base``."""
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("no 'data' list")
+    return [
+        entry["id"]
+        for entry in entries
+        if isinstance(entry, dict)
+        and entry.get("parent") == base
+        and isinstance(entry.get("id"), str)
+    ]
+
+
+class _Flight:
+    """One load in progress, for threads waiting on it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class Replica:
+    """One vLLM server: an OpenAI-compatible client plus its adapter view and loads."""
+
+    def __init__(
+        self,
+        url: str,
+        api: OpenAICompatible,
+        *,
+        backend: str,
+        max_loaded: int | None,
+        load_timeout: float,
+        emit: Callable[[AdapterEvent], None],
+    ) -> None:
+        self.url = url
+        self.api = api
+        self._backend = backend
+        self._max_loaded = max_loaded
+        self._load_timeout = load_timeout
+        self._emit = emit
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"Replica({self.url!r})"
+
+    # -- the view ----------------------------------------------------------------------------
+
+    def known(self, adapter: str) -> bool:
+        """Whether the view says the server holds ``adapter`` (a hit refreshes its recency)."""
+        with self._lock:
+            if adapter not in self._lru:
+                return False
+            self._lru.move_to_end(adapter)
+        self._event("hit", adapter)
+        return True
+
+    def note(self, adapter: str) -> None:
+        """Add ``adapter`` to the view without a load: the server served it already (loaded
+        with ``--lora-modules`` or by another client). Nothing is unloaded for it."""
+        with self._lock:
+            self._lru[adapter] = None
+
+    def forget(self, adapter: str) -> None:
+        """Drop ``adapter`` from the view (the server said it does not have it)."""
+        with self._lock:
+            self._lru.pop(adapter, None)
+
+    def view(self) -> list[str]:
+        """The adapters the view holds, least recently used first."""
+        with self._lock:
+            return list(self._lru)
+
+    def _admit(self, adapter: str) -> list[str]:
+        """Record a load; returns the adapters to unload to stay within ``max_loaded``."""
+        with self._lock:
+            self._lru[adapter] = None
+            self._lru.move_to_end(adapter)
+            victims: list[str] = []
+            if self._max_loaded is not None:
+                while len(self._lru) > self._max_loaded:
+                    victim = next(iter(self._lru))
+                    del self._lru[victim]
+                    victims.append(victim)
+            return victims
+
+    # -- sync --------------------------------------------------------------------------------
+
+    def ensure_loaded(self, adapter: str, uri: str | None) -> None:
+        """Make the server hold ``adapter`` (loading it from ``uri``); one load per adapter at a
+        time, however many threads ask. Raises :class:`AdapterNotAvailableError` if it cannot."""
+        with self._lock:
+            flight = self._flights.get(adapter)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[adapter] = _Flight()
+        if not leader:
+            if not flight.done.wait(self._load_timeout):
+                raise BackendTimeoutError(
+                    f"{self._backend}: gave up waiting for adapter {adapter!r} to load on "
+                    f"{self.url}",
+                    backend=self._backend,
+                    adapter=adapter,
+                )
+            if flight.error is not None:
+                raise _follower_error(flight.error, adapter, self._backend)
+            return
+        try:
+            victims = self._load(adapter, uri)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(adapter, None)
+            flight.done.set()
+        for victim in victims:
+            self._unload(victim)
+
+    def _load(self, adapter: str, uri: str | None) -> list[str]:
+        body = self._load_body(adapter, uri)
+        started = time.perf_counter()
+        try:
+            self.api._send("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
+        except BackendStatusError as exc:
+            if not already_loaded(exc):
+                raise self._load_failed(adapter, exc) from exc
+        except BackendError as exc:
+            self._event("load_failed", adapter, error=type(exc).__name__)
+            raise
+        return self._loaded(adapter, started)
+
+    def _unload(self, adapter: str) -> None:
+        try:
+            self.api._send(
+                "POST", UNLOAD_PATH, content=_encode({"lora_name": adapter}),
+                timeout=self._load_timeout,
+            )  # fmt: skip
+        except BackendError as exc:
+            self._unload_failed(adapter, exc)
+            return
+        self._event("evict", adapter)
+
+    def adapters(self, base: str, timeout: float | None = None) -> list[str]:
+        """The adapters the server says it holds (``/v1/models`` entries whose parent is
+        ``base``)."""
+        response = self.api._send("GET", MODELS_PATH, timeout=timeout)
+        return self._children(response.content, base)
+
+    # -- async -------------------------------------------------------------------------------
+
+    async def aensure_loaded(self, adapter: str, uri: str | None) -> None:
+        """The async twin of :meth:`ensure_loaded`: one load task per adapter per event loop."""
+        loop = asyncio.get_running_loop()
+        task = self._tasks.get(adapter)
+        if task is None or task.get_loop() is not loop or task.done():
+            task = loop.create_task(self._aload(adapter, uri))
+            self._tasks[adapter] = task
+            task.add_done_callback(self._task_done(adapter))
+        await asyncio.shield(task)
+
+    def _task_done(self, adapter: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            if self._tasks.get(adapter) is task:
+                del self._tasks[adapter]
+            if not task.cancelled():
+                task.exception()  # retrieved: a failed load with no waiter left is not "lost"
+
+        return done
+
+    async def _aload(self, adapter: str, uri: str | None) -> None:
+        body = self._load_body(adapter, uri)
+        started = time.perf_counter()
+        try:
+            await self.api._asend("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
+        except BackendStatusError as exc:
+            if not already_loaded(exc):
+                raise self._load_failed(adapter, exc) from exc
+        except BackendError as exc:
+            self._event("load_failed", adapter, error=type(exc).__name__)
+            raise
+        for victim in self._loaded(adapter, started):
+            await self._aunload(victim)
+
+    async def _aunload(self, adapter: str) -> None:
+        try:
+            await self.api._asend(
+                "POST", UNLOAD_PATH, content=_encode({"lora_name": adapter}),
+                timeout=self._load_timeout,
+            )  # fmt: skip
+        except BackendError as exc:
+            self._unload_failed(adapter, exc)
+            return
+        self._event("evict", adapter)
+
+    async def aadapters(self, base: str, timeout: float | None = None) -> list[str]:
+        """The async twin of :meth:`adapters`."""
+        response = await self.api._asend("GET", MODELS_PATH, timeout=timeout)
+        return self._children(response.content, base)
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def _children(self, content: bytes, base: str) -> list[str]:
+        ctx = CallContext(self._backend, None, MODELS_PATH, "GET")
+        try:
+            return base_children(decode_json(content, ctx), base)
+        except ValueError as exc:
+            raise invalid_response(f"unexpected /models payload ({exc})", ctx) from exc
+
+    def _loaded(self, adapter: str, started: float) -> list[str]:
+        ms = (time.perf_counter() - started) * 1000.0
+        victims = self._admit(adapter)
+        self._event("load", adapter, ms=ms)
+        logger.info("%s: loaded adapter %r on %s in %.0f ms", self._backend, adapter, self.url, ms)
+        return victims
+
+    def _load_body(self, adapter: str, uri: str | None) -> bytes:
+        if not uri:
+            self._event("load_failed", adapter, error="AdapterNotAvailableError")
+            raise AdapterNotAvailableError(
+                f"{self._backend}: {self.url} does not have adapter {adapter!r}, and its registry "
+                "record has no uri to load it from",
+                backend=self._backend,
+                adapter=adapter,
+            )
+        return _encode({"lora_name": adapter, "lora_path": uri})
+
+    def _load_failed(self, adapter: str, exc: BackendStatusError) -> AdapterNotAvailableError:
+        # The server's own words: "Loading lora x failed: No adapter found for /path" (404),
+        # "LoRA rank 64 is greater than max_lora_rank 16" (500), ...
+        detail = exc.body or f"HTTP {exc.status_code}"
+        self._event("load_failed", adapter, error=type(exc).__name__)
+        logger.warning(
+            "%s: adapter %r not loaded on %s: %s", self._backend, adapter, self.url, detail
+        )
+        return AdapterNotAvailableError(
+            f"{self._backend}: {self.url} could not load adapter {adapter!r}: {detail}",
+            backend=self._backend,
+            adapter=adapter,
+        )
+
+    def _unload_failed(self, adapter: str, exc: BackendError) -> None:
+        if isinstance(exc, BackendStatusError) and not_found_on_unload(exc):
+            self._event("evict", adapter)  # already gone: the goal is met
+            return
+        logger.warning(
+            "%s: could not unload adapter %r from %s (%s)",
+            self._backend,
+            adapter,
+            self.url,
+            type(exc).__name__,
+        )
+
+    def _event(
+        self, kind: _Kind, adapter: str, *, ms: float = 0.0, error: str | None = None
+    ) -> None:
+        self._emit(AdapterEvent(kind, adapter, self._backend, ms, error))
+
+
+def _encode(body: dict[str, str]) -> bytes:
+    return json.dumps(body).encode()
+
+
+def _follower_error(error: BaseException, adapter: str, backend: str) -> BaseException:
+    """What a thread that waited on another thread's failed load raises: a copy of the same
+    error (one exception object raised in several threads would share a traceback)."""
+    if isinstance(error, BackendError):
+        return copy.copy(error)
+    return BackendError(
+        f"{backend}: loading adapter {adapter!r} failed ({type(error).__name__})",
+        backend=backend,
+        adapter=adapter,
+    )

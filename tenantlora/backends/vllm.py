@@ -1,0 +1,519 @@
+"""vLLM: chat through the OpenAI-compatible API, adapters loaded at run time, replica affinity.
+
+A vLLM fleet serves per-tenant adapters with no manual adapter management:
+
+* **Runtime loading.** When a server answers 404 for an adapter, the backend loads it from the
+  registry record's ``uri`` (``POST /v1/load_lora_adapter``, which needs the server started with
+  ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``) and sends the request again, once. Concurrent first
+  requests for one adapter make one load per replica. A load the server refuses is an
+  :class:`~tenantlora.errors.AdapterNotAvailableError` with the server's message, so the client
+  falls back to the base model and the failure shows in the events.
+* **Preflight.** An adapter whose rank is over ``max_lora_rank`` or whose base model is not the
+  served one is refused before the server is asked (see ``_vllm_preflight``).
+* **Bounded replicas.** With ``max_loaded``, loading past it unloads the least recently used.
+* **Affinity.** With several ``base_urls``, each tenant goes to a replica chosen by rendezvous
+  hashing, so its adapter stays warm on one replica; a replica that refuses connections is
+  skipped for ``failover_cooldown`` seconds and the tenant's next replica serves.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from tenantlora.backends._affinity import ReplicaHealth, rendezvous_order
+from tenantlora.backends._httpx import AsyncTransportKind
+from tenantlora.backends._vllm_preflight import Preflight
+from tenantlora.backends._vllm_replica import Replica
+from tenantlora.backends.openai_compat import OpenAICompatible
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    BackendConnectionError,
+    BackendError,
+    ConfigurationError,
+)
+from tenantlora.events import AdapterEvent, AdapterHook, AdapterHooks
+from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
+
+__all__ = ["VLLM", "Preloaded"]
+
+T = TypeVar("T")
+_PREFLIGHT_CACHE = 4096  # adapter versions remembered (their files never change)
+
+
+class Preloaded(NamedTuple):
+    """What :meth:`VLLM.preload` did: adapter id -> replica URL, and adapter id -> reason."""
+
+    loaded: dict[str, str]
+    failed: dict[str, str]
+
+
+def _root(url: str) -> str:
+    """``http://host:8000/v1/`` -> ``http://host:8000``: the server root, whatever was given."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+class VLLM:
+    """A :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` for one or more vLLM servers.
+
+    ``base_url`` (one server) or ``base_urls`` (replicas serving the same base model), with or
+    without the trailing ``/v1``; ``model`` is the served base model's name
+    (``--served-model-name``). ``max_lora_rank`` is the servers' ``--max-lora-rank`` (vLLM's
+    default is 16; ``None`` skips the check) and ``base_model`` the name or path the adapters
+    must have been trained on (a local directory also enables a tensor-shape check; ``None``
+    skips the check). ``max_loaded`` bounds how many adapters tenantlora keeps loaded per
+    replica (``None``: no bound; keep it at or below the servers' ``--max-cpu-loras``).
+    ``load_timeout`` bounds one load or unload call; ``timeout`` every chat call (connect and
+    each read). ``clock`` is injected for tests.
+
+    Example::
+
+        backend = VLLM(base_urls=["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+                       model="llama-3.1-8b", base_model="meta-llama/Llama-3.1-8B-Instruct")
+        client = TenantLoRA(backend=backend, registry=registry)
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        base_urls: Sequence[str] | None = None,
+        api_key: SecretStr | str | None = None,
+        timeout: float = 60.0,
+        max_loaded: int | None = None,
+        max_lora_rank: int | None = 16,
+        base_model: str | None = None,
+        load_timeout: float = 120.0,
+        failover_cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        async_transport: AsyncTransportKind = "auto",
+        max_connections: int = 100,
+        name: str = "vllm",
+    ) -> None:
+        urls = _check_urls(base_url, base_urls)
+        if max_loaded is not None and max_loaded < 1:
+            raise ConfigurationError(f"max_loaded must be >= 1 or None, not {max_loaded!r}")
+        if max_lora_rank is not None and max_lora_rank < 1:
+            raise ConfigurationError(f"max_lora_rank must be >= 1 or None, not {max_lora_rank!r}")
+        if not load_timeout > 0 or failover_cooldown < 0:
+            raise ConfigurationError("load_timeout must be > 0 and failover_cooldown >= 0")
+        self.name = name
+        self.model = model
+        self.max_loaded = max_loaded
+        self._hooks = AdapterHooks()
+        self._preflight = Preflight(max_rank=max_lora_rank, base_model=base_model)
+        self._refusals: dict[tuple[str, str | None, str | None], str | None] = {}
+        self._replicas: dict[str, Replica] = {}
+        for url in urls:
+            api = OpenAICompatible(
+                base_url=url + "/v1", model=model, api_key=api_key, timeout=timeout,
+                async_transport=async_transport, max_connections=max_connections, name=name,
+            )  # fmt: skip
+            self._replicas[url] = Replica(
+                url, api, backend=name, max_loaded=max_loaded, load_timeout=load_timeout,
+                emit=self._hooks.emit,
+            )  # fmt: skip
+        self._urls = tuple(urls)
+        self._health = ReplicaHealth(failover_cooldown, clock)
+        self._turn = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"VLLM(name={self.name!r}, base_urls={list(self._urls)!r}, model={self.model!r})"
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The replicas' root URLs, in the order given."""
+        return self._urls
+
+    def subscribe(self, hook: AdapterHook) -> None:
+        """Call ``hook`` with every :class:`~tenantlora.events.AdapterEvent` (load, hit, evict,
+        load_failed) from now on, on the calling thread; an exception is logged, never raised."""
+        self._hooks.add(hook)
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def replicas_for(self, key: str) -> list[str]:
+        """The replicas for a tenant (or an adapter id), best first, as routing uses them
+        (replicas that recently refused connections last)."""
+        return self._health.order(rendezvous_order(key, self._urls))
+
+    def _order(self, adapter: str | None, record: AdapterRecord | None) -> list[Replica]:
+        if len(self._urls) == 1:
+            return [self._replicas[self._urls[0]]]
+        if adapter is None:  # the base model is everywhere: spread it round-robin
+            start = next(self._turn) % len(self._urls)
+            urls = self._health.order(self._urls[start:] + self._urls[:start])
+        else:
+            urls = self.replicas_for(record.tenant if record is not None else adapter)
+        return [self._replicas[url] for url in urls]
+
+    def _refusal(self, adapter: str, record: AdapterRecord | None) -> None:
+        """Raise AdapterNotAvailableError if the preflight refuses ``record`` (cached)."""
+        if record is None:
+            return
+        key = (adapter, record.uri, record.base_model)
+        if key in self._refusals:
+            reason = self._refusals[key]
+        else:
+            reason = self._preflight.refusal(record)
+            if len(self._refusals) >= _PREFLIGHT_CACHE:
+                self._refusals.clear()
+            self._refusals[key] = reason
+        if reason is not None:
+            self._hooks.emit(_failed_event(adapter, self.name))
+            raise AdapterNotAvailableError(
+                f"{self.name}: adapter {adapter!r} refused before loading: {reason}",
+                backend=self.name,
+                adapter=adapter,
+            )
+
+    def _failover(self, replicas: list[Replica], call: Callable[[Replica], T]) -> T:
+        last: BackendConnectionError | None = None
+        for replica in replicas:
+            try:
+                result = call(replica)
+            except BackendConnectionError as exc:
+                self._health.mark_down(replica.url)
+                last = exc
+                continue
+            self._health.mark_up(replica.url)
+            return result
+        assert last is not None
+        raise last
+
+    async def _afailover(
+        self, replicas: list[Replica], call: Callable[[Replica], Awaitable[T]]
+    ) -> T:
+        last: BackendConnectionError | None = None
+        for replica in replicas:
+            try:
+                result = await call(replica)
+            except BackendConnectionError as exc:
+                self._health.mark_down(replica.url)
+                last = exc
+                continue
+            self._health.mark_up(replica.url)
+            return result
+        assert last is not None
+        raise last
+
+    def _with_adapter(
+        self, replica: Replica, adapter: str, record: AdapterRecord | None, send: Callable[[], T]
+    ) -> T:
+        """Send; if the server lacks the adapter, load it (after the preflight) and send once
+        more."""
+        if replica.known(adapter):
+            try:
+                return send()
+            except AdapterNotAvailableError:
+                replica.forget(adapter)  # restarted, or unloaded by someone else
+        else:
+            self._refusal(adapter, record)
+            try:
+                result = send()  # it may be served already (--lora-modules, another client)
+            except AdapterNotAvailableError:
+                pass
+            else:
+                replica.note(adapter)
+                return result
+        replica.ensure_loaded(adapter, record.uri if record is not None else None)
+        return send()
+
+    async def _awith_adapter(
+        self,
+        replica: Replica,
+        adapter: str,
+        record: AdapterRecord | None,
+        send: Callable[[], Awaitable[T]],
+    ) -> T:
+        if replica.known(adapter):
+            try:
+                return await send()
+            except AdapterNotAvailableError:
+                replica.forget(adapter)
+        else:
+            self._refusal(adapter, record)
+            try:
+                result = await send()
+            except AdapterNotAvailableError:
+                pass
+            else:
+                replica.note(adapter)
+                return result
+        await replica.aensure_loaded(adapter, record.uri if record is not None else None)
+        return await send()
+
+    # -- sync --------------------------------------------------------------------------------
+
+    def chat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """One chat call; see :class:`~tenantlora.backends.Backend`."""
+
+        def call(replica: Replica) -> ChatResponse:
+            def send() -> ChatResponse:
+                return replica.api.chat(request, adapter=adapter, timeout=timeout)
+
+            if adapter is None:
+                return send()
+            return self._with_adapter(replica, adapter, record, send)
+
+        return self._failover(self._order(adapter, record), call)
+
+    def stream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> Iterator[ChatChunk]:
+        """Stream text deltas. Loading and failover happen before the first chunk; after it,
+        errors are raised as they come."""
+
+        def call(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
+            def send() -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
+                return _first(replica.api.stream(request, adapter=adapter, timeout=timeout))
+
+            if adapter is None:
+                return send()
+            return self._with_adapter(replica, adapter, record, send)
+
+        first, rest = self._failover(self._order(adapter, record), call)
+        try:
+            if first is not None:
+                yield first
+                yield from rest
+        finally:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                close()
+
+    def preload(self, records: Iterable[AdapterRecord]) -> Preloaded:
+        """Load each record's adapter on its tenant's replica now (warm-up before traffic).
+
+        Never raises for one adapter: what could not be loaded is in ``failed`` with the reason.
+        """
+        loaded: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for record in records:
+            adapter = record.adapter_id
+            try:
+                self._refusal(adapter, record)
+                replica = self._failover(
+                    self._order(adapter, record),
+                    functools.partial(_loaded_on, adapter=adapter, record=record),
+                )
+            except BackendError as exc:
+                failed[adapter] = str(exc)
+            else:
+                loaded[adapter] = replica.url
+        return Preloaded(loaded, failed)
+
+    def loaded(self, replica: str | None = None) -> list[str]:
+        """Adapters the server(s) hold, from ``/v1/models`` (entries whose parent is the base):
+        one replica's (by URL) or, by default, all replicas' (sorted, without duplicates)."""
+        targets = [self._replica(replica)] if replica else list(self._replicas.values())
+        found: set[str] = set()
+        for target in targets:
+            names = target.adapters(self.model)
+            if replica:
+                return names
+            found.update(names)
+        return sorted(found)
+
+    def close(self) -> None:
+        """Close every replica's connection pools; later calls raise."""
+        for replica in self._replicas.values():
+            replica.api.close()
+
+    def __enter__(self) -> VLLM:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- async -------------------------------------------------------------------------------
+
+    async def achat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """The async twin of :meth:`chat`."""
+
+        async def call(replica: Replica) -> ChatResponse:
+            async def send() -> ChatResponse:
+                return await replica.api.achat(request, adapter=adapter, timeout=timeout)
+
+            if adapter is None:
+                return await send()
+            return await self._awith_adapter(replica, adapter, record, send)
+
+        return await self._afailover(self._order(adapter, record), call)
+
+    async def astream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+
+        async def call(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
+            async def send() -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
+                return await _afirst(replica.api.astream(request, adapter=adapter, timeout=timeout))
+
+            if adapter is None:
+                return await send()
+            return await self._awith_adapter(replica, adapter, record, send)
+
+        first, rest = await self._afailover(self._order(adapter, record), call)
+        try:
+            if first is not None:
+                yield first
+                async for chunk in rest:
+                    yield chunk
+        finally:
+            aclose = getattr(rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def apreload(self, records: Iterable[AdapterRecord]) -> Preloaded:
+        """The async twin of :meth:`preload` (loads one after another, in order)."""
+        loaded: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for record in records:
+            adapter = record.adapter_id
+            try:
+                self._refusal(adapter, record)
+                replica = await self._afailover(
+                    self._order(adapter, record),
+                    functools.partial(_aloaded_on, adapter=adapter, record=record),
+                )
+            except BackendError as exc:
+                failed[adapter] = str(exc)
+            else:
+                loaded[adapter] = replica.url
+        return Preloaded(loaded, failed)
+
+    async def aloaded(self, replica: str | None = None) -> list[str]:
+        """The async twin of :meth:`loaded`."""
+        targets = [self._replica(replica)] if replica else list(self._replicas.values())
+        found: set[str] = set()
+        for target in targets:
+            names = await target.aadapters(self.model)
+            if replica:
+                return names
+            found.update(names)
+        return sorted(found)
+
+    async def aclose(self) -> None:
+        """Close every replica's connection pools (async and sync); later calls raise."""
+        for replica in self._replicas.values():
+            await replica.api.aclose()
+
+    async def __aenter__(self) -> VLLM:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _replica(self, url: str) -> Replica:
+        replica = self._replicas.get(_root(url))
+        if replica is None:
+            raise ConfigurationError(f"{url!r} is not one of this backend's base_urls")
+        return replica
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _check_urls(base_url: str | None, base_urls: Sequence[str] | None) -> list[str]:
+    if (base_url is None) == (base_urls is None):
+        raise ConfigurationError("give exactly one of base_url= and base_urls=")
+    given = [base_url] if base_url is not None else list(base_urls or ())
+    if not given:
+        raise ConfigurationError("base_urls must name at least one server")
+    roots: list[str] = []
+    for url in given:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(f"base URLs must be http(s) URLs, not {url!r}")
+        root = _root(url)
+        if root in roots:
+            raise ConfigurationError(f"{url!r} is listed twice")
+        roots.append(root)
+    return roots
+
+
+def _failed_event(adapter: str, backend: str) -> AdapterEvent:
+    return AdapterEvent("load_failed", adapter, backend, 0.0, "AdapterNotAvailableError")
+
+
+def _loaded_on(replica: Replica, adapter: str, record: AdapterRecord) -> Replica:
+    if not replica.known(adapter):
+        replica.ensure_loaded(adapter, record.uri)
+    return replica
+
+
+async def _aloaded_on(replica: Replica, adapter: str, record: AdapterRecord) -> Replica:
+    if not replica.known(adapter):
+        await replica.aensure_loaded(adapter, record.uri)
+    return replica
+
+
+def _first(chunks: Iterator[ChatChunk]) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
+    """Pull the first chunk, so errors before it (404, refused connection) surface here."""
+    try:
+        return next(chunks), chunks
+    except StopIteration:
+        return None, chunks
+    except BaseException:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
+async def _afirst(
+    chunks: AsyncIterator[ChatChunk],
+) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
+    try:
+        return await chunks.__anext__(), chunks
+    except StopAsyncIteration:
+        return None, chunks
+    except BaseException:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        raise
