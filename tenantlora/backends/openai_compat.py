@@ -282,7 +282,7 @@ class OpenAICompatible:
         content: bytes | None = None,
         timeout: float | None = None,
     ) -> HTTPResponse:
-        """The async twin of :meth:`_send`."""
+        """The async twin of :meth:`_send` (``_transport`` refuses a closed backend)."""
         ctx = CallContext(self.name, adapter, path, method)
         return await self._transport(ctx).send(
             method, path, ctx=ctx, content=content, timeout=timeout

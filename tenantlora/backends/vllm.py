@@ -72,7 +72,9 @@ class VLLM:
     skips the check). ``max_loaded`` bounds how many adapters tenantlora keeps loaded per
     replica (``None``: no bound; keep it at or below the servers' ``--max-cpu-loras``).
     ``load_timeout`` bounds one load or unload call; ``timeout`` every chat call (connect and
-    each read). ``clock`` is injected for tests.
+    each read). A load the server refused is not tried again on that replica for
+    ``load_failure_ttl`` seconds: meanwhile requests for that adapter fall back at once, with no
+    request to the server (0 retries every time). ``clock`` is injected for tests.
 
     Example::
 
@@ -93,6 +95,7 @@ class VLLM:
         max_lora_rank: int | None = 16,
         base_model: str | None = None,
         load_timeout: float = 120.0,
+        load_failure_ttl: float = 30.0,
         failover_cooldown: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         async_transport: AsyncTransportKind = "auto",
@@ -104,8 +107,10 @@ class VLLM:
             raise ConfigurationError(f"max_loaded must be >= 1 or None, not {max_loaded!r}")
         if max_lora_rank is not None and max_lora_rank < 1:
             raise ConfigurationError(f"max_lora_rank must be >= 1 or None, not {max_lora_rank!r}")
-        if not load_timeout > 0 or failover_cooldown < 0:
-            raise ConfigurationError("load_timeout must be > 0 and failover_cooldown >= 0")
+        if not load_timeout > 0 or failover_cooldown < 0 or load_failure_ttl < 0:
+            raise ConfigurationError(
+                "load_timeout must be > 0, failover_cooldown and load_failure_ttl >= 0"
+            )
         self.name = name
         self.model = model
         self.max_loaded = max_loaded
@@ -120,7 +125,7 @@ class VLLM:
             )  # fmt: skip
             self._replicas[url] = Replica(
                 url, api, backend=name, max_loaded=max_loaded, load_timeout=load_timeout,
-                emit=self._hooks.emit,
+                emit=self._hooks.emit, failure_ttl=load_failure_ttl, clock=clock,
             )  # fmt: skip
         self._urls = tuple(urls)
         self._health = ReplicaHealth(failover_cooldown, clock)
@@ -218,6 +223,9 @@ class VLLM:
                 replica.forget(adapter)  # restarted, or unloaded by someone else
         else:
             self._refusal(adapter, record)
+            failure = replica.recent_failure(adapter)
+            if failure is not None:
+                raise failure
             try:
                 result = send()  # it may be served already (--lora-modules, another client)
             except AdapterNotAvailableError:
@@ -242,6 +250,9 @@ class VLLM:
                 replica.forget(adapter)
         else:
             self._refusal(adapter, record)
+            failure = replica.recent_failure(adapter)
+            if failure is not None:
+                raise failure
             try:
                 result = await send()
             except AdapterNotAvailableError:
