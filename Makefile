@@ -55,8 +55,10 @@ test: lint typecheck pytest docs
 demo: install
 	$(BIN)/python -m tenantlora.demo
 
-bench: install
+bench: install vllm
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.peft
+	$(BIN)/python -m benchmarks.vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) site .pytest_cache .mypy_cache .ruff_cache
