@@ -11,8 +11,9 @@ under its own name), then measures, in one run:
    ``VLLM`` backend alone vs ``openai.OpenAI().chat.completions.create`` with the same body, on a
    loaded adapter, one token per call, interleaved; the figure is the ratio of medians;
 2. the first request for a never-loaded adapter (404, preflight, load, re-send) vs a warm one;
-3. 32 concurrent requests over 4 tenants through ``AsyncTenantLoRA`` vs the same 32 through
-   ``openai.AsyncOpenAI``, as requests per second.
+3. 32 concurrent requests over 4 tenants through ``AsyncTenantLoRA`` (on aiohttp, its default
+   transport, and on httpx) vs the same 32 through ``openai.AsyncOpenAI`` and posted with a bare
+   ``aiohttp.ClientSession``, as requests per second (median of interleaved rounds).
 
 Needs the vLLM venv (``make vllm``).
 """
@@ -28,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class Sizes:
     overhead_rounds: int = 301
     cold_reps: int = 15
     burst: int = 32
-    burst_rounds: int = 15
+    burst_rounds: int = 31
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -177,6 +178,7 @@ def bench_cold(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[str, A
 
 
 def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[str, Any]:
+    import aiohttp
     import openai
 
     from tenantlora import AsyncTenantLoRA
@@ -187,15 +189,41 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
     tenants = [TENANTS[i % len(TENANTS)] for i in range(sizes.burst)]
 
     async def run() -> dict[str, list[float]]:
-        backend = VLLM(base_url=url, model=SERVED, max_lora_rank=8)
-        client = AsyncTenantLoRA(backend=backend, registry=_registry(records))
+        clients = {
+            kind: AsyncTenantLoRA(
+                backend=VLLM(base_url=url, model=SERVED, max_lora_rank=8, async_transport=kind),
+                registry=_registry(records),
+            )
+            for kind in ("aiohttp", "httpx")
+        }
         raw = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        session = aiohttp.ClientSession()
+        bodies = [
+            json.dumps({"model": records[t].adapter_id, "messages": m, "max_tokens": 8,
+                        "temperature": 0.0}).encode()
+            for t, m in zip(tenants, messages, strict=True)
+        ]  # fmt: skip
 
-        async def ours() -> None:
-            await asyncio.gather(*(
-                client.chat(t, "icp", m, max_tokens=8, temperature=0.0)
-                for t, m in zip(tenants, messages, strict=True)
-            ))  # fmt: skip
+        async def post(body: bytes) -> None:
+            async with session.post(
+                url + "/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                response.raise_for_status()
+                await response.read()  # fmt: skip
+
+        async def bare() -> None:
+            await asyncio.gather(*(post(body) for body in bodies))
+
+        def ours(kind: str) -> Callable[[], Awaitable[object]]:
+            async def burst() -> None:
+                await asyncio.gather(*(
+                    clients[kind].chat(t, "icp", m, max_tokens=8, temperature=0.0)
+                    for t, m in zip(tenants, messages, strict=True)
+                ))  # fmt: skip
+
+            return burst
 
         async def theirs() -> None:
             await asyncio.gather(*(
@@ -204,18 +232,25 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
                 for t, m in zip(tenants, messages, strict=True)
             ))  # fmt: skip
 
-        await ours()  # warm-up: loads the four adapters
-        await theirs()
-        seconds: dict[str, list[float]] = {"tenantlora": [], "openai": []}
-        order = [("tenantlora", ours), ("openai", theirs)]
+        order: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("tenantlora", ours("aiohttp")),
+            ("tenantlora_httpx", ours("httpx")),
+            ("openai", theirs),
+            ("raw_aiohttp", bare),
+        ]
+        for _, fn in order:  # warm-up: loads the four adapters, opens the connections
+            await fn()
+        seconds: dict[str, list[float]] = {name: [] for name, _ in order}
         for _ in range(sizes.burst_rounds):
             for name, fn in order:
                 start = time.perf_counter()
                 await fn()
                 seconds[name].append(time.perf_counter() - start)
             order.reverse()
-        await client.aclose()
+        for client in clients.values():
+            await client.aclose()
         await raw.close()
+        await session.close()
         return seconds
 
     seconds = asyncio.run(run())
@@ -226,6 +261,8 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
         "rounds": sizes.burst_rounds,
         "req_per_s": rps,
         "ratio_tenantlora_vs_openai": rps["tenantlora"] / rps["openai"],
+        "ratio_tenantlora_httpx_vs_openai": rps["tenantlora_httpx"] / rps["openai"],
+        "ratio_tenantlora_vs_raw_aiohttp": rps["tenantlora"] / rps["raw_aiohttp"],
     }
 
 
@@ -256,10 +293,18 @@ def report(results: dict[str, Any], command: str) -> str:
         f"(+{c['cold_ms'] - c['warm_ms']:.1f} ms)** |",
         f"| of which the load call (load events, median) | {c['load_call_ms']:.1f} ms |",
         f"| {t['requests']} concurrent requests over {t['tenants']} tenants, max_tokens 8: "
-        f"`AsyncTenantLoRA` | {t['req_per_s']['tenantlora']:.0f} req/s |",
-        f"| same through `openai.AsyncOpenAI` | {t['req_per_s']['openai']:.0f} req/s |",
+        f"`AsyncTenantLoRA` (aiohttp transport, the default) "
+        f"| {t['req_per_s']['tenantlora']:.0f} req/s |",
+        f"| same, `AsyncTenantLoRA` on the httpx transport "
+        f"| {t['req_per_s']['tenantlora_httpx']:.0f} req/s |",
+        f"| same through `openai.AsyncOpenAI` (httpx2) | {t['req_per_s']['openai']:.0f} req/s |",
+        f"| same bodies posted with a bare `aiohttp.ClientSession` "
+        f"| {t['req_per_s']['raw_aiohttp']:.0f} req/s |",
         f"| **AsyncTenantLoRA throughput vs openai-python** "
         f"| **{t['ratio_tenantlora_vs_openai']:.2f}x** |",
+        f"| AsyncTenantLoRA vs bare aiohttp | {t['ratio_tenantlora_vs_raw_aiohttp']:.2f}x |",
+        f"| AsyncTenantLoRA on httpx vs openai-python "
+        f"| {t['ratio_tenantlora_httpx_vs_openai']:.2f}x |",
     ]
     return "\n".join(lines)
 
