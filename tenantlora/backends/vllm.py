@@ -69,8 +69,10 @@ class VLLM:
     (``--served-model-name``). ``max_lora_rank`` is the servers' ``--max-lora-rank`` (vLLM's
     default is 16; ``None`` skips the check) and ``base_model`` the name or path the adapters
     must have been trained on (a local directory also enables a tensor-shape check; ``None``
-    skips the check). ``max_loaded`` bounds how many adapters tenantlora keeps loaded per
-    replica (``None``: no bound; keep it at or below the servers' ``--max-cpu-loras``).
+    skips the check). ``max_loaded`` bounds how many adapters this backend keeps registered per
+    replica, unloading the least recently used beyond it (``None``: no bound). On vLLM 0.32
+    an unload removes the adapter's name only; vLLM's own caches (``--max-cpu-loras``) bound
+    its memory.
     ``load_timeout`` bounds one load or unload call; ``timeout`` every chat call (connect and
     each read). A load the server refused is not tried again on that replica for
     ``load_failure_ttl`` seconds: meanwhile requests for that adapter fall back at once, with no
