@@ -2,10 +2,11 @@
 trained by tenantlora.training. Nothing is mocked: routing, runtime loading, unloading, fallback,
 streaming, replica affinity and the isolation probe all run against the real server.
 
-Two servers start once per session, in parallel: ``small`` with ``--max-loras 3`` and ``spare``
-with ``--max-loras 4``. The probe tests come first in this module on purpose: vLLM keeps adapters
-in its slots after use, and the "passes with N+1 slots" check needs ``spare`` never to have had
-more than N adapters in its slots. Later tests (replica routing) may use ``spare`` freely.
+Two servers start once for this module, in parallel, and stop when it ends: ``small`` with
+``--max-loras 3`` and ``spare`` with ``--max-loras 4``. The probe tests come first in this module
+on purpose: vLLM keeps adapters in its slots after use (an unload frees the name, not the slot),
+and the "passes with N+1 slots" check needs ``spare`` never to have had more than N adapters.
+Later tests (replica routing) may use ``spare`` freely.
 Every test names its adapters uniquely (``<test>-<tenant>``), so tests never share server state.
 
 Skipped, with the reason, only when no vLLM interpreter exists (run ``make vllm``); ``make
@@ -64,7 +65,7 @@ class Servers:
     spare: VLLMServer  # --max-loras 4
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_models(toy_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
     from tenantlora.training import train_adapter
 
@@ -87,7 +88,7 @@ def vllm_models(toy_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Mod
     return Models(toy_base, adapters, corrupt, wide)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_servers(
     vllm_models: Models, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Servers]:
@@ -108,7 +109,7 @@ def vllm_servers(
             server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_answers(vllm_models: Models) -> dict[tuple[str | None, str], str]:
     """LocalPeft's greedy answers for each (tenant or base, prompt): the reference.
 
