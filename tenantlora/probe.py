@@ -116,9 +116,12 @@ def _targets(
     return found
 
 
-def _request(prompt: str, max_tokens: int) -> ChatRequest:
+def _request(prompt: str, max_tokens: int, extra: Mapping[str, Any] | None) -> ChatRequest:
     return ChatRequest(
-        messages=[Message(role="user", content=prompt)], max_tokens=max_tokens, temperature=0.0
+        messages=[Message(role="user", content=prompt)],
+        max_tokens=max_tokens,
+        temperature=0.0,
+        extra=dict(extra or {}),
     )
 
 
@@ -167,6 +170,7 @@ def isolation_probe(
     max_tokens: int = 16,
     include_base: bool = True,
     timeout: float | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> ProbeReport:
     """Probe ``backend`` for cross-tenant leaks; see the module docstring.
 
@@ -175,13 +179,18 @@ def isolation_probe(
     concurrent phase sends every (target, prompt) pair at once from one thread each, released
     together, ``rounds`` times. Errors from the backend propagate (a probe that cannot run has
     not passed).
+
+    ``extra`` goes into every request body (``ChatRequest.extra``). Rows can only leak while they
+    share batches, so answers that stop after a few tokens give a leak few chances; on vLLM,
+    ``extra={"min_tokens": 32}`` (with ``max_tokens`` >= 32) keeps every row generating, and in
+    the same batches, for 32 steps.
     """
     _check(prompts, rounds, max_tokens)
     targets = _targets(adapters, include_base)
     pairs = [(name, record, prompt) for name, record in targets for prompt in prompts]
 
     def ask(name: str | None, record: AdapterRecord | None, prompt: str) -> str:
-        request = _request(prompt, max_tokens)
+        request = _request(prompt, max_tokens, extra)
         return backend.chat(request, adapter=name, timeout=timeout, record=record).text
 
     reference = {(name, prompt): ask(name, record, prompt) for name, record, prompt in pairs}
@@ -214,6 +223,7 @@ async def aisolation_probe(
     max_tokens: int = 16,
     include_base: bool = True,
     timeout: float | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> ProbeReport:
     """The async twin of :func:`isolation_probe` (the concurrent phase is one ``gather``)."""
     _check(prompts, rounds, max_tokens)
@@ -221,7 +231,7 @@ async def aisolation_probe(
     pairs = [(name, record, prompt) for name, record in targets for prompt in prompts]
 
     async def ask(name: str | None, record: AdapterRecord | None, prompt: str) -> str:
-        request = _request(prompt, max_tokens)
+        request = _request(prompt, max_tokens, extra)
         reply = await backend.achat(request, adapter=name, timeout=timeout, record=record)
         return reply.text
 

@@ -172,6 +172,21 @@ def test_requests_are_greedy_and_carry_records() -> None:
     assert {(c.request.temperature, c.request.max_tokens) for c in backend.calls} == {(0.0, 7)}
     by_adapter = {call.adapter: call.record for call in backend.calls}
     assert by_adapter == {ADAPTERS[0]: records[0], ADAPTERS[1]: records[1], None: None}
+    assert all(call.request.extra == {} for call in backend.calls)
+
+
+def test_extra_reaches_every_request() -> None:
+    """``extra`` (e.g. vLLM's min_tokens) goes into every sequential and concurrent request."""
+    backend = FakeBackend()
+    isolation_probe(backend, list(ADAPTERS), PROMPTS, rounds=2, extra={"min_tokens": 24})
+    assert len(backend.calls) == PAIRS * 3
+    assert all(call.request.extra == {"min_tokens": 24} for call in backend.calls)
+
+
+async def test_aextra_reaches_every_request() -> None:
+    backend = FakeBackend()
+    await aisolation_probe(backend, list(ADAPTERS), PROMPTS, rounds=1, extra={"min_tokens": 9})
+    assert [call.request.extra for call in backend.calls] == [{"min_tokens": 9}] * (PAIRS * 2)
 
 
 def test_mapping_and_without_base() -> None:
