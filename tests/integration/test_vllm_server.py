@@ -436,3 +436,27 @@ def test_models_endpoint_lists_loaded_adapters_under_the_base(
     payload = json.loads(__import__("httpx").get(f"{vllm_servers.small.url}/v1/models").text)
     parents = {m["id"]: m["parent"] for m in payload["data"]}
     assert all(parents[r.adapter_id] == SERVED for r in records)
+
+
+def test_the_vllm_example_runs_against_the_server(
+    vllm_servers: Servers, vllm_models: Models
+) -> None:
+    """examples/vllm_quickstart.py end to end; its exit code says whether the probe passed."""
+    import subprocess
+    import sys
+
+    from vllm_server import ROOT
+
+    pairs = [f"{t}={vllm_models.adapters[t]}" for t in ("kahuna", "goliath")]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "vllm_quickstart.py"), "--base-url",
+         vllm_servers.small.url, "--model", SERVED, "--max-lora-rank", "8", *pairs],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert "adapter=kahuna-icp-v1 fallback=None" in out
+    assert "adapter=goliath-icp-v1 fallback=None" in out
+    assert "adapter=None fallback=no_adapter" in out
+    assert "load kahuna-icp-v1" in out
+    assert ("all equal to the sequential answers" in out) == (done.returncode == 0), out
