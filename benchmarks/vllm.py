@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peft import _interleaved  # the same ABBA-interleaved timing
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the server harness the tests use
 
@@ -51,19 +53,6 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(11, 2, 8, 2)
-
-
-def _interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, ABBA-ordered round by round."""
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants)
-    for _ in range(rounds):
-        for name in order:
-            start = time.perf_counter()
-            variants[name]()
-            seconds[name].append(time.perf_counter() - start)
-        order.reverse()
-    return seconds
 
 
 def _records(adapters: dict[str, Path], prefix: str) -> dict[str, Any]:

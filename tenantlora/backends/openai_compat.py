@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +40,7 @@ from tenantlora.backends._httpx import (
     create_async_transport,
     resolve_async_transport,
 )
+from tenantlora.backends._lifecycle import ContextManaged
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -66,7 +66,7 @@ _ZERO_USAGE = Usage()
 _ENCODER = json.JSONEncoder(allow_nan=False)
 
 
-class OpenAICompatible:
+class OpenAICompatible(ContextManaged):
     """A backend for any server that speaks OpenAI's ``POST {base_url}/chat/completions``.
 
     Implements both :class:`~tenantlora.backends.Backend` and
@@ -200,10 +200,9 @@ class OpenAICompatible:
         timeout: float | None = None,
     ) -> HTTPResponse:
         """One request to ``{base_url}{path}`` through the same error boundary; the body is not
-        parsed (vLLM's admin endpoints answer success in plain text)."""
+        parsed (vLLM's admin endpoints answer success in plain text). A closed backend raises,
+        as for chat (the HTTP client refuses)."""
         ctx = CallContext(self.name, adapter, path, method)
-        if self._closed:
-            raise closed_error(ctx)
         return self._http.send(method, path, ctx=ctx, content=content, timeout=timeout)
 
     def close(self) -> None:
@@ -211,17 +210,6 @@ class OpenAICompatible:
         :meth:`aclose` instead (an async pool cannot be closed from sync code)."""
         self._closed = True
         self._http.close()
-
-    def __enter__(self) -> OpenAICompatible:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- async --------------------------------------------------------------------------------
 
@@ -294,17 +282,6 @@ class OpenAICompatible:
         self._http.close()
         if self._async is not None:
             await self._async.aclose()
-
-    async def __aenter__(self) -> OpenAICompatible:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # -- options ------------------------------------------------------------------------------------

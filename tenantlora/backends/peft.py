@@ -26,10 +26,10 @@ import queue
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from tenantlora.backends._lifecycle import ContextManaged
 from tenantlora.backends._peft_worker import DeltaSink, Job, LocalPeftStats, Worker
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -57,7 +57,7 @@ def _local_dir(uri: str) -> str | None:
     return uri
 
 
-class LocalPeft:
+class LocalPeft(ContextManaged):
     """An in-process :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` over PEFT.
 
     ``base`` is a local directory holding a causal LM and its tokenizer, as
@@ -318,28 +318,6 @@ class LocalPeft:
         import asyncio
 
         await asyncio.to_thread(self._finalizer)
-
-    def __enter__(self) -> LocalPeft:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> LocalPeft:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _check_options(

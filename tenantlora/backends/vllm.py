@@ -22,7 +22,6 @@ import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from types import TracebackType
 from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from pydantic import SecretStr
 
 from tenantlora.backends._affinity import ReplicaHealth, rendezvous_order
 from tenantlora.backends._httpx import AsyncTransportKind
+from tenantlora.backends._lifecycle import ContextManaged
 from tenantlora.backends._vllm_preflight import Preflight
 from tenantlora.backends._vllm_replica import Replica
 from tenantlora.backends.openai_compat import OpenAICompatible
@@ -61,7 +61,7 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-class VLLM:
+class VLLM(ContextManaged):
     """A :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` for one or more vLLM servers.
 
     ``base_url`` (one server) or ``base_urls`` (replicas serving the same base model), with or
@@ -354,17 +354,6 @@ class VLLM:
         for replica in self._replicas.values():
             replica.api.close()
 
-    def __enter__(self) -> VLLM:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- async -------------------------------------------------------------------------------
 
     async def achat(
@@ -449,17 +438,6 @@ class VLLM:
         """Close every replica's connection pools (async and sync); later calls raise."""
         for replica in self._replicas.values():
             await replica.api.aclose()
-
-    async def __aenter__(self) -> VLLM:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _replica(self, url: str) -> Replica:
         replica = self._replicas.get(_root(url))

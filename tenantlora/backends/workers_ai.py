@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -36,6 +35,7 @@ from tenantlora.backends._httpx import (
     create_async_transport,
     resolve_async_transport,
 )
+from tenantlora.backends._lifecycle import ContextManaged
 from tenantlora.backends._workers_ai_finetunes import Finetunes
 from tenantlora.backends._workers_ai_wire import (
     CODE_STATUS,
@@ -59,7 +59,7 @@ __all__ = ["WorkersAI"]
 _ENCODER = json.JSONEncoder(allow_nan=False)
 
 
-class WorkersAI:
+class WorkersAI(ContextManaged):
     """A backend for Cloudflare Workers AI LoRA base models (``POST .../ai/run/{model}``).
 
     Implements :class:`~tenantlora.backends.Backend` and
@@ -221,17 +221,6 @@ class WorkersAI:
         self._http.close()
         self._finetunes.close()
 
-    def __enter__(self) -> WorkersAI:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- async --------------------------------------------------------------------------------
 
     def _transport(self, ctx: CallContext) -> AsyncTransport:
@@ -287,17 +276,6 @@ class WorkersAI:
         await self._finetunes.aclose()
         if self._async is not None:
             await self._async.aclose()
-
-    async def __aenter__(self) -> WorkersAI:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- request and response -----------------------------------------------------------------
 
