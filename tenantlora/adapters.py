@@ -24,6 +24,7 @@ directory. This module imports only the stdlib.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -42,6 +43,8 @@ __all__ = [
     "AdapterInfo",
     "AdapterLimits",
     "TensorInfo",
+    "digest",
+    "digest_contents",
     "inspect",
     "validate",
 ]
@@ -210,6 +213,59 @@ def validate(
     if base_dir is not None:
         _check_base(_pairs(info.tensors, info.path), info.config, base_dir)
     return dataclasses.replace(info, base_model_type=base_model_type)
+
+
+# -- content digest ------------------------------------------------------------------------
+
+_DIGEST_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+_CHUNK = 1 << 20
+
+
+def _digest_header(name: str, size: int) -> bytes:
+    return name.encode() + b"\0" + size.to_bytes(8, "big")
+
+
+def digest(path: str | os.PathLike[str]) -> str:
+    """The adapter's content digest: ``sha256:<64 hex>`` over its two files.
+
+    The hash covers, in this order, ``adapter_config.json`` and ``adapter_model.safetensors``,
+    each as its name, a NUL byte, its size (8 bytes, big-endian) and its bytes, so neither a
+    rename nor moving bytes between the files keeps the digest. Other files in the directory are
+    not covered (and not loaded). Registries record it at publish; loading backends verify it.
+    Raises :class:`~tenantlora.errors.AdapterValidationError` when a file is missing or
+    unreadable. Equals :func:`digest_contents` over the same bytes.
+    """
+    root = os.fspath(path)
+    hasher = hashlib.sha256()
+    for name in _DIGEST_FILES:
+        file_path = os.path.join(root, name)
+        try:
+            with open(file_path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                hasher.update(_digest_header(name, size))
+                read = 0
+                while chunk := fh.read(_CHUNK):
+                    read += len(chunk)
+                    hasher.update(chunk)
+        except OSError as exc:
+            raise _fail(file_path, f"cannot read: {exc.strerror or type(exc).__name__}") from None
+        if read != size:
+            raise _fail(file_path, "changed while it was being read")
+    return "sha256:" + hasher.hexdigest()
+
+
+def digest_contents(contents: Mapping[str, bytes]) -> str:
+    """:func:`digest` over file contents already in memory (``{file name: bytes}``).
+
+    For loaders that read the files once, verify them and load exactly the bytes they verified.
+    ``contents`` must hold both adapter files; other names are ignored.
+    """
+    hasher = hashlib.sha256()
+    for name in _DIGEST_FILES:
+        data = contents[name]
+        hasher.update(_digest_header(name, len(data)))
+        hasher.update(data)
+    return "sha256:" + hasher.hexdigest()
 
 
 # -- adapter_config.json -------------------------------------------------------------------

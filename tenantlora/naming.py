@@ -18,6 +18,7 @@ from tenantlora.errors import InvalidTaskError, InvalidTenantError
 __all__ = [
     "MAX_ID_LENGTH",
     "adapter_name",
+    "loaded_adapter_name",
     "parse_adapter_name",
     "safe_adapter_name",
     "validate_task",
@@ -81,3 +82,18 @@ def safe_adapter_name(tenant: str, task: str, *, max_length: int = 64) -> str:
     readable = _UNSAFE.sub("-", f"{tenant}-{task}".lower()).strip("-")
     room = max_length - len("lora--") - len(digest)
     return f"lora-{readable[:room].rstrip('-')}-{digest}"
+
+
+def loaded_adapter_name(tenant: str, digest: str) -> str:
+    """The name a loading backend gives one tenant's adapter content: ``tl-{tenant}-{hash}``.
+
+    ``digest`` is the adapter's content digest (``sha256:<hex>``, see
+    :func:`tenantlora.adapters.digest`). The 32-hex-digit (128-bit) hash covers the exact tenant
+    and digest, so two tenants never share a loaded name even for identical files, and new
+    files get a new name. The result is lowercase ``[a-z0-9-]``, at most 64 characters, and
+    contains no ``.`` (PEFT adapter names may not).
+    """
+    tenant = validate_tenant(tenant)
+    hashed = hashlib.sha256(f"{tenant}\0{digest}".encode()).hexdigest()[:32]
+    readable = _UNSAFE.sub("-", tenant.lower()).strip("-")[:28].rstrip("-")
+    return f"tl-{readable}-{hashed}" if readable else f"tl-{hashed}"

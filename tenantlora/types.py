@@ -38,6 +38,9 @@ FallbackReason = Literal[
     "registry_error",
     "experiment_control",
 ]
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+"""The form of :attr:`AdapterRecord.digest`."""
+
 CacheOutcome = Literal["hit", "miss", "stale", "error"]
 """How the resolver answered: fresh cache entry, registry read, stale entry, or no answer."""
 
@@ -174,6 +177,10 @@ class AdapterRecord(_Frozen):
 
     ``adapter_id`` is what the backend is sent (a vLLM adapter name, a Workers AI fine-tune id);
     ``uri`` is where the adapter files live when a backend must load them (a local directory).
+    ``digest`` is the adapter's content digest, ``sha256:<64 hex>`` as
+    :func:`tenantlora.adapters.digest` computes it over the adapter files, recorded at publish:
+    backends that load files verify it, and name what they load after the tenant and the
+    digest, never after ``adapter_id`` alone.
     """
 
     tenant: str
@@ -183,6 +190,7 @@ class AdapterRecord(_Frozen):
     base_model: str | None = None
     status: AdapterStatus = "ready"
     uri: str | None = None
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
     created_at: datetime = Field(default_factory=_utcnow)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

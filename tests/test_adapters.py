@@ -696,3 +696,18 @@ def test_import_loads_no_ml_libraries(adapter: Path) -> None:
     module_file, loaded = done.stdout.splitlines()[-2:]
     assert ast.literal_eval(module_file) == str(ROOT / "tenantlora" / "adapters.py")
     assert ast.literal_eval(loaded) == []
+
+
+def test_digest_covers_both_files_and_matches_digest_contents(adapter: Path) -> None:
+    """The digest changes with either file's bytes and equals digest_contents over them."""
+    from tenantlora.adapters import digest, digest_contents
+
+    first = digest(adapter)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", first)
+    contents = {name: (adapter / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+    assert digest_contents(contents) == first
+    config = adapter / ADAPTER_CONFIG
+    config.write_bytes(config.read_bytes() + b" ")
+    assert digest(adapter) != first
+    with pytest.raises(AdapterValidationError, match="cannot read"):
+        digest(adapter / "missing")

@@ -7,6 +7,7 @@ import pytest
 from tenantlora.errors import InvalidRequestError, InvalidTaskError, InvalidTenantError
 from tenantlora.naming import (
     adapter_name,
+    loaded_adapter_name,
     parse_adapter_name,
     safe_adapter_name,
     validate_task,
@@ -88,3 +89,18 @@ def test_safe_name_is_provider_safe_and_unique() -> None:
         assert all(c.islower() or c.isdigit() or c == "-" for c in name)
     assert safe_adapter_name("acme", "icp") == safe_adapter_name("acme", "icp")
     assert len(safe_adapter_name("x" * 64, "y" * 64, max_length=32)) <= 32
+
+
+def test_loaded_adapter_name_differs_per_tenant_and_content() -> None:
+    """Same files under two tenants, or new files for one tenant, never share a loaded name."""
+    one, two = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    names = {
+        loaded_adapter_name(tenant, digest)
+        for tenant in ("acme", "Acme", "acme.co", "acme-co")
+        for digest in (one, two)
+    }
+    assert len(names) == 8
+    for name in names:
+        assert len(name) <= 64
+        assert "." not in name
+        assert name == name.lower()
