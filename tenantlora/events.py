@@ -9,14 +9,14 @@ a completion or a secret.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
+from tenantlora._latency import Epochs, LatencyWindow, merged, percentiles
+from tenantlora.errors import ConfigurationError
 from tenantlora.types import CacheOutcome, FallbackReason, Usage
 
 __all__ = [
@@ -163,16 +163,12 @@ class Stats(BaseModel):
     adapter_load_max_ms: float | None = None
 
 
-def _percentile(ordered: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
-
-
+_QS = (0.50, 0.95, 0.99)
 _REQUESTS, _ERRORS, _ADAPTER, _BASE, _RETRIES = range(5)
 _CACHE_SLOT = {"hit": 5, "miss": 6, "stale": 7}
+_SNAPSHOT_BATCH = 256  # tenants copied per lock hold, so a snapshot never stalls requests long
+_MAX_WINDOW = 2**31 - 1
+_Copied: TypeAlias = "tuple[list[int], dict[str, int], Epochs]"
 
 
 class _Counters:
@@ -186,9 +182,10 @@ class _Counters:
     def __init__(self, window: int) -> None:
         self.counts = [0] * 8
         self.fallbacks: dict[str, int] = {}
-        self.latencies: deque[float] = deque(maxlen=window)
+        self.latencies = LatencyWindow(window)
 
-    def add(self, event: RequestEvent) -> None:
+    def add(self, event: RequestEvent) -> bool:
+        """Count ``event``; True when its latency belongs in the percentiles (a success)."""
         counts = self.counts
         counts[_REQUESTS] += 1
         counts[_RETRIES] += event.retries
@@ -197,46 +194,64 @@ class _Counters:
             counts[slot] += 1
         if event.error is not None:
             counts[_ERRORS] += 1
-            return
+            return False
         counts[_ADAPTER if event.adapter is not None else _BASE] += 1
         if event.fallback_reason is not None:
             self.fallbacks[event.fallback_reason] = self.fallbacks.get(event.fallback_reason, 0) + 1
-        self.latencies.append(event.latency_ms)
+        self.latencies.add(event.latency_ms)
+        return True
 
-    def snapshot(self) -> TenantStats:
-        ordered = sorted(self.latencies)
-        c = self.counts
-        return TenantStats(
-            requests=c[_REQUESTS],
-            errors=c[_ERRORS],
-            adapter_requests=c[_ADAPTER],
-            base_requests=c[_BASE],
-            fallbacks=dict(self.fallbacks),
-            cache_hits=c[_CACHE_SLOT["hit"]],
-            cache_misses=c[_CACHE_SLOT["miss"]],
-            cache_stale=c[_CACHE_SLOT["stale"]],
-            retries=c[_RETRIES],
-            latency_p50_ms=_percentile(ordered, 0.50),
-            latency_p95_ms=_percentile(ordered, 0.95),
-            latency_p99_ms=_percentile(ordered, 0.99),
-        )
+    def copy(self) -> _Copied:
+        """What a snapshot needs, copied so it can be summarised after the lock is released."""
+        return list(self.counts), dict(self.fallbacks), self.latencies.copy()
+
+
+def _tenant_stats(counts: list[int], fallbacks: dict[str, int], epochs: Epochs) -> TenantStats:
+    p50, p95, p99 = percentiles(merged(epochs), _QS)
+    return TenantStats(
+        requests=counts[_REQUESTS],
+        errors=counts[_ERRORS],
+        adapter_requests=counts[_ADAPTER],
+        base_requests=counts[_BASE],
+        fallbacks=fallbacks,
+        cache_hits=counts[_CACHE_SLOT["hit"]],
+        cache_misses=counts[_CACHE_SLOT["miss"]],
+        cache_stale=counts[_CACHE_SLOT["stale"]],
+        retries=counts[_RETRIES],
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        latency_p99_ms=p99,
+    )
+
+
+def _checked(name: str, value: object, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        message = f"StatsCollector {name} must be an int in [1, {high}], got {value!r}"
+        raise ConfigurationError(message)
+    return value
 
 
 class StatsCollector:
     """Thread-safe in-process statistics fed by request events.
 
-    Latency percentiles are over the last ``window`` successful requests per tenant, so memory
-    stays bounded however long the process runs; counts are totals. ``max_tenants`` bounds how
-    many tenants are tracked (later tenants are folded into ``"__other__"``).
+    Latency percentiles come from a fixed log-bucket histogram per tenant (relative error under
+    2 %, see :mod:`tenantlora._latency`) over the last ``window`` to ``2 * window`` successful
+    requests, so memory per tenant is fixed (about 2 KB) however long the process runs; counts are
+    totals. ``max_tenants`` bounds how many tenants are tracked (later tenants are folded into
+    ``"__other__"``). :meth:`snapshot` copies tenants a few hundred at a time and summarises them
+    after releasing the lock, so it never holds up requests for more than a few milliseconds.
     """
 
     def __init__(self, *, window: int = 1024, max_tenants: int = 10_000) -> None:
-        self._window = window
-        self._max_tenants = max_tenants
-        self._lock = threading.Lock()
+        self._window = _checked("window", window, _MAX_WINDOW)
+        self._max_tenants = _checked("max_tenants", max_tenants, _MAX_WINDOW)
+        # Re-entrant: an abandoned stream's finaliser may record its event from a GC pass that runs
+        # while this thread already holds the lock.
+        self._lock = threading.RLock()
         self._tenants: dict[str, _Counters] = {}
+        self._all = LatencyWindow(max(window, 65_536))
         self._adapter_counts = dict.fromkeys(("load", "hit", "evict", "load_failed"), 0)
-        self._load_ms: deque[float] = deque(maxlen=window)
+        self._load_ms = LatencyWindow(window)
 
     def __call__(self, event: RequestEvent) -> None:
         """Record ``event`` (a collector is itself a hook)."""
@@ -245,48 +260,66 @@ class StatsCollector:
             if counters is None:
                 name = event.tenant if len(self._tenants) < self._max_tenants else "__other__"
                 counters = self._tenants.setdefault(name, _Counters(self._window))
-            counters.add(event)
+            if counters.add(event):
+                self._all.add(event.latency_ms)
 
     def adapter_event(self, event: AdapterEvent) -> None:
         """Record a backend's :class:`AdapterEvent` (the client subscribes this for you)."""
         with self._lock:
             self._adapter_counts[event.kind] += 1
             if event.kind == "load":
-                self._load_ms.append(event.ms)
+                self._load_ms.add(event.ms)
 
     def reset(self) -> None:
         """Forget everything recorded so far."""
         with self._lock:
             self._tenants.clear()
+            self._all.clear()
             self._adapter_counts = dict.fromkeys(self._adapter_counts, 0)
             self._load_ms.clear()
 
+    def _copy_tenants(self) -> list[tuple[str, _Copied]]:
+        with self._lock:
+            names = list(self._tenants)
+        copied = []
+        for start in range(0, len(names), _SNAPSHOT_BATCH):
+            with self._lock:
+                for name in names[start : start + _SNAPSHOT_BATCH]:
+                    counters = self._tenants.get(name)
+                    if counters is not None:  # reset() may have run between batches
+                        copied.append((name, counters.copy()))
+        return copied
+
     def snapshot(self) -> Stats:
         """Totals plus per-tenant statistics as immutable values."""
+        copied = self._copy_tenants()
         with self._lock:
-            tenants = {name: c.snapshot() for name, c in self._tenants.items()}
-            latencies = sorted(x for c in self._tenants.values() for x in c.latencies)
+            overall = self._all.counts()
             adapters = dict(self._adapter_counts)
-            loads = sorted(self._load_ms)
+            loads = self._load_ms.counts()
+            load_max = self._load_ms.peak
+        tenants = {name: _tenant_stats(*parts) for name, parts in copied}
         fallbacks: dict[str, int] = {}
         for t in tenants.values():
             for reason, n in t.fallbacks.items():
                 fallbacks[reason] = fallbacks.get(reason, 0) + n
         hits = sum(t.cache_hits for t in tenants.values())
         looked_up = sum(t.cache_hits + t.cache_misses + t.cache_stale for t in tenants.values())
+        p50, p95, p99 = percentiles(overall, _QS)
+        (load_p50,) = percentiles(loads, (0.50,))
         return Stats(
             requests=sum(t.requests for t in tenants.values()),
             errors=sum(t.errors for t in tenants.values()),
             fallbacks=fallbacks,
             cache_hit_rate=hits / looked_up if looked_up else 0.0,
-            latency_p50_ms=_percentile(latencies, 0.50),
-            latency_p95_ms=_percentile(latencies, 0.95),
-            latency_p99_ms=_percentile(latencies, 0.99),
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+            latency_p99_ms=p99,
             tenants=tenants,
             adapter_loads=adapters["load"],
             adapter_load_failures=adapters["load_failed"],
             adapter_hits=adapters["hit"],
             adapter_evictions=adapters["evict"],
-            adapter_load_p50_ms=_percentile(loads, 0.50),
-            adapter_load_max_ms=loads[-1] if loads else None,
+            adapter_load_p50_ms=load_p50,
+            adapter_load_max_ms=load_max,
         )

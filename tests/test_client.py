@@ -419,7 +419,7 @@ def test_stats_per_tenant(registry: MemoryRegistry, clock: ManualClock) -> None:
     assert (acme.requests, acme.adapter_requests, acme.cache_hits, acme.cache_misses) == (
         4, 4, 3, 1,
     )  # fmt: skip
-    assert acme.latency_p50_ms == pytest.approx(10.0)
+    assert acme.latency_p50_ms == pytest.approx(10.0, rel=0.02)  # a histogram: within 2 %
     assert stats.tenants["nobody"].fallbacks == {"no_adapter": 1}
     assert stats.requests == 5
     assert stats.cache_hit_rate == pytest.approx(3 / 5)
