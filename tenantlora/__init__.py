@@ -18,6 +18,7 @@ import importlib
 import typing
 
 from tenantlora.errors import (
+    AdapterLocationError,
     AdapterNotAvailableError,
     AdapterResolutionError,
     AdapterValidationError,
@@ -29,6 +30,7 @@ from tenantlora.errors import (
     BadRequestError,
     ConfigurationError,
     DailyQuotaError,
+    EndpointNotFoundError,
     InvalidRequestError,
     InvalidTaskError,
     InvalidTenantError,
@@ -116,6 +118,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AdapterKey",
+    "AdapterLocationError",
     "AdapterNotAvailableError",
     "AdapterRecord",
     "AdapterResolutionError",
@@ -136,6 +139,7 @@ __all__ = [
     "ChatStream",
     "ConfigurationError",
     "DailyQuotaError",
+    "EndpointNotFoundError",
     "Experiment",
     "InvalidRequestError",
     "InvalidTaskError",

@@ -12,6 +12,7 @@ TenantLoRAError
 ├── RegistryError                 a registry read or write failed (.tenant .task)
 │   └── AdapterResolutionError    the registry failed and no stale entry could serve
 ├── AdapterValidationError        adapter files unusable (rank, size, base model, config)
+├── AdapterLocationError (ValueError)   an adapter uri outside the tenant's store prefix
 ├── PublishError                  publishing an adapter failed (.step .tenant .task .finetune_id)
 └── BackendError                  .backend .adapter .tenant .task
     ├── AdapterNotAvailableError  backend lacks the adapter -> fallback to base by policy
@@ -21,6 +22,8 @@ TenantLoRAError
     │   ├── BadRequestError       400, 422
     │   ├── AuthenticationError   401, 403
     │   ├── NotFoundError         404 (not an adapter lookup)
+    │   │   └── EndpointNotFoundError   404 for the route itself (base_url wrong, e.g.
+    │   │                         missing /v1; also a ConfigurationError)
     │   ├── ModelConfigurationError   the provider refuses the model set-up (also a
     │   │                         ConfigurationError; Workers AI 5005 no LoRA, 5007 no such model)
     │   ├── RateLimitError        429 (retryable unless the provider says otherwise)
@@ -38,6 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AdapterLocationError",
     "AdapterNotAvailableError",
     "AdapterResolutionError",
     "AdapterValidationError",
@@ -49,6 +53,7 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "DailyQuotaError",
+    "EndpointNotFoundError",
     "InvalidRequestError",
     "InvalidTaskError",
     "InvalidTenantError",
@@ -102,6 +107,19 @@ class AdapterValidationError(TenantLoRAError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class AdapterLocationError(TenantLoRAError, ValueError):
+    """An adapter ``uri`` lies outside what its tenant may use: outside the store root, in
+    another tenant's directory, or reached by a traversal (``..``) or a symlink. Nothing was
+    written or loaded. ``tenant`` names the tenant; the message names the uri's problem, never
+    file contents.
+    """
+
+    def __init__(self, message: str, *, tenant: str | None = None, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.uri = uri
 
 
 class PublishError(TenantLoRAError):
@@ -205,6 +223,16 @@ class AuthenticationError(BackendStatusError):
 
 class NotFoundError(BackendStatusError):
     """404 for something other than an adapter (wrong URL, unknown base model)."""
+
+
+class EndpointNotFoundError(NotFoundError, ConfigurationError):
+    """404 for the route itself, not for an adapter or model: the ``base_url`` is wrong (for an
+    OpenAI-compatible server, usually a missing ``/v1``). Never a reason to fall back to the
+    base model; fix the configuration. Not retryable.
+    """
+
+    def __init__(self, message: str, *, retryable: bool | None = False, **fields: Any) -> None:
+        super().__init__(message, retryable=retryable, **fields)
 
 
 class ModelConfigurationError(BackendStatusError, ConfigurationError):

@@ -66,10 +66,14 @@ class AdapterEvent(NamedTuple):
     """Something a backend did with an adapter it loads itself (local PEFT, vLLM runtime loads).
 
     ``kind``: ``"load"`` (``ms`` = load time), ``"hit"`` (already loaded), ``"evict"``
-    (unloaded to make room), ``"load_failed"`` (``error`` = the exception class name).
+    (unloaded to make room), ``"load_failed"`` (``error`` = the exception class name),
+    ``"refused"`` (the files failed validation: ``error`` = ``"AdapterValidationError"``),
+    ``"digest_mismatch"`` (the files' content digest differs from the registry record's; nothing
+    was loaded). ``adapter`` is the name the backend loads under
+    (:func:`tenantlora.naming.loaded_adapter_name`) or the record's ``adapter_id``.
     """
 
-    kind: Literal["load", "hit", "evict", "load_failed"]
+    kind: Literal["load", "hit", "evict", "load_failed", "refused", "digest_mismatch"]
     adapter: str
     backend: str
     ms: float = 0.0
@@ -159,6 +163,8 @@ class Stats(BaseModel):
     adapter_load_failures: int = 0
     adapter_hits: int = 0
     adapter_evictions: int = 0
+    adapter_refusals: int = 0
+    adapter_digest_mismatches: int = 0
     adapter_load_p50_ms: float | None = None
     adapter_load_max_ms: float | None = None
 
@@ -250,7 +256,9 @@ class StatsCollector:
         self._lock = threading.RLock()
         self._tenants: dict[str, _Counters] = {}
         self._all = LatencyWindow(max(window, 65_536))
-        self._adapter_counts = dict.fromkeys(("load", "hit", "evict", "load_failed"), 0)
+        self._adapter_counts = dict.fromkeys(
+            ("load", "hit", "evict", "load_failed", "refused", "digest_mismatch"), 0
+        )
         self._load_ms = LatencyWindow(window)
 
     def __call__(self, event: RequestEvent) -> None:
@@ -320,6 +328,8 @@ class StatsCollector:
             adapter_load_failures=adapters["load_failed"],
             adapter_hits=adapters["hit"],
             adapter_evictions=adapters["evict"],
+            adapter_refusals=adapters["refused"],
+            adapter_digest_mismatches=adapters["digest_mismatch"],
             adapter_load_p50_ms=load_p50,
             adapter_load_max_ms=load_max,
         )
