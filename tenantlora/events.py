@@ -172,7 +172,7 @@ class Stats(BaseModel):
 _QS = (0.50, 0.95, 0.99)
 _REQUESTS, _ERRORS, _ADAPTER, _BASE, _RETRIES = range(5)
 _CACHE_SLOT = {"hit": 5, "miss": 6, "stale": 7}
-_SNAPSHOT_BATCH = 256  # tenants copied per lock hold, so a snapshot never stalls requests long
+_SNAPSHOT_BATCH = 64  # tenants copied per lock hold, so a snapshot never stalls requests long
 _MAX_WINDOW = 2**31 - 1
 _Copied: TypeAlias = "tuple[list[int], dict[str, int], Epochs]"
 

@@ -5,7 +5,8 @@ letter or digit. That excludes ``:``, ``/``, whitespace and control characters, 
 adapter name ``lora:{tenant}:{task}`` can always be split back into its parts.
 
 Some providers restrict adapter names further (lowercase, no ``:``); :func:`safe_adapter_name`
-gives a deterministic form for them that stays unique per (tenant, task).
+gives a deterministic form for them that stays unique per (tenant, task) (a 128-bit
+hash of the exact pair).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _ALLOWED = (
     "(no ':', '/', whitespace or control characters)"
 )
 _UNSAFE = re.compile(r"[^a-z0-9-]+")
+_SAFE_HASH_HEX = 32  # 128 bits: the readable part is cut, so the hash alone keeps names unique
+_SAFE_MIN_LENGTH = 40  # "lora-" + at least 2 readable characters + "-" + 32 hex digits
 
 
 def _describe(value: object) -> str:
@@ -73,12 +76,15 @@ def parse_adapter_name(name: str) -> tuple[str, str]:
 def safe_adapter_name(tenant: str, task: str, *, max_length: int = 64) -> str:
     """A provider-safe adapter name: lowercase ``[a-z0-9-]``, unique per (tenant, task).
 
-    The readable part is lossy (``Acme_Co`` and ``acme.co`` both become ``acme-co``), so an
-    8-hex-digit hash of the exact pair is appended to keep distinct tenants distinct.
+    The form is ``lora-{readable}-{hash}``. The readable part is lossy (``Acme_Co`` and
+    ``acme.co`` both become ``acme-co``) and is cut to fit ``max_length``, so uniqueness rests on
+    the hash alone: 32 hex digits (128 bits) of SHA-256 over the exact ``lora:{tenant}:{task}``.
+    Two distinct pairs share a name only if SHA-256 collides on 128 bits (for a billion tenants,
+    a chance below 10^-20). ``max_length`` must be at least 40 (``ValueError`` otherwise).
     """
-    if max_length < 24:
-        raise ValueError("max_length must be at least 24")
-    digest = hashlib.sha256(adapter_name(tenant, task).encode()).hexdigest()[:8]
+    if max_length < _SAFE_MIN_LENGTH:
+        raise ValueError(f"max_length must be at least {_SAFE_MIN_LENGTH}")
+    digest = hashlib.sha256(adapter_name(tenant, task).encode()).hexdigest()[:_SAFE_HASH_HEX]
     readable = _UNSAFE.sub("-", f"{tenant}-{task}".lower()).strip("-")
     room = max_length - len("lora--") - len(digest)
     return f"lora-{readable[:room].rstrip('-')}-{digest}"

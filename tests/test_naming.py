@@ -88,7 +88,28 @@ def test_safe_name_is_provider_safe_and_unique() -> None:
         assert len(name) <= 64
         assert all(c.islower() or c.isdigit() or c == "-" for c in name)
     assert safe_adapter_name("acme", "icp") == safe_adapter_name("acme", "icp")
-    assert len(safe_adapter_name("x" * 64, "y" * 64, max_length=32)) <= 32
+    assert len(safe_adapter_name("x" * 64, "y" * 64, max_length=40)) <= 40
+    with pytest.raises(ValueError, match="at least 40"):
+        safe_adapter_name("acme", "icp", max_length=39)
+
+
+def test_safe_name_keeps_128_hash_bits_whatever_the_length() -> None:
+    """Long, similar IDs differ only in the hash once the readable part is cut: 128 bits of it.
+
+    (32 bits, the old suffix, gave a collision after ~123k such IDs: the birthday bound.)
+    """
+    for max_length in (40, 64, 100):
+        name = safe_adapter_name("t" * 60 + "0001", "icp", max_length=max_length)
+        suffix = name.rsplit("-", 1)[1]
+        assert len(suffix) == 32
+        assert int(suffix, 16) >= 0
+        assert len(name) <= max_length
+
+
+def test_safe_names_of_200k_long_similar_tenants_are_distinct() -> None:
+    """200,000 tenants whose readable parts all cut to the same prefix get distinct names."""
+    names = {safe_adapter_name(f"{'tenant' * 9}{i:08d}", "icp_classifier") for i in range(200_000)}
+    assert len(names) == 200_000
 
 
 def test_loaded_adapter_name_differs_per_tenant_and_content() -> None:
