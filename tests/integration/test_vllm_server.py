@@ -177,10 +177,25 @@ def test_probe_passes_with_a_spare_slot(vllm_servers: Servers, vllm_models: Mode
     with _backend(vllm_servers.spare.url) as backend:
         records = list(_records(vllm_models, "spare-probe").values())
         report = isolation_probe(
-            backend, records, PROMPTS[:3], rounds=3, max_tokens=LONG, extra=LONGER
-        )
+            backend, records, PROMPTS[:3], rounds=3, max_tokens=LONG, extra=LONGER,
+            sequences=["concurrent"],
+        )  # fmt: skip
     assert report.ok, str(report)
     assert report.checked == 4 * 3 * 3
+
+
+def test_probe_sequences_pass_with_a_spare_slot(vllm_servers: Servers, vllm_models: Models) -> None:
+    """The order-dependent sequences against the real server: A, B, A on one prompt (prefix
+    cache and slots must not carry one adapter's state into another's answer), the base after
+    each adapter (no drift), and each adapter requested while the others stream mid-decode."""
+    with _backend(vllm_servers.spare.url) as backend:
+        records = list(_records(vllm_models, "spare-sequences").values())
+        report = isolation_probe(
+            backend, records, PROMPTS[:1], rounds=1, max_tokens=8,
+            sequences=["interleaved", "base_drift", "load_during_decode"],
+        )  # fmt: skip
+    assert report.ok, str(report)
+    assert report.checked == 4 * 3 * 3 + 3 + 3 * 4
 
 
 def test_probe_catches_vllm_cpu_base_rows_served_by_the_last_slot(
@@ -206,8 +221,9 @@ def test_probe_catches_vllm_cpu_base_rows_served_by_the_last_slot(
         reports = []
         for _ in range(3):
             report = isolation_probe(
-                backend, records, distinct, rounds=3, max_tokens=LONG, extra=LONGER
-            )
+                backend, records, distinct, rounds=3, max_tokens=LONG, extra=LONGER,
+                sequences=["concurrent"],
+            )  # fmt: skip
             reports.append(report)
             if not reports[-1].ok:
                 break
@@ -225,8 +241,9 @@ async def test_async_probe_runs_against_the_real_server(
     async with _backend(vllm_servers.small.url) as backend:
         records = list(_records(vllm_models, "small-aprobe").values())
         report = await aisolation_probe(
-            backend, records, PROMPTS, rounds=2, max_tokens=LONG, extra=LONGER
-        )
+            backend, records, PROMPTS, rounds=2, max_tokens=LONG, extra=LONGER,
+            sequences=["concurrent"],
+        )  # fmt: skip
     assert report.checked == 4 * len(PROMPTS) * 2
     assert set(report.changed_targets()) <= {None}, str(report)
 
