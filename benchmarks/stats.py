@@ -160,8 +160,12 @@ def _measure(
     stop.set()
     recorder.join()
     # The recorder's own holds are microseconds; the longest hold is the snapshot's.
+    holds = sorted(timed.holds[first:])
+    waits = sorted(stalls)
     return {
-        "longest_lock_hold_ms": max(timed.holds[first:]) * 1000,
+        "longest_lock_hold_ms": holds[-1] * 1000,
+        "p99_lock_hold_ms": holds[int(0.99 * (len(holds) - 1))] * 1000,
+        "p99_stall_ms": waits[int(0.99 * (len(waits) - 1))] * 1000,
         "memory_mb": memory / 1e6,
         "snapshot_ms": elapsed * 1000,
         "max_stall_ms": max(stalls) * 1000,
@@ -212,6 +216,10 @@ def report(results: dict[str, Any]) -> str:
         f"| one snapshot | {cur['snapshot_ms']:.0f} ms | {old['snapshot_ms']:.0f} ms |",
         f"| longest lock hold (what every request waits behind) | "
         f"{cur['longest_lock_hold_ms']:.2f} ms | {old['longest_lock_hold_ms']:.0f} ms |",
+        f"| 99th percentile lock hold | {cur['p99_lock_hold_ms']:.3f} ms "
+        f"| {old['p99_lock_hold_ms']:.3f} ms |",
+        f"| 99th percentile wait of a request during it | {cur['p99_stall_ms']:.3f} ms "
+        f"| {old['p99_stall_ms']:.3f} ms |",
         "| longest wait of one request during it (lock + GIL + scheduler) | "
         f"{cur['max_stall_ms']:.1f} ms "
         f"| {old['max_stall_ms']:.1f} ms |",
