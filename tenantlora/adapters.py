@@ -28,11 +28,11 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from tenantlora._adapter_rules import PatternTable, check_config, lora_tensors
 from tenantlora._safetensors import TensorInfo, read_header, show_name
 from tenantlora.errors import AdapterValidationError
 
@@ -52,13 +52,6 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_PEFT_PREFIX = "base_model.model."
-_LORA_SUFFIXES = {
-    ".lora_A.weight": ("A", False),
-    ".lora_B.weight": ("B", False),
-    ".lora_embedding_A": ("A", True),
-    ".lora_embedding_B": ("B", True),
-}
 _MAX_JSON_BYTES = 16 * 1024 * 1024
 _SHOWN = 5  # how many mismatches an error lists before "and N more"
 
@@ -159,6 +152,7 @@ def inspect(path: str | os.PathLike[str]) -> AdapterInfo:
         found_bin = os.path.exists(os.path.join(root, "adapter_model.bin"))
         raise _fail(root, f"missing {ADAPTER_WEIGHTS}{hint if found_bin else ''}")
     config = _read_json_object(config_path)
+    check_config(config, config_path)
     rank, alpha = _rank_and_alpha(config, config_path)
     target_modules = _target_modules(config.get("target_modules"), config_path)
     base_model = _optional_str(config, "base_model_name_or_path", config_path)
@@ -326,10 +320,7 @@ def _pattern(
         if not ok:
             kind = "a positive integer" if positive_int else "a number"
             raise _fail(path, f"{key}[{show_name(pattern)}] must be {kind}, got {_describe(item)}")
-        try:
-            re.compile(pattern)
-        except re.error:
-            raise _fail(path, f"{key} key {show_name(pattern)} is not a valid regex") from None
+    PatternTable(value, key, path)  # keys must be plain module names: no regex is ever run
     return value
 
 
@@ -369,14 +360,10 @@ def _peft_type(config: Mapping[str, Any], path: str) -> str | None:
 
 
 def _pairs(tensors: Iterable[TensorInfo], path: str) -> list[_Pair]:
-    """Group the LoRA tensors by module; other tensors (biases, DoRA magnitudes) are skipped."""
+    """Group the LoRA tensors by module; any tensor that is not LoRA A/B is refused."""
     halves: dict[tuple[str, bool], dict[str, TensorInfo]] = {}
-    for tensor in tensors:
-        for suffix, (half, embedding) in _LORA_SUFFIXES.items():
-            if tensor.name.endswith(suffix):
-                module = tensor.name[: -len(suffix)].removeprefix(_PEFT_PREFIX)
-                halves.setdefault((module, embedding), {})[half] = tensor
-                break
+    for tensor in lora_tensors(tensors, path):
+        halves.setdefault((tensor.module, tensor.embedding), {})[tensor.half] = tensor.info
     if not halves:
         raise _fail(path, "no LoRA tensors (names ending in .lora_A.weight / .lora_B.weight)")
     pairs: list[_Pair] = []
@@ -391,23 +378,12 @@ def _pairs(tensors: Iterable[TensorInfo], path: str) -> list[_Pair]:
     return pairs
 
 
-def _expected_rank(module: str, r: int, rank_pattern: Mapping[str, int]) -> int:
-    """The rank PEFT gives ``module``: the first ``rank_pattern`` key matching its name's end."""
-    for pattern, rank in rank_pattern.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return rank
-    return r
-
-
 def _check_ranks(pairs: list[_Pair], config: Mapping[str, Any], path: str) -> None:
-    rank_pattern: Mapping[str, int] = config.get("rank_pattern") or {}
+    rank_pattern = PatternTable(config.get("rank_pattern") or {}, "rank_pattern", path)
     problems: list[str] = []
     for pair in pairs:
-        if len(pair.a.shape) < 2 or len(pair.b.shape) < 2:
-            problems.append(f"{show_name(pair.module)} has LoRA tensors of fewer than 2 dims")
-            continue
         rank_a, rank_b = pair.a.shape[0], pair.b.shape[1]
-        expected = _expected_rank(pair.module, config["r"], rank_pattern)
+        expected = rank_pattern.get(pair.module, config["r"])
         if rank_a != rank_b:
             problems.append(f"{show_name(pair.module)} lora_A rank {rank_a} != lora_B {rank_b}")
         elif rank_a != expected:

@@ -29,7 +29,17 @@ from tenantlora.adapters import (
 from tenantlora.errors import AdapterValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
-ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1}
+ITEMSIZE = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "U8": 1,
+    "F64": 8,
+    "I8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+}
 
 # A tiny llama: hidden 128, 4 heads of 32, 2 layers, intermediate 256, vocab 64.
 HIDDEN, INTERMEDIATE, LAYERS, VOCAB = 128, 256, 2, 64
@@ -55,14 +65,23 @@ def write_raw(path: Path, header: bytes, data_bytes: int, *, length: int | None 
 
 
 def write_safetensors_of_size(path: Path, total: int) -> None:
-    """A valid LoRA safetensors file of exactly ``total`` bytes (sparse: a zero-filled U8 pad)."""
+    """A valid LoRA safetensors file of exactly ``total`` bytes (sparse zeros).
+
+    The bulk is one extra rank-8 LoRA pair (module ``pad``, lora_A [8, n] in F32: 32-byte
+    steps); the header is padded with spaces (JSON allows them) to land on ``total`` exactly.
+    """
     tensors = lora_tensors()
     data = sum(math.prod(shape) * ITEMSIZE[dtype] for dtype, shape in tensors.values())
-    pad = 0
-    for _ in range(5):  # the header's own length depends on the pad's digits: iterate to a fix
-        header = json.dumps(_offsets({**tensors, "pad": ("U8", (pad,))})).encode()
-        pad = total - 8 - (len(header) + -len(header) % 8) - data
-    write_raw(path, header, data + pad)
+    a, b = "base_model.model.pad.lora_A.weight", "base_model.model.pad.lora_B.weight"
+    room = 4096  # header bytes reserved: more than the JSON needs
+    n = (total - 8 - room - data - 32) // 32
+    full = {**tensors, a: ("F32", (8, n)), b: ("F32", (1, 8))}
+    header = json.dumps(_offsets(full)).encode()
+    size = total - 8 - (data + 32 * n + 32)
+    assert len(header) <= size
+    with open(path, "wb") as fh:  # not write_raw: the header's length need not be 8-aligned
+        fh.write(struct.pack("<Q", size) + header + b" " * (size - len(header)))
+        fh.truncate(total)
     assert path.stat().st_size == total
 
 
@@ -344,11 +363,15 @@ def test_errors_never_quote_file_contents(tmp_path: Path) -> None:
     assert "SECRET" not in str(caught.value)
 
 
-def test_zero_size_tensors_are_legal_but_not_lora(tmp_path: Path) -> None:
-    """Zero-sized tensors are legal (offsets [n, n]); alone they are still not a LoRA adapter."""
+def test_zero_size_tensors_are_legal_safetensors_but_not_lora(tmp_path: Path) -> None:
+    """Zero-sized tensors are legal safetensors (offsets [n, n]), but not LoRA tensors."""
     directory = make_adapter(tmp_path / "a")
     write_raw(directory / ADAPTER_WEIGHTS, _header(t=_entry("U8", (0, 4), (0, 0))), 0)
-    with raises("no LoRA tensors"):
+    with raises("tensor 't' is not a LoRA tensor"):
+        inspect(directory)
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    write_raw(directory / ADAPTER_WEIGHTS, _header(**{name: _entry("F32", (0, 4), (0, 0))}), 0)
+    with raises("has shape [0, 4]; LoRA tensors are 2-D"):
         inspect(directory)
 
 
@@ -388,7 +411,12 @@ BAD_CONFIGS: dict[str, tuple[Any, str]] = {
     "targets a number": ({"target_modules": 3}, "'target_modules' must be a list"),
     "targets mixed": ({"target_modules": ["q_proj", 1]}, "'target_modules' must be a list"),
     "rank_pattern value": ({"rank_pattern": {"v_proj": "16"}}, "rank_pattern['v_proj'] must be"),
-    "rank_pattern regex": ({"rank_pattern": {"(": 16}}, "is not a valid regex"),
+    "rank_pattern regex": ({"rank_pattern": {"(": 16}}, "keys must be plain module names"),
+    "rank_pattern catastrophic regex": (
+        {"rank_pattern": {"(a|a)*c": 8}},
+        "regular expressions from files are not run",
+    ),
+    "alpha_pattern regex": ({"alpha_pattern": {"^q.*": 2.0}}, "keys must be plain module names"),
     "alpha_pattern list": ({"alpha_pattern": [1]}, "'alpha_pattern' must be an object"),
     "not LoRA": ({"peft_type": "IA3"}, "only LORA adapters are supported"),
     "model_type number": ({"model_type": 7}, "'model_type' must be a string"),
@@ -415,6 +443,9 @@ def test_bad_config(adapter: Path, case: str) -> None:
 def test_no_lora_tensors(tmp_path: Path) -> None:
     """A safetensors file without lora_A/lora_B names is not a LoRA adapter."""
     directory = make_adapter(tmp_path / "a", {"model.norm.weight": ("F32", (HIDDEN,))})
+    with raises("tensor 'model.norm.weight' is not a LoRA tensor"):
+        inspect(directory)
+    directory = make_adapter(tmp_path / "b", {})
     with raises("no LoRA tensors"):
         inspect(directory)
 

@@ -124,8 +124,25 @@ def make_extra(tmp_path: Path) -> Path:
         (lambda p: adapter(p, model_type="qwen2"), "qwen2"),
         (lambda p: adapter(p, base_model_name_or_path="meta-llama/Llama-2-7b-hf"), "trained on"),
         (lambda p: p / "nowhere", "no such adapter directory"),
+        (
+            lambda p: adapter(
+                p, tensors={**lora_tensors(), "base_model.model.model.norm.weight": ("F32", (128,))}
+            ),
+            "'base_model.model.model.norm.weight' is not a LoRA tensor",
+        ),
+        (lambda p: adapter(p, modules_to_save=["lm_head"]), "'modules_to_save' is set"),
     ],
-    ids=["rank", "size", "extra-file", "other-family", "unknown-type", "other-base", "missing"],
+    ids=[
+        "rank",
+        "size",
+        "extra-file",
+        "other-family",
+        "unknown-type",
+        "other-base",
+        "missing",
+        "base-tensor",
+        "modules-to-save",
+    ],
 )
 def test_invalid_adapters_are_refused_before_any_request(
     backend: WorkersAI, cloudflare: FakeCloudflare, tmp_path: Path, build: Any, match: str
