@@ -325,7 +325,9 @@ class StatsCollector:
             latency_p99_ms=p99,
             tenants=tenants,
             adapter_loads=adapters["load"],
-            adapter_load_failures=adapters["load_failed"],
+            adapter_load_failures=(
+                adapters["load_failed"] + adapters["refused"] + adapters["digest_mismatch"]
+            ),
             adapter_hits=adapters["hit"],
             adapter_evictions=adapters["evict"],
             adapter_refusals=adapters["refused"],

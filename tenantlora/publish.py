@@ -38,6 +38,7 @@ from tenantlora.adapters import (
     ADAPTER_WEIGHTS,
     WORKERS_AI_LIMITS,
     AdapterInfo,
+    digest,
     inspect,
     validate,
 )
@@ -139,6 +140,7 @@ def publish_adapter(
             text = description or f"tenantlora adapter {tenant}/{task} v{version}"
             finetune = backend.finetunes.create(name, backend.model, text)
         step.finetune_id = finetune.id
+        uploaded = digest(upload_dir)  # what the fine-tune holds, recorded with the version
         with step.run("upload"):
             assets = backend.finetunes.upload(finetune.id, upload_dir)
         with step.run("registry"):
@@ -148,6 +150,7 @@ def publish_adapter(
                 adapter_id=finetune.id,
                 base_model=backend.model,
                 metadata=_metadata(finetune, version, info, injected),
+                digest=uploaded,
             )
     _log.info("publish: %s/%s is now fine-tune %s (%s)", tenant, task, finetune.id, name)
     return PublishResult(

@@ -58,6 +58,17 @@ class ContractHarness(abc.ABC):
     def fail_next(self, mode: str) -> None:
         """Make the next call fail in the way ``mode`` names."""
 
+    def shared_weights(self, backend: Any) -> bytes | None:
+        """A fingerprint of every weight tenants share (the base model), or None when the
+        backend's weights are not observable from here (a remote server)."""
+        return None
+
+    #: Other adapters the backend serves: requesting them in turn evicts ``adapter`` when the
+    #: harness builds backends with room for one adapter.
+    other_adapters: tuple[str, ...] = ()
+    #: (adapter id, record) of a hostile adapter (valid LoRA plus a base tensor), or None.
+    hostile: tuple[str, Any] | None = None
+
 
 @contextmanager
 def _sync_backend(harness: ContractHarness) -> Iterator[Any]:
@@ -125,6 +136,28 @@ class BackendContract:
         with _sync_backend(harness) as backend, pytest.raises(AdapterNotAvailableError) as info:
             backend.chat(REQUEST, adapter=harness.missing_adapter)
         assert (info.value.backend, info.value.adapter) == (backend.name, harness.missing_adapter)
+
+    def test_adapters_never_change_shared_weights(self, harness: ContractHarness) -> None:
+        """Loading, using (chat and stream), refusing and evicting every adapter leaves every
+        shared (base) weight bit-identical."""
+        with _sync_backend(harness) as backend:
+            before = harness.shared_weights(backend)
+            if before is None:
+                pytest.skip("the backend's weights are not observable here")
+            backend.chat(REQUEST, adapter=harness.adapter)
+            backend.chat(REQUEST, adapter=None)
+            with pytest.raises(AdapterNotAvailableError):
+                backend.chat(REQUEST, adapter=harness.missing_adapter)
+            stream = backend.stream(REQUEST, adapter=harness.adapter)
+            list(stream)
+            for other in harness.other_adapters:  # evicts harness.adapter
+                backend.chat(REQUEST, adapter=other)
+            if harness.hostile is not None:
+                name, record = harness.hostile
+                with pytest.raises(AdapterNotAvailableError):
+                    backend.chat(REQUEST, adapter=name, record=record)
+            backend.chat(REQUEST, adapter=harness.adapter)  # loaded again
+            assert harness.shared_weights(backend) == before
 
     def test_stream_yields_deltas_then_finish(self, harness: ContractHarness) -> None:
         """stream() yields text deltas, then one final chunk carrying finish_reason."""

@@ -11,11 +11,14 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tenantlora.errors import (
+    AdapterLocationError,
+    AdapterValidationError,
     InvalidRequestError,
     InvalidTaskError,
     InvalidTenantError,
@@ -336,3 +339,63 @@ class RegistryContract:
         assert all(result == sorted(result) for result in results)  # each thread saw them grow
         assert active_version(registry) == threads * each
         assert len(registry.list(history=True)) == threads * each
+
+    # -- content: digests and the store root (issue 9 item 2) ---------------------------------
+
+    def test_publish_records_the_files_digest(
+        self, registry: WritableRegistry, tmp_path: Path
+    ) -> None:
+        """A local adapter directory gets its content digest recorded; get, list and rollback
+        return it; a remote uri keeps the digest given (or None)."""
+        from test_adapters import make_adapter
+
+        from tenantlora.adapters import digest
+
+        path = make_adapter(tmp_path / "acme")
+        record = registry.publish("acme", TASK, adapter_id="a1", uri=str(path))
+        assert record.digest == digest(path)
+        remote = "sha256:" + "d" * 64
+        registry.publish("acme", TASK, adapter_id="a2", uri="s3://b/a2", digest=remote)
+        assert registry.get("acme").adapters[TASK].digest == remote  # type: ignore[union-attr]
+        assert registry.rollback("acme", TASK).digest == digest(path)
+        assert [r.digest for r in registry.list(history=True)] == [digest(path), remote]
+
+    def test_a_digest_that_does_not_match_the_files_writes_nothing(
+        self, registry: WritableRegistry, tmp_path: Path
+    ) -> None:
+        from test_adapters import make_adapter
+
+        path = make_adapter(tmp_path / "acme")
+        with pytest.raises(AdapterValidationError, match="content digest is sha256:"):
+            registry.publish(
+                "acme", TASK, adapter_id="a1", uri=str(path), digest="sha256:" + "0" * 64
+            )
+        assert registry.list(history=True) == []
+
+    def test_store_root_keeps_each_tenant_in_its_directory(
+        self, registry: WritableRegistry, tmp_path: Path
+    ) -> None:
+        """With a store root, a uri outside {root}/{tenant}/ (another tenant, a prefix twin,
+        '..', a symlink, a remote scheme) is refused before anything is written."""
+        from test_adapters import make_adapter
+
+        root = tmp_path / "store"
+        own = make_adapter(root / "acme" / "adapters" / TASK / "v1")
+        other = make_adapter(root / "globex" / "adapters" / TASK / "v1")
+        twin = make_adapter(root / "acme-evil" / "v1")
+        link = root / "acme" / "link"
+        link.symlink_to(other, target_is_directory=True)
+        registry.store_root = root  # type: ignore[attr-defined]
+        for uri in (
+            str(other),
+            str(twin),
+            str(root / "acme" / ".." / "globex" / "adapters" / TASK / "v1"),
+            str(link),
+            f"file://{other}",
+            "s3://bucket/acme/v1",
+        ):
+            with pytest.raises(AdapterLocationError):
+                registry.publish("acme", TASK, adapter_id="x", uri=uri)
+        assert registry.list(history=True) == []
+        record = registry.publish("acme", TASK, adapter_id="ok", uri=f"file://{own}")
+        assert record.digest is not None

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import json
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -35,7 +38,8 @@ from transformers import (  # noqa: E402
 )
 
 from tenantlora import TenantLoRA  # noqa: E402
-from tenantlora.backends import create_backend  # noqa: E402
+from tenantlora.adapters import digest  # noqa: E402
+from tenantlora.backends import _peft_loader, create_backend  # noqa: E402
 from tenantlora.backends import peft as peft_backend  # noqa: E402
 from tenantlora.backends._peft_engine import _ANCHOR  # noqa: E402
 from tenantlora.backends._peft_generate import count_adapter_hooks  # noqa: E402
@@ -342,24 +346,60 @@ def _gated_outcomes(
 # -- the shared contract ----------------------------------------------------------------------
 
 
+def base_fingerprint(backend: LocalPeft) -> bytes:
+    """SHA-256 over the bytes of every parameter that is not a LoRA tensor (the base model)."""
+    model = backend._engine.model
+    assert model is not None
+    digest = hashlib.sha256()
+    # A layer PEFT wraps keeps its weight as `<module>.base_layer.weight`: the same tensor.
+    params = {n.replace(".base_layer.", "."): p for n, p in model.named_parameters()}
+    for name, param in sorted(params.items()):
+        if ".lora_" not in name:
+            digest.update(name.encode() + b"\0")
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()
+
+
+def hostile_adapter(models: Models, out: Path) -> Path:
+    """t1's files plus one base tensor (the final norm, set to 7s): what PEFT would write."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(exist_ok=True)
+    (out / "adapter_config.json").write_bytes(
+        (models.adapters["t1"] / "adapter_config.json").read_bytes()
+    )
+    tensors = load_file(models.adapters["t1"] / "adapter_model.safetensors")
+    tensors["base_model.model.model.norm.weight"] = torch.full((64,), 7.0)
+    save_file(tensors, out / "adapter_model.safetensors")
+    return out
+
+
 class PeftHarness(ContractHarness):
     adapter = "t1"
     missing_adapter = "no-such-adapter"
     failure_modes = ("generate_raises",)
+    other_adapters = ("t2", "t3")
 
-    def __init__(self, make: Callable[..., LocalPeft], spy: GenerateSpy) -> None:
+    def __init__(self, make: Callable[..., LocalPeft], spy: GenerateSpy, models: Models) -> None:
         self._make = make
         self._spy = spy
         self._backend: LocalPeft | None = None
         spy.translate = self._translate
+        path = hostile_adapter(models, models.base.parent / "hostile")
+        record = AdapterRecord(tenant="evil", task="icp", adapter_id="evil-v1", uri=str(path))
+        self.hostile = ("evil-v1", record)
+
+    def shared_weights(self, backend: Any) -> bytes | None:
+        return base_fingerprint(backend)
 
     def _translate(self, names: list[str]) -> list[str | None]:
         assert self._backend is not None
-        ids = {self._backend._engine.slot_of(a): a for a in (self.adapter, self.missing_adapter)}
+        known = (self.adapter, self.missing_adapter, *self.other_adapters)
+        ids = {self._backend._engine.slot_of(a): a for a in known}
         return [None if name == "__base__" else ids[name] for name in names]
 
     def make_backend(self) -> LocalPeft:
-        self._backend = self._make()
+        self._backend = self._make(max_loaded=1)
         return self._backend
 
     def served(self) -> str | None:
@@ -373,8 +413,10 @@ class PeftHarness(ContractHarness):
 
 class TestLocalPeftContract(BackendContract):
     @pytest.fixture
-    def harness(self, make: Callable[..., LocalPeft], spy: GenerateSpy) -> PeftHarness:
-        return PeftHarness(make, spy)
+    def harness(
+        self, make: Callable[..., LocalPeft], spy: GenerateSpy, models: Models
+    ) -> PeftHarness:
+        return PeftHarness(make, spy, models)
 
 
 # -- isolation --------------------------------------------------------------------------------
@@ -612,16 +654,16 @@ def test_failed_peft_load_leaves_no_half_loaded_adapter(
 ) -> None:
     """PEFT raising after it registered the adapter: not available, and the adapter is removed."""
     backend = make()
-    real = PeftModel.load_adapter
+    real = PeftModel.add_adapter
 
     def half_load(self: PeftModel, *args: Any, **kwargs: Any) -> Any:
         real(self, *args, **kwargs)
         raise RuntimeError("disk went away")
 
-    monkeypatch.setattr(PeftModel, "load_adapter", half_load)
+    monkeypatch.setattr(PeftModel, "add_adapter", half_load)
     with pytest.raises(AdapterNotAvailableError, match="PEFT could not load it"):
         backend.chat(_request(PROMPTS[0]), adapter="t1")
-    monkeypatch.setattr(PeftModel, "load_adapter", real)
+    monkeypatch.setattr(PeftModel, "add_adapter", real)
     model = backend._engine.model
     assert model is not None
     assert list(model.peft_config) == ["tenantlora_anchor"]
@@ -951,3 +993,142 @@ def test_a_dropped_backend_stops_its_worker(models: Models) -> None:
     gc.collect()
     thread.join(WAIT)
     assert not thread.is_alive()
+
+
+# -- isolation by content (issue 9 items 1 and 2) ---------------------------------------------
+
+PROMPT = PROMPTS[1]
+
+
+def record(tenant: str, adapter_id: str, path: Path, **fields: Any) -> AdapterRecord:
+    return AdapterRecord(tenant=tenant, task="icp", adapter_id=adapter_id, uri=str(path), **fields)
+
+
+def test_hazard_peft_load_adapter_writes_file_tensors_into_the_base(models: Models) -> None:
+    """HAZARD DEMO (why LocalPeft has its own loader): PEFT's load_adapter copies a non-LoRA
+    tensor from the file into the resident base model, for every tenant."""
+    path = hostile_adapter(models, models.base.parent / "hostile-demo")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(models.base), models.adapters["t2"]
+    )
+    norm = model.get_base_model().model.norm.weight
+    assert not torch.all(norm == 7.0)
+    model.load_adapter(str(path), adapter_name="evil")
+    assert torch.all(norm == 7.0)  # the shared final norm now holds the file's values
+
+
+def test_hostile_adapter_is_refused_and_the_base_is_untouched(
+    make: Any, models: Models, oracle: Oracle
+) -> None:
+    """The same file through LocalPeft: refused (event "refused"), base answers unchanged."""
+    backend = make()
+    events: list[AdapterEvent] = []
+    backend.subscribe(events.append)
+    before = base_fingerprint(backend)
+    path = hostile_adapter(models, models.base.parent / "hostile-peft")
+    with pytest.raises(AdapterNotAvailableError, match="is not a LoRA tensor"):
+        backend.chat(_request(PROMPT), adapter="evil", record=record("evil", "evil", path))
+    assert [(e.kind, e.error) for e in events] == [("refused", "AdapterValidationError")]
+    assert base_fingerprint(backend) == before
+    assert backend.chat(_request(PROMPT), adapter=None).text == oracle.text[PROMPT, None]
+    assert backend.loaded() == []
+
+
+def test_the_loader_writes_only_lora_even_if_validation_were_bypassed(
+    make: Any, models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: with validation switched off, the loader still refuses to write a
+    tensor that is not the new adapter's own LoRA parameter, and the base stays bit-identical."""
+    backend = make()
+    before = base_fingerprint(backend)
+    monkeypatch.setattr(_peft_loader, "validate", lambda path, base: _lenient_inspect(path))
+    path = hostile_adapter(models, models.base.parent / "hostile-bypass")
+    with pytest.raises(AdapterNotAvailableError):
+        backend.chat(_request(PROMPT), adapter="evil", record=record("evil", "evil", path))
+    assert base_fingerprint(backend) == before
+    model = backend._engine.model
+    assert model is not None
+    assert list(model.peft_config) == ["tenantlora_anchor"]  # the half-made adapter was removed
+
+
+class _Info:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+
+def _lenient_inspect(path: str) -> _Info:
+    return _Info(json.loads((Path(path) / "adapter_config.json").read_text()))
+
+
+def test_two_tenants_with_the_same_adapter_id_get_their_own_weights(
+    make: Any, models: Models, oracle: Oracle
+) -> None:
+    """kahuna and goliath both publish adapter_id "icp-v1" with different files: each tenant is
+    served its own adapter, every time, in any order."""
+    backend = make()
+    kahuna = record("kahuna", "icp-v1", models.adapters["t1"])
+    goliath = record("goliath", "icp-v1", models.adapters["t2"])
+    for _ in range(3):
+        for rec, own in ((kahuna, "t1"), (goliath, "t2")):
+            reply = backend.chat(_request(PROMPT), adapter="icp-v1", record=rec)
+            assert reply.text == oracle.text[PROMPT, own]
+    assert backend.loaded() == ["icp-v1", "icp-v1"]  # two loads: one per tenant's content
+
+
+def test_identical_files_are_still_not_shared_across_tenants(make: Any, models: Models) -> None:
+    backend = make()
+    for tenant in ("kahuna", "goliath"):
+        backend.chat(
+            _request(PROMPT), adapter="same", record=record(tenant, "same", models.adapters["t1"])
+        )
+    assert len(backend.loaded()) == 2
+
+
+@pytest.mark.parametrize("with_digest", [False, True], ids=["files-digest", "record-digest"])
+def test_new_files_under_an_old_id_are_served_fresh(
+    make: Any, models: Models, oracle: Oracle, tmp_path: Path, with_digest: bool
+) -> None:
+    """A tenant republishing new files under the same id (and path) gets the new weights."""
+    backend = make()
+    path = tmp_path / "acme-icp"
+    shutil.copytree(models.adapters["t1"], path)
+    first = record("acme", "icp-v1", path, digest=digest(path) if with_digest else None)
+    assert (
+        backend.chat(_request(PROMPT), adapter="icp-v1", record=first).text
+        == oracle.text[PROMPT, "t1"]
+    )
+    shutil.rmtree(path)
+    shutil.copytree(models.adapters["t3"], path)
+    second = record("acme", "icp-v1", path, digest=digest(path) if with_digest else None)
+    assert (
+        backend.chat(_request(PROMPT), adapter="icp-v1", record=second).text
+        == oracle.text[PROMPT, "t3"]
+    )
+
+
+def test_a_digest_mismatch_is_unavailable_with_an_event_and_never_loads(
+    make: Any, models: Models, oracle: Oracle, tmp_path: Path
+) -> None:
+    """Files that are not the ones the registry recorded: no load, event digest_mismatch, and
+    through the client a fallback to base counted in stats."""
+    backend = make()
+    events: list[AdapterEvent] = []
+    backend.subscribe(events.append)
+    wrong = record("acme", "icp-v1", models.adapters["t1"], digest=digest(models.adapters["t2"]))
+    with pytest.raises(AdapterNotAvailableError, match="differs from the registry's"):
+        backend.chat(_request(PROMPT), adapter="icp-v1", record=wrong)
+    assert [e.kind for e in events] == ["digest_mismatch"]
+    assert backend.loaded() == []
+
+    # The realistic way in: files swapped on disk after the registry recorded their digest.
+    path = tmp_path / "acme-icp"
+    shutil.copytree(models.adapters["t1"], path)
+    registry = MemoryRegistry()
+    registry.publish("acme", "icp", adapter_id="icp-v2", uri=str(path))
+    shutil.rmtree(path)
+    shutil.copytree(models.adapters["t2"], path)
+    client = TenantLoRA(backend=backend, registry=registry)
+    reply = client.chat("acme", "icp", [{"role": "user", "content": PROMPT}])
+    assert (reply.adapter, reply.fallback_reason) == (None, "adapter_unavailable")
+    assert reply.text == oracle.text[PROMPT, None]
+    assert client.stats().adapter_digest_mismatches == 1

@@ -14,6 +14,7 @@ from cloudflare_fake import ACCOUNT, BASE_URL, MODEL, TOKEN, FakeCloudflare, err
 from test_adapters import lora_tensors, make_adapter, write_safetensors_of_size
 
 from tenantlora import publish_adapter
+from tenantlora.adapters import digest_contents
 from tenantlora.backends import WorkersAI
 from tenantlora.errors import PublishError, RegistryError
 from tenantlora.registry import MemoryRegistry
@@ -70,6 +71,7 @@ def test_publish_creates_uploads_then_registers(
     assert (result.record.adapter_id, result.record.base_model) == (finetune.id, MODEL)
     assert result.record.metadata["finetune_name"] == "acme-icp_classifier-v1"
     assert result.model_type_injected is False
+    assert result.record.digest == digest_contents(cloudflare.assets[finetune.id])
 
 
 def test_missing_model_type_is_injected_on_a_copy(

@@ -127,6 +127,11 @@ def test_list_skips_keys_that_are_not_tenants(
             json.dumps({TASK: {"id": "x", "version": 1, "history": [{"id": "y"}]}}).encode(),
             "repeats a version",
         ),
+        (
+            json.dumps({TASK: {"id": "x", "created_at": "0001-01-01T00:00:00+14:00"}}).encode(),
+            "created_at is out of range in UTC",
+        ),
+        (json.dumps({TASK: {"id": "x", "digest": "md5:abc"}}).encode(), "digest"),
     ],
 )
 def test_malformed_values_name_the_key(
@@ -140,16 +145,25 @@ def test_malformed_values_name_the_key(
     assert info.value.tenant == "acme"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [{TASK: 5}, {TASK: {"id": "x", "created_at": "0001-01-01T00:00:00+14:00"}}],
+    ids=["wrong-type", "created-at-overflow"],
+)
 def test_a_malformed_value_is_never_overwritten_or_deleted(
-    registry: CloudflareKV, cloudflare: FakeCloudflare
+    registry: CloudflareKV, cloudflare: FakeCloudflare, value: Any
 ) -> None:
-    """publish and delete_tenant refuse to touch a value they cannot read."""
-    cloudflare.kv[KEY] = json.dumps({TASK: 5}).encode()
+    """publish, rollback and delete_tenant refuse to touch a value they cannot read (the same
+    rule as get: a created_at that overflows in UTC is malformed everywhere, never an
+    OverflowError on writes)."""
+    cloudflare.kv[KEY] = json.dumps(value).encode()
     with pytest.raises(AdapterResolutionError):
         registry.publish("acme", TASK, adapter_id="ft-1")
     with pytest.raises(AdapterResolutionError):
+        registry.rollback("acme", TASK)
+    with pytest.raises(AdapterResolutionError):
         registry.delete_tenant("acme")
-    assert cloudflare.kv[KEY] == json.dumps({TASK: 5}).encode()
+    assert cloudflare.kv[KEY] == json.dumps(value).encode()
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def test_file_is_in_wal_mode_and_marked_as_ours(registry: SQLiteRegistry, db: Pa
     """A new registry file uses WAL journaling and carries our application_id and schema."""
     assert raw(db, "PRAGMA journal_mode") == [("wal",)]
     assert raw(db, "PRAGMA application_id") == [(0x544C4F52,)]
-    assert raw(db, "PRAGMA user_version") == [(1,)]
+    assert raw(db, "PRAGMA user_version") == [(2,)]
 
 
 def test_memory_registries_are_private() -> None:
@@ -186,8 +186,8 @@ def test_foreign_application_id_is_refused(db: Path) -> None:
 def test_newer_schema_is_refused(db: Path) -> None:
     """A registry written with a newer schema version says so instead of misreading it."""
     SQLiteRegistry(db).close()
-    raw(db, "PRAGMA user_version = 2")
-    with pytest.raises(RegistryError, match=r"schema version 2.*newer"):
+    raw(db, "PRAGMA user_version = 3")
+    with pytest.raises(RegistryError, match=r"schema version 3.*newer"):
         SQLiteRegistry(db)
 
 
@@ -396,3 +396,44 @@ def test_switch_to_wal_waits_for_a_writer_instead_of_failing(
         blocker.close()
     assert seen.count("PRAGMA journal_mode = WAL") == 2  # refused once, then switched
     assert raw(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+# -- schema version 1 files (before content digests) ------------------------------------------
+
+V1_SCHEMA = (
+    """CREATE TABLE adapters (
+        tenant TEXT NOT NULL, task TEXT NOT NULL, version INTEGER NOT NULL CHECK (version >= 1),
+        adapter_id TEXT NOT NULL, base_model TEXT, status TEXT NOT NULL, uri TEXT,
+        created_at TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (tenant, task, version)) WITHOUT ROWID""",
+    """CREATE TABLE active (
+        tenant TEXT NOT NULL, task TEXT NOT NULL, version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, task),
+        FOREIGN KEY (tenant, task, version) REFERENCES adapters (tenant, task, version)
+    ) WITHOUT ROWID""",
+)
+
+
+def test_a_version_1_file_is_migrated_on_open_and_keeps_its_records(db: Path) -> None:
+    """A file written by the version-1 code gains the digest column; its records read back
+    with digest None, and new publishes record digests."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        for statement in V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO adapters VALUES ('acme', 'icp', 1, 'a1', NULL, 'ready', NULL, "
+            "'2026-01-01T00:00:00+00:00', '{}')"
+        )
+        conn.execute("INSERT INTO active VALUES ('acme', 'icp', 1)")
+        conn.execute("PRAGMA application_id = 0x544C4F52")
+        conn.execute("PRAGMA user_version = 1")
+    with SQLiteRegistry(db) as registry:
+        [old] = registry.list()
+        assert (old.adapter_id, old.digest) == ("a1", None)
+        new = registry.publish("acme", "icp", adapter_id="a2", digest="sha256:" + "c" * 64)
+        assert registry.get("acme").adapters["icp"] == new  # type: ignore[union-attr]
+    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "SELECT adapter_id, digest FROM adapters ORDER BY version") == [
+        ("a1", None),
+        ("a2", "sha256:" + "c" * 64),
+    ]

@@ -23,7 +23,12 @@ at an evicted adapter.
 
 Tenant adapters are loaded under generated names (``tl0``, ``tl1``, ...), not under their ids:
 PEFT stores adapters in ``nn.ModuleDict``s, whose keys may not contain ".", and a fresh name per
-load means a reloaded adapter can never be confused with what was there before.
+load means a reloaded adapter can never be confused with what was there before. The LRU is keyed
+by *content*, never by ``adapter_id``: :func:`tenantlora.naming.loaded_adapter_name` of the
+record's tenant and the files' content digest (the record's digest, verified at load; or, for a
+record without one, the files' digest, recomputed whenever a file changes). Two tenants with the
+same ``adapter_id`` never share weights, and new files under an old id are loaded fresh. Adapters
+are installed by ``_peft_loader``, which writes only the new adapter's own LoRA parameters.
 """
 
 from __future__ import annotations
@@ -45,7 +50,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from tenantlora._hf import quiet
-from tenantlora.adapters import validate
 from tenantlora.backends._peft_generate import (
     BASE,
     Row,
@@ -55,6 +59,14 @@ from tenantlora.backends._peft_generate import (
     sampling,
     seeded,
     strip_adapter_hooks,
+)
+from tenantlora.backends._peft_loader import (
+    DigestMemo,
+    DigestMismatch,
+    Prepared,
+    install,
+    prepare,
+    read_files,
 )
 from tenantlora.backends._peft_mixed import install as install_mixed_forward
 from tenantlora.backends._peft_worker import Job, LocalPeftStats, find_stop
@@ -66,6 +78,7 @@ from tenantlora.errors import (
     ConfigurationError,
 )
 from tenantlora.events import AdapterEvent
+from tenantlora.naming import loaded_adapter_name
 from tenantlora.types import ChatResponse, Usage
 
 __all__ = ["Engine"]
@@ -73,7 +86,8 @@ __all__ = ["Engine"]
 logger = logging.getLogger("tenantlora")
 
 _ANCHOR = "tenantlora_anchor"
-_Kind = Literal["load", "hit", "evict", "load_failed"]
+_Kind = Literal["load", "hit", "evict", "load_failed", "refused", "digest_mismatch"]
+MAX_ADAPTER_BYTES = 2 * 1024**3  # both files together; a LoRA adapter this size is not one
 
 
 def _chained(error: BackendError, cause: BaseException) -> BackendError:
@@ -135,7 +149,9 @@ class Engine:
         self._emit = emit
         self.tokenizer = _load_tokenizer(base_dir)
         self.model: PeftModel | None = _load_model(base_dir)
-        self._slots: OrderedDict[str, str] = OrderedDict()  # adapter id -> PEFT name, LRU first
+        # content key -> (adapter id, PEFT name), least recently used first
+        self._slots: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._digests = DigestMemo()
         self._slot_names = (f"tl{n}" for n in itertools.count())
         self._lock = threading.Lock()
         self._stats = LocalPeftStats()
@@ -152,16 +168,17 @@ class Engine:
     def loaded(self) -> list[str]:
         """Resident adapter ids, least recently used first."""
         with self._lock:
-            return list(self._slots)
+            return [adapter for adapter, _ in self._slots.values()]
 
     def stats(self) -> LocalPeftStats:
         with self._lock:
             return self._stats
 
     def slot_of(self, adapter: str) -> str | None:
-        """The PEFT adapter name ``adapter`` is loaded under (None if not resident)."""
+        """The PEFT adapter name ``adapter`` was last loaded under (None if not resident)."""
         with self._lock:
-            return self._slots.get(adapter)
+            found = [slot for loaded, slot in self._slots.values() if loaded == adapter]
+        return found[-1] if found else None
 
     def _count(self, **deltas: float) -> None:
         with self._lock:
@@ -185,36 +202,43 @@ class Engine:
     def _chunks(self, group: list[Job]) -> list[list[Job]]:
         """Split ``group`` so no chunk needs more than ``max_loaded`` adapters resident."""
         chunks: list[list[Job]] = [[]]
-        adapters: set[str] = set()
+        adapters: set[object] = set()
         for job in group:
-            if job.adapter is not None and job.adapter not in adapters:
+            if job.adapter is not None and job.source not in adapters:
                 if len(adapters) == self._max_loaded:
                     chunks.append([])
                     adapters = set()
-                adapters.add(job.adapter)
+                adapters.add(job.source)
             chunks[-1].append(job)
         return [chunk for chunk in chunks if chunk]
 
     def _rows(self, chunk: list[Job], closing: threading.Event) -> list[Row]:
         """Load the chunk's adapters and tokenize its prompts; jobs that fail are settled."""
-        pinned = {job.adapter for job in chunk if job.adapter is not None}
-        failed: dict[str, BackendError] = {}
+        keys: dict[object, str | BackendError] = {}
+        for job in chunk:
+            if job.adapter is not None and job.source not in keys:
+                keys[job.source] = self._key(job)
+        pinned = {key for key in keys.values() if isinstance(key, str)}
+        failed: dict[object, BackendError] = {}
         rows: list[Row] = []
         for job in chunk:
             if job.cancelled.is_set() or closing.is_set():
                 job.settle(self._cancelled(job, closing))
                 continue
-            if job.adapter is not None and job.adapter in failed:  # one load attempt per chunk
-                first = failed[job.adapter]
+            key = keys.get(job.source) if job.adapter is not None else None
+            if isinstance(key, BackendError):
+                failed.setdefault(job.source, key)
+            if job.source in failed:  # one load attempt per chunk
+                first = failed[job.source]
                 job.settle(
                     AdapterNotAvailableError(str(first), backend=self._name, adapter=job.adapter)
                 )
                 continue
             try:
-                slot = BASE if job.adapter is None else self._ensure(job, pinned)
+                slot = BASE if not isinstance(key, str) else self._ensure(job, key, pinned)
                 rows.append(Row(job, slot, self._prompt_ids(job)))
             except AdapterNotAvailableError as exc:
-                failed[str(job.adapter)] = exc
+                failed[job.source] = exc
                 job.settle(exc)
             except BackendError as exc:
                 job.settle(exc)
@@ -382,34 +406,59 @@ class Engine:
 
     # -- adapters ----------------------------------------------------------------------------
 
-    def _ensure(self, job: Job, pinned: set[str]) -> str:
+    def _key(self, job: Job) -> str | BackendError:
+        """The content key of ``job``'s adapter: tenant + content digest (never the id alone).
+
+        Uses the record's digest when it has one (verified when the files load), else the
+        files' digest (memoised until a file changes). An error when the files are unreadable.
+        """
+        assert job.adapter is not None
+        assert job.path is not None
+        try:
+            digest = job.digest or self._digests.digest(job.path, MAX_ADAPTER_BYTES)
+        except AdapterValidationError as exc:
+            return self._load_failed(job.adapter, exc, str(exc))
+        if job.tenant is None:  # an operator-configured adapter (LocalPeft(adapters=...))
+            return f"operator:{digest}"
+        return loaded_adapter_name(job.tenant, digest)
+
+    def _ensure(self, job: Job, key: str, pinned: set[str]) -> str:
         """The PEFT name of ``job``'s adapter, loading it (and evicting another) if needed."""
-        adapter, path = job.adapter, job.path
+        adapter = job.adapter
         assert adapter is not None  # only adapter jobs get here
-        assert path is not None  # LocalPeft resolves the directory before queueing
         with self._lock:
-            slot = self._slots.get(adapter)
-            if slot is not None:
-                self._slots.move_to_end(adapter)
-        if slot is not None:
+            found = self._slots.get(key)
+            if found is not None:
+                self._slots.move_to_end(key)
+        if found is not None:
             self._event("hit", adapter)
             self._count(hits=1)
-            return slot
-        return self._load(adapter, path, pinned)
+            return found[1]
+        return self._load(job, key, pinned)
 
-    def _load(self, adapter: str, path: str, pinned: set[str]) -> str:
-        started = time.perf_counter()
+    def _prepare(self, job: Job) -> Prepared:
+        """Read, hash, verify and validate the files before anything is evicted or injected."""
+        adapter, path = job.adapter, job.path
+        assert adapter is not None
+        assert path is not None
         try:
-            # Check the files before PEFT sees them: a corrupt or mismatched adapter must fail
-            # here, cleanly, not halfway through injecting layers into the shared model.
-            validate(path, base=self._base_dir)
+            contents = read_files(path, MAX_ADAPTER_BYTES)
+            return prepare(contents, job.digest, self._base_dir, path)
+        except DigestMismatch as exc:
+            raise self._load_failed(adapter, exc, str(exc), "digest_mismatch") from exc
         except AdapterValidationError as exc:
-            raise self._load_failed(adapter, exc, str(exc)) from exc
+            raise self._load_failed(adapter, exc, str(exc), "refused") from exc
+
+    def _load(self, job: Job, key: str, pinned: set[str]) -> str:
+        adapter = job.adapter
+        assert adapter is not None
+        started = time.perf_counter()
+        prepared = self._prepare(job)
         self._make_room(pinned)
         assert self.model is not None
         slot = next(self._slot_names)
         try:
-            self.model.load_adapter(path, adapter_name=slot, is_trainable=False)
+            install(self.model, slot, prepared)
             install_mixed_forward(self.model)  # loading may have wrapped more layers
         except Exception as exc:
             self._discard(slot)
@@ -417,17 +466,19 @@ class Engine:
             raise self._load_failed(adapter, exc, reason) from exc
         ms = (time.perf_counter() - started) * 1000.0
         with self._lock:
-            self._slots[adapter] = slot
+            self._slots[key] = (adapter, slot)
         self._count(loads=1, load_ms_total=ms)
         with self._lock:
             self._stats = dataclasses.replace(self._stats, load_ms_last=ms)
         self._event("load", adapter, ms=ms)
         return slot
 
-    def _load_failed(self, adapter: str, exc: Exception, reason: str) -> AdapterNotAvailableError:
+    def _load_failed(
+        self, adapter: str, exc: Exception, reason: str, kind: _Kind = "load_failed"
+    ) -> AdapterNotAvailableError:
         logger.warning("%s: adapter %r not loaded: %s", self._name, adapter, reason)
         self._count(load_failures=1)
-        self._event("load_failed", adapter, error=type(exc).__name__)
+        self._event(kind, adapter, error=type(exc).__name__)
         error = AdapterNotAvailableError(
             f"adapter {adapter!r} is not available: {reason}", backend=self._name, adapter=adapter
         )
@@ -440,13 +491,13 @@ class Engine:
             with self._lock:
                 if len(self._slots) < self._max_loaded:
                     return
-                victim = next((a for a in self._slots if a not in pinned), None)
+                victim = next((k for k in self._slots if k not in pinned), None)
                 if victim is None:
                     return  # cannot happen: chunks never need more than max_loaded adapters
-                slot = self._slots.pop(victim)
+                adapter, slot = self._slots.pop(victim)
             self._discard(slot)
             self._count(evictions=1)
-            self._event("evict", victim)
+            self._event("evict", adapter)
 
     def _discard(self, slot: str) -> None:
         """Delete a PEFT adapter; if PEFT cannot, rebuild the model rather than serve from it."""
@@ -465,7 +516,7 @@ class Engine:
         """Reload the base model from disk; every resident adapter is dropped (evicted)."""
         logger.warning("%s: rebuilding the model from %s", self._name, self._base_dir)
         with self._lock:
-            dropped = list(self._slots)
+            dropped = [adapter for adapter, _ in self._slots.values()]
             self._slots.clear()
         self.model = None
         self._active = _ANCHOR

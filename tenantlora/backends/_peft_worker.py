@@ -66,7 +66,9 @@ class LocalPeftStats:
 class Job:
     """One chat or stream request on its way through the worker.
 
-    ``path`` is the adapter directory (None for the base model). ``on_delta`` is set for
+    ``path`` is the adapter directory (None for the base model); ``tenant`` and ``digest`` come
+    from the registry record (None for adapters given to LocalPeft by the operator) and decide,
+    with the files' content, which loaded adapter serves the job. ``on_delta`` is set for
     streaming jobs only: the worker calls it with each new piece of text, in the worker thread,
     and it must not block. ``cancelled`` tells the worker to stop generating for this job (the
     caller timed out, closed its stream, or went away); its result is then discarded.
@@ -81,6 +83,13 @@ class Job:
         default_factory=concurrent.futures.Future
     )
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tenant: str | None = None
+    digest: str | None = None
+
+    @property
+    def source(self) -> Hashable:
+        """What decides the adapter's identity: same source, same loaded adapter."""
+        return (self.tenant, self.adapter, self.path, self.digest)
 
     @property
     def stream(self) -> bool:

@@ -27,8 +27,9 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
+from tenantlora._location import local_path
 from tenantlora.backends._lifecycle import ContextManaged
 from tenantlora.backends._peft_worker import DeltaSink, Job, LocalPeftStats, Worker
 from tenantlora.errors import (
@@ -45,16 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["LocalPeft", "LocalPeftStats"]
 
 logger = logging.getLogger("tenantlora")
-
-
-def _local_dir(uri: str) -> str | None:
-    """A local directory from a path or ``file://`` URI; None for remote URIs (s3://, ...)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, C:\...
-        return None
-    return uri
 
 
 class LocalPeft(ContextManaged):
@@ -163,7 +154,10 @@ class LocalPeft(ContextManaged):
         path = None if adapter is None else self._adapter_dir(adapter, record)
         limit = self._max_new_tokens
         max_tokens = min(request.max_tokens or limit, limit)
-        return Job(request, adapter, path, max_tokens, on_delta)
+        use = record is not None and record.uri and adapter is not None
+        tenant = record.tenant if use and record is not None else None
+        digest = record.digest if use and record is not None else None
+        return Job(request, adapter, path, max_tokens, on_delta, tenant=tenant, digest=digest)
 
     def _adapter_dir(self, adapter: str, record: AdapterRecord | None) -> str:
         uri = record.uri if record is not None and record.uri else self._adapters.get(adapter)
@@ -173,7 +167,7 @@ class LocalPeft(ContextManaged):
                 backend=self.name,
                 adapter=adapter,
             )
-        path = _local_dir(uri)
+        path = local_path(uri)
         if path is None:
             raise AdapterNotAvailableError(
                 f"adapter {adapter!r}: {urlparse(uri).scheme}:// URIs are not local directories",

@@ -6,10 +6,14 @@ layout, read as version 1, ready) or an object::
 
     {"id": "6f1c...", "version": 3, "status": "ready", "base_model": "@cf/mistral/...",
      "uri": null, "created_at": "2024-06-01T10:00:00+00:00", "metadata": {},
+     "digest": "sha256:...",
      "history": [{"id": "...", "version": 1, ...}, {"id": "...", "version": 2, ...}]}
 
 The top-level fields are the active version, so a Worker reading ``value[task].id`` (or the
 string) finds the adapter to send; ``history`` keeps the other versions for rollback.
+``digest`` (the adapter files' content digest) is written only when known; values written before
+it existed read back with ``digest=None``. ``created_at`` must convert to UTC (a time such as
+``0001-01-01T00:00:00+14:00`` cannot) or the value is malformed, on reads and writes alike.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from tenantlora.types import AdapterRecord
 __all__ = ["TaskVersions", "decode_value", "encode_value", "entry_of", "task_versions"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # created_at of a bare-string entry
-_FIELDS = ("id", "version", "status", "base_model", "uri", "created_at", "metadata", "history")
+_FIELDS = (
+    "id", "version", "status", "base_model", "uri", "created_at", "metadata", "digest", "history",
+)  # fmt: skip
 
 
 class TaskVersions:
@@ -73,7 +79,7 @@ def _record(entry: object, key: str, tenant: str, task: str, where: str) -> Adap
     if unknown:
         raise _malformed(key, f"{where} has unknown fields {sorted(unknown)}", tenant, task)
     try:
-        return AdapterRecord(
+        record = AdapterRecord(
             tenant=tenant,
             task=task,
             adapter_id=entry.get("id"),
@@ -83,10 +89,15 @@ def _record(entry: object, key: str, tenant: str, task: str, where: str) -> Adap
             uri=entry.get("uri"),
             created_at=entry.get("created_at") or _EPOCH,
             metadata=entry.get("metadata") or {},
+            digest=entry.get("digest"),
         )
     except ValidationError as exc:
         fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
         raise _malformed(key, f"{where}: bad {fields}", tenant, task) from None
+    try:
+        return record.model_copy(update={"created_at": record.created_at.astimezone(timezone.utc)})
+    except (OverflowError, ValueError):
+        raise _malformed(key, f"{where}: created_at is out of range in UTC", tenant, task) from None
 
 
 def task_versions(value: dict[str, Any], key: str, tenant: str, task: str) -> TaskVersions | None:
@@ -122,6 +133,7 @@ def _flat(record: AdapterRecord) -> dict[str, Any]:
         "uri": record.uri,
         "created_at": record.created_at.astimezone(timezone.utc).isoformat(),
         "metadata": record.metadata,
+        **({"digest": record.digest} if record.digest is not None else {}),
     }
 
 

@@ -1,11 +1,17 @@
 """The SQLite registry's file format: recognise our files, create the schema, refuse others.
 
-Schema version 1, marked by ``PRAGMA application_id`` (``"TLOR"``) and ``PRAGMA user_version``::
+Schema version 2, marked by ``PRAGMA application_id`` (``"TLOR"``) and ``PRAGMA user_version``::
 
-    adapters(tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata)
-        every published version; created_at is ISO-8601 UTC, metadata a JSON object
+    adapters(tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata,
+             digest)
+        every published version; created_at is ISO-8601 UTC, metadata a JSON object, digest the
+        adapter files' content digest (``sha256:<hex>``, NULL when unknown)
     active(tenant, task, version)
         which version of each (tenant, task) is served
+
+Migrations run when a file is opened, in one write transaction: version 1 (no ``digest``
+column) becomes version 2 by ``ALTER TABLE adapters ADD COLUMN digest TEXT``; its records read
+back with ``digest=None``. A file of a newer version than this code knows is refused.
 
 sqlite3 errors raised here are mapped by the caller, :class:`tenantlora.registry.SQLiteRegistry`.
 """
@@ -22,7 +28,7 @@ __all__ = ["prepare"]
 _log = logging.getLogger("tenantlora")
 
 _APPLICATION_ID = 0x544C4F52  # "TLOR": marks the file as a tenantlora registry
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _TABLES = frozenset({"adapters", "active"})
 _WAL_ATTEMPTS = 20
 _SCHEMA = (
@@ -36,6 +42,7 @@ _SCHEMA = (
         uri        TEXT,
         created_at TEXT    NOT NULL,
         metadata   TEXT    NOT NULL DEFAULT '{}',
+        digest     TEXT,
         PRIMARY KEY (tenant, task, version)
     ) WITHOUT ROWID""",
     """CREATE TABLE active (
@@ -61,6 +68,9 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         _refuse_foreign(path, app_id, tables)
         _initialise(conn, path)
     schema = _pragma(conn, "user_version")
+    if schema in _MIGRATIONS:
+        _migrate(conn, path)
+        schema = _pragma(conn, "user_version")
     if schema != _SCHEMA_VERSION:
         newer = " (written by a newer tenantlora; upgrade)" if schema > _SCHEMA_VERSION else ""
         raise RegistryError(
@@ -76,6 +86,30 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         _log.warning("registry: %s could not use WAL (journal_mode=%s)", path, mode)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA secure_delete = ON")  # erased rows are overwritten, not just unlinked
+
+
+#: schema version -> the statements that take a file from it to the next version
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE adapters ADD COLUMN digest TEXT",),
+}
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring an older file up to :data:`_SCHEMA_VERSION`, one version per step, atomically."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _pragma(conn, "user_version")  # re-read: another process may have migrated
+        while version in _MIGRATIONS:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
+            _log.info("registry: migrated %s to schema version %d", path, version)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _use_wal(conn: sqlite3.Connection) -> str:

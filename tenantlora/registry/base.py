@@ -56,6 +56,13 @@ class WritableRegistry(AdapterRegistry, Protocol):
     (:class:`tenantlora.errors.InvalidTenantError` / ``InvalidTaskError``) and raise
     :class:`tenantlora.errors.RegistryError` when the store fails or a rollback target does not
     exist (the message names the versions that do). A failed write changes nothing.
+
+    Content: every ``publish`` records the adapter files' content digest (``sha256:<hex>``):
+    computed from ``uri`` when it is a local adapter directory (a given ``digest`` that differs
+    is :class:`tenantlora.errors.AdapterValidationError`), else ``digest`` as given. A registry
+    built with ``store_root`` refuses a ``uri`` outside ``{store_root}/{tenant}/`` (after
+    resolving ``..`` and symlinks) with :class:`tenantlora.errors.AdapterLocationError`. Both
+    are checked before anything is written.
     """
 
     def publish(
@@ -68,6 +75,7 @@ class WritableRegistry(AdapterRegistry, Protocol):
         uri: str | None = None,
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
+        digest: str | None = None,
     ) -> AdapterRecord: ...
 
     def rollback(

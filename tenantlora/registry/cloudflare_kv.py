@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from tenantlora.backends._http import as_secret, error_info, sensitive_values
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.registry._content import settle_content
 from tenantlora.registry._kv_layout import (
     TaskVersions,
     decode_value,
@@ -144,8 +145,10 @@ class CloudflareKV:
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 10.0,
         http_client: httpx.Client | None = None,
+        store_root: str | os.PathLike[str] | None = None,
     ) -> None:
         self._config = _KVConfig(account_id, namespace_id, api_token, prefix, base_url, timeout)
+        self.store_root = store_root
         self._client = http_client
         self._owns_client = http_client is None
         self._lock = threading.Lock()  # serialises read-modify-write cycles
@@ -203,15 +206,17 @@ class CloudflareKV:
         uri: str | None = None,
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
+        digest: str | None = None,
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active; the
         previous active version moves to the task's ``history``."""
         validate_tenant(tenant)
         validate_task(task)
         meta = _metadata_json(metadata)
+        digest = settle_content(tenant, uri, digest, self.store_root)
         draft = _make_record(
             tenant, task, 1, adapter_id=adapter_id, base_model=base_model, uri=uri,
-            status=status, metadata=json.loads(meta),
+            status=status, metadata=json.loads(meta), digest=digest,
         )  # fmt: skip
         key = self._config.key(tenant)
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, InvalidRequestError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.registry._content import settle_content
 from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
 
 __all__ = ["MemoryRegistry"]
@@ -49,7 +51,13 @@ class MemoryRegistry:
     :class:`~tenantlora.errors.ConfigurationError`.
     """
 
-    def __init__(self, records: Iterable[AdapterRecord] = ()) -> None:
+    def __init__(
+        self,
+        records: Iterable[AdapterRecord] = (),
+        *,
+        store_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store_root = store_root
         # One lock for everything: every operation is a few dict operations, never I/O.
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[str, _History]] = {}
@@ -96,11 +104,13 @@ class MemoryRegistry:
         uri: str | None = None,
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
+        digest: str | None = None,
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active."""
         validate_tenant(tenant)
         validate_task(task)
         meta = _metadata_json(metadata)
+        digest = settle_content(tenant, uri, digest, self.store_root)
         with self._lock:
             history = self._tenants.get(tenant, {}).get(task, _History())
             version = max(history.records, default=0) + 1
@@ -113,6 +123,7 @@ class MemoryRegistry:
                 uri=uri,
                 status=status,
                 metadata=json.loads(meta),  # a deep copy, normalised as the SQLite store would
+                digest=digest,
             )
             # Only mutate once the record is built: a failed publish changes nothing.
             history.records[version] = record
@@ -189,6 +200,7 @@ def _make_record(
     status: AdapterStatus = "ready",
     metadata: dict[str, Any] | None = None,
     created_at: datetime | None = None,
+    digest: str | None = None,
 ) -> AdapterRecord:
     """Build a record, mapping pydantic's validation error to InvalidRequestError.
 
@@ -207,6 +219,7 @@ def _make_record(
             uri=uri,
             status=status,
             metadata=metadata or {},
+            digest=digest,
             **fields,
         )
     except ValidationError as exc:

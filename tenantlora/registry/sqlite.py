@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.registry._content import settle_content
 from tenantlora.registry._sqlite_schema import prepare
 from tenantlora.registry.memory import (
     _check_version,
@@ -39,7 +40,7 @@ _log = logging.getLogger("tenantlora")
 
 _COLUMNS = (
     "a.tenant, a.task, a.version, a.adapter_id, a.base_model, a.status, a.uri, a.created_at, "
-    "a.metadata"
+    "a.metadata, a.digest"
 )
 _ACTIVE_JOIN = (
     "adapters AS a JOIN active AS v "
@@ -66,7 +67,14 @@ class SQLiteRegistry:
             registry.rollback("acme", "icp_classifier")  # RegistryError: nothing earlier yet
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        store_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store_root = store_root
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise ConfigurationError(f"timeout must be a number of seconds, not {timeout!r}")
         if not (math.isfinite(timeout) and timeout >= 0):
@@ -139,11 +147,13 @@ class SQLiteRegistry:
         uri: str | None = None,
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
+        digest: str | None = None,
     ) -> AdapterRecord:
         """Insert a new version (highest + 1) for (tenant, task) and make it active."""
         validate_tenant(tenant)
         validate_task(task)
         meta = _metadata_json(metadata)
+        digest = settle_content(tenant, uri, digest, self.store_root)
         # Built (and validated) before any I/O; only the version is filled in under the lock.
         draft = _make_record(
             tenant,
@@ -154,6 +164,7 @@ class SQLiteRegistry:
             uri=uri,
             status=status,
             metadata=json.loads(meta),
+            digest=digest,
         )
         with self._transaction("publish", tenant, task) as conn:
             (latest,) = conn.execute(
@@ -291,7 +302,9 @@ class SQLiteRegistry:
 
     def _record(self, row: Sequence[Any]) -> AdapterRecord:
         """A stored row as a record; RegistryError naming the tenant and task if malformed."""
-        tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata = row
+        tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata, digest = (
+            row
+        )
         try:
             meta = json.loads(metadata)
             if not isinstance(meta, dict):
@@ -306,6 +319,7 @@ class SQLiteRegistry:
                 uri=uri,
                 created_at=_parse_time(created_at),
                 metadata=meta,
+                digest=digest,
             )
         except ValidationError as exc:
             reason = _summarise(exc)
@@ -348,7 +362,7 @@ def _insert(conn: sqlite3.Connection, record: AdapterRecord, metadata_json: str)
     created_at = record.created_at.astimezone(timezone.utc).isoformat()
     conn.execute(
         "INSERT INTO adapters (tenant, task, version, adapter_id, base_model, status, uri, "
-        "created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, metadata, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.tenant,
             record.task,
@@ -359,6 +373,7 @@ def _insert(conn: sqlite3.Connection, record: AdapterRecord, metadata_json: str)
             record.uri,
             created_at,
             metadata_json,
+            record.digest,
         ),
     )
 
