@@ -91,6 +91,8 @@ def bench_overhead(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[st
     import openai
 
     from tenantlora import TenantLoRA
+    from tenantlora._digests import DigestMemo
+    from tenantlora.backends._vllm_preflight import served_name
     from tenantlora.backends.vllm import VLLM
     from tenantlora.types import ChatRequest
 
@@ -101,11 +103,13 @@ def bench_overhead(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[st
     client = TenantLoRA(backend=backend, registry=_registry(records))
     raw = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     request = ChatRequest(messages=messages, max_tokens=1, temperature=0.0)  # type: ignore[arg-type]
+    # VLLM loads a record's files under a content-derived name; the raw client asks for that.
+    served = served_name(record.adapter_id, record, DigestMemo())
     variants: dict[str, Callable[[], object]] = {
         # tenantlora first: its warm-up call loads the adapter for the others
         "tenantlora": lambda: client.chat("kahuna", "icp", messages, max_tokens=1, temperature=0.0),
         "openai": lambda: raw.chat.completions.create(
-            model=record.adapter_id,
+            model=served,
             messages=messages,
             max_tokens=1,
             temperature=0.0,  # type: ignore[arg-type]
@@ -171,9 +175,13 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
     import openai
 
     from tenantlora import AsyncTenantLoRA
+    from tenantlora._digests import DigestMemo
+    from tenantlora.backends._vllm_preflight import served_name
     from tenantlora.backends.vllm import VLLM
 
     records = _records(adapters, "burst")
+    memo = DigestMemo()  # the raw clients ask for the content-derived names VLLM loads under
+    served = {t: served_name(r.adapter_id, r, memo) for t, r in records.items()}
     messages = _messages(sizes.burst)
     tenants = [TENANTS[i % len(TENANTS)] for i in range(sizes.burst)]
 
@@ -188,7 +196,7 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
         raw = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         session = aiohttp.ClientSession()
         bodies = [
-            json.dumps({"model": records[t].adapter_id, "messages": m, "max_tokens": 8,
+            json.dumps({"model": served[t], "messages": m, "max_tokens": 8,
                         "temperature": 0.0}).encode()
             for t, m in zip(tenants, messages, strict=True)
         ]  # fmt: skip
@@ -216,7 +224,7 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
 
         async def theirs() -> None:
             await asyncio.gather(*(
-                raw.chat.completions.create(model=records[t].adapter_id, messages=m,  # type: ignore[arg-type]
+                raw.chat.completions.create(model=served[t], messages=m,  # type: ignore[arg-type]
                                             max_tokens=8, temperature=0.0)
                 for t, m in zip(tenants, messages, strict=True)
             ))  # fmt: skip

@@ -14,11 +14,13 @@ import pytest
 from backend_contract import BackendContract, ContractHarness
 from openai_server import ADAPTER, BASE_MODEL, Reply, chat_chunk, refused_url
 from test_adapters import lora_tensors, make_adapter, make_base
-from vllm_fake import VLLMFake
+from vllm_fake import ALIASES, VLLMFake, alias
 
 from tenantlora import TenantLoRA
+from tenantlora._digests import DigestMemo
 from tenantlora.backends import _vllm_replica as replica_module
 from tenantlora.backends import create_backend
+from tenantlora.backends._vllm_preflight import served_name
 from tenantlora.backends._vllm_replica import Replica, base_children
 from tenantlora.backends.vllm import VLLM, Preloaded
 from tenantlora.errors import (
@@ -52,13 +54,27 @@ def make(*urls: str, **options: Any) -> VLLM:
 def record(
     adapter_id: str = NEW, uri: str | Path | None = None, *, tenant: str = "acme", **fields: Any
 ) -> AdapterRecord:
-    return AdapterRecord(
+    """A record; the content-derived name VLLM will load it under is registered as an alias
+    of ``adapter_id`` (vllm_fake.ALIASES), so traces and answers read in adapter ids."""
+    made = AdapterRecord(
         tenant=tenant,
         task=fields.pop("task", "icp"),
         adapter_id=adapter_id,
         uri=None if uri is None else str(uri),
         **fields,
     )
+    ALIASES[served(made)] = adapter_id
+    return made
+
+
+def served(made: AdapterRecord) -> str:
+    """The name VLLM loads ``made``'s adapter under on the server."""
+    return served_name(made.adapter_id, made, DigestMemo())
+
+
+def ids(names: list[str]) -> list[str]:
+    """Server-side names read as adapter ids."""
+    return [alias(name) for name in names]
 
 
 def watch(backend: VLLM) -> list[AdapterEvent]:
@@ -68,7 +84,7 @@ def watch(backend: VLLM) -> list[AdapterEvent]:
 
 
 def kinds(events: list[AdapterEvent]) -> list[tuple[str, str]]:
-    return [(event.kind, event.adapter) for event in events]
+    return [(event.kind, alias(event.adapter)) for event in events]
 
 
 def answer(adapter: str | None) -> str:
@@ -167,10 +183,13 @@ def test_first_use_loads_then_resends_and_second_call_is_a_hit(
     assert (first.text, first.adapter, second.text) == (answer(NEW), NEW, answer(NEW))
     load = fake.server.requests[1]
     assert (load.method, load.path) == ("POST", "/v1/load_lora_adapter")
-    assert load.json() == {"lora_name": NEW, "lora_path": str(adapter_dir)}
+    assert load.json() == {
+        "lora_name": served(record(NEW, adapter_dir)),
+        "lora_path": str(adapter_dir),
+    }
     assert kinds(events) == [("load", NEW), ("hit", NEW)]
     assert events[0].backend == "vllm"
-    assert NEW in fake.models
+    assert served(record(NEW, adapter_dir)) in fake.models
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -282,7 +301,7 @@ def test_server_losing_an_adapter_reloads_it(fake: VLLMFake, adapter_dir: Path) 
     """An adapter the server dropped (restart, another client) is reloaded on its 404."""
     with make(fake.url) as backend:
         backend.chat(REQUEST, adapter=NEW, record=record(NEW, adapter_dir))
-        fake.models.discard(NEW)
+        fake.models.discard(served(record(NEW, adapter_dir)))
         reply = backend.chat(REQUEST, adapter=NEW, record=record(NEW, adapter_dir))
     assert reply.text == answer(NEW)
     assert fake.trace()[3:] == [f"chat {NEW}", f"load {NEW}", f"chat {NEW}"]
@@ -293,7 +312,7 @@ async def test_aserver_losing_an_adapter_reloads_it(fake: VLLMFake, adapter_dir:
     """The async twin of the reload on a lost adapter."""
     async with make(fake.url) as backend:
         await backend.achat(REQUEST, adapter=NEW, record=record(NEW, adapter_dir))
-        fake.models.discard(NEW)
+        fake.models.discard(served(record(NEW, adapter_dir)))
         reply = await backend.achat(REQUEST, adapter=NEW, record=record(NEW, adapter_dir))
     assert reply.text == answer(NEW)
     assert len(fake.loads) == 2
@@ -430,19 +449,21 @@ def test_max_loaded_unloads_the_least_recently_used(
     with make(bare.url, max_loaded=2) as backend:
         events = watch(backend)
         for name in names[:2]:
-            backend.chat(REQUEST, adapter=name, record=record(name, adapter_dir))
+            backend.chat(REQUEST, adapter=name, record=record(name, adapter_dir, tenant=name))
         if refresh:
-            backend.chat(REQUEST, adapter="t-a", record=record("t-a", adapter_dir))
-        backend.chat(REQUEST, adapter="t-c", record=record("t-c", adapter_dir))
+            backend.chat(REQUEST, adapter="t-a", record=record("t-a", adapter_dir, tenant="t-a"))
+        backend.chat(REQUEST, adapter="t-c", record=record("t-c", adapter_dir, tenant="t-c"))
         assert bare.unloads == [victim]
         unload = [r for r in bare.server.requests if r.path == "/v1/unload_lora_adapter"]
-        assert [r.json() for r in unload] == [{"lora_name": victim}]
+        assert [alias(r.json()["lora_name"]) for r in unload] == [victim]
         assert ("evict", victim) in kinds(events)
         kept = sorted(set(names) - {victim})
-        assert bare.models == {BASE_MODEL, *kept}
-        assert backend.loaded() == kept
+        assert set(ids(sorted(bare.models))) == {BASE_MODEL, *kept}
+        assert sorted(ids(backend.loaded())) == kept
         # the evicted adapter comes back on demand
-        reply = backend.chat(REQUEST, adapter=victim, record=record(victim, adapter_dir))
+        reply = backend.chat(
+            REQUEST, adapter=victim, record=record(victim, adapter_dir, tenant=victim)
+        )
     assert reply.text == answer(victim)
     assert len(bare.unloads) == 2
 
@@ -455,8 +476,10 @@ async def test_amax_loaded_unloads_the_least_recently_used(
     async with make(bare.url, max_loaded=2, async_transport=transport) as backend:
         events = watch(backend)
         for name in ("t-a", "t-b", "t-a", "t-c"):
-            await backend.achat(REQUEST, adapter=name, record=record(name, adapter_dir))
-        assert await backend.aloaded() == ["t-a", "t-c"]
+            await backend.achat(
+                REQUEST, adapter=name, record=record(name, adapter_dir, tenant=name)
+            )
+        assert sorted(ids(await backend.aloaded())) == ["t-a", "t-c"]
     assert bare.unloads == ["t-b"]
     assert ("evict", "t-b") in kinds(events)
 
@@ -465,9 +488,9 @@ def test_unload_the_server_no_longer_has_still_evicts(bare: VLLMFake, adapter_di
     """An unload answered 404 ("cannot be found") has met its goal: evict, no error."""
     with make(bare.url, max_loaded=1) as backend:
         events = watch(backend)
-        backend.chat(REQUEST, adapter="t-a", record=record("t-a", adapter_dir))
-        bare.models.discard("t-a")
-        backend.chat(REQUEST, adapter="t-b", record=record("t-b", adapter_dir))
+        backend.chat(REQUEST, adapter="t-a", record=record("t-a", adapter_dir, tenant="t-a"))
+        bare.models.discard(served(record("t-a", adapter_dir, tenant="t-a")))
+        backend.chat(REQUEST, adapter="t-b", record=record("t-b", adapter_dir, tenant="t-b"))
     assert bare.unloads == ["t-a"]
     assert ("evict", "t-a") in kinds(events)
 
@@ -499,7 +522,7 @@ def test_preflight_refuses_before_any_request(
                 backend.chat(REQUEST, adapter=NEW, record=record(NEW, uri))
             assert reason in str(info.value)
     assert fake.server.requests == []
-    assert kinds(events) == [("load_failed", NEW)] * 2
+    assert kinds(events) == [("refused", NEW)] * 2
 
 
 def test_preflight_refuses_a_declared_base_model_mismatch(fake: VLLMFake) -> None:
@@ -633,6 +656,7 @@ def test_each_tenant_is_served_by_its_first_replica(
 ) -> None:
     """Every tenant's adapters are loaded and served on replicas_for(tenant)[0] only."""
     expected: dict[int, set[str]] = {0: set(), 1: set()}
+    dirs = {"icp": adapter_dir, "churn": make_adapter(adapter_dir.parent / "churn", lora_alpha=32)}
     with make(pair[0].url, pair[1].url) as backend:
         assert backend.base_urls == (pair[0].root, pair[1].root)
         for index, fake in enumerate(pair):
@@ -640,7 +664,7 @@ def test_each_tenant_is_served_by_its_first_replica(
                 for task in ("icp", "churn"):  # a tenant's adapters share its replica
                     adapter = f"{tenant}-{task}-v1"
                     expected[index].add(adapter)
-                    rec = record(adapter, adapter_dir, tenant=tenant, task=task)
+                    rec = record(adapter, dirs[task], tenant=tenant, task=task)
                     for _ in range(2):
                         reply = backend.chat(REQUEST, adapter=adapter, record=rec)
                         assert reply.text == answer(adapter)
@@ -821,7 +845,7 @@ async def test_apreload_loads_what_it_can_and_reports_the_rest(
     records = preload_records(tmp_path)
     async with make(fake.url, max_lora_rank=8) as backend:
         check_preloaded(await backend.apreload(records), fake)
-        assert await backend.aloaded() == sorted([ADAPTER, "good-1", "good-2"])
+        assert sorted(ids(await backend.aloaded())) == sorted([ADAPTER, "good-1", "good-2"])
 
 
 def test_preload_goes_to_the_tenants_replica(
@@ -931,3 +955,70 @@ def test_a_local_base_dir_settles_fit_by_shapes_not_names(fake: VLLMFake, tmp_pa
         assert backend.chat(REQUEST, adapter=NEW, record=record(NEW, other_name)).text == answer(
             NEW
         )
+
+
+# -- isolation by content (issue 9 items 1 and 2) -----------------------------------------------
+
+
+def test_two_tenants_with_the_same_adapter_id_get_their_own_loads(
+    fake: VLLMFake, tmp_path: Path
+) -> None:
+    """kahuna and goliath both publish "icp-v1" with different files: two loads under two
+    names, each tenant's requests sent to its own; new files under the old id load fresh."""
+    kahuna_dir = make_adapter(tmp_path / "kahuna")
+    goliath_dir = make_adapter(tmp_path / "goliath", lora_alpha=32)
+    kahuna = AdapterRecord(tenant="kahuna", task="icp", adapter_id="icp-v1", uri=str(kahuna_dir))
+    goliath = AdapterRecord(tenant="goliath", task="icp", adapter_id="icp-v1", uri=str(goliath_dir))
+    with make(fake.url) as backend:
+        for rec in (kahuna, goliath, kahuna, goliath):
+            reply = backend.chat(REQUEST, adapter="icp-v1", record=rec)
+            assert reply.adapter == "icp-v1"
+        names = {rec.tenant: served(rec) for rec in (kahuna, goliath)}
+        assert names["kahuna"] != names["goliath"]
+        assert fake.loads == [
+            (names["kahuna"], str(kahuna_dir)),
+            (names["goliath"], str(goliath_dir)),
+        ]
+        sent = [r.json()["model"] for r in fake.chats()]
+        assert sent == [names["kahuna"]] * 2 + [names["goliath"]] * 2 + [
+            names["kahuna"],
+            names["goliath"],
+        ]
+        make_adapter(kahuna_dir, lora_alpha=64)  # republished in place: new content
+        backend.chat(REQUEST, adapter="icp-v1", record=kahuna)
+        assert fake.loads[-1][0] not in names.values()
+        assert len(fake.loads) == 3
+
+
+def test_a_digest_mismatch_is_never_loaded(fake: VLLMFake, tmp_path: Path) -> None:
+    """Local files that are not the ones the registry recorded: no load, event digest_mismatch."""
+    from tenantlora.adapters import digest
+
+    path = make_adapter(tmp_path / "acme")
+    other = make_adapter(tmp_path / "other", lora_alpha=32)
+    rec = AdapterRecord(
+        tenant="acme", task="icp", adapter_id=NEW, uri=str(path), digest=digest(other)
+    )
+    with make(fake.url) as backend:
+        events = watch(backend)
+        with pytest.raises(AdapterNotAvailableError, match="differs from the registry's") as info:
+            backend.chat(REQUEST, adapter=NEW, record=rec)
+    assert info.value.adapter == NEW
+    assert fake.loads == []
+    assert [(e.kind, e.adapter) for e in events] == [("digest_mismatch", NEW)]
+
+
+def test_a_hostile_adapter_is_refused_before_the_server_is_asked(
+    fake: VLLMFake, tmp_path: Path
+) -> None:
+    """A valid adapter plus a base tensor never reaches POST /v1/load_lora_adapter."""
+    from test_adapters import lora_tensors
+
+    tensors = {**lora_tensors(), "base_model.model.model.norm.weight": ("F32", (128,))}
+    path = make_adapter(tmp_path / "evil", tensors)
+    with make(fake.url) as backend:
+        events = watch(backend)
+        with pytest.raises(AdapterNotAvailableError, match="is not a LoRA tensor"):
+            backend.chat(REQUEST, adapter=NEW, record=record(NEW, path, tenant="evil"))
+    assert fake.server.requests == []
+    assert kinds(events) == [("refused", NEW)]

@@ -34,7 +34,18 @@ from typing import Any
 
 from openai_server import BASE_MODEL, OpenAIServer, RecordedRequest, Reply
 
-__all__ = ["GATE_TIMEOUT", "MAX_LORA_RANK", "VLLMFake"]
+__all__ = ["ALIASES", "GATE_TIMEOUT", "MAX_LORA_RANK", "VLLMFake", "alias"]
+
+#: Server-side adapter name -> the adapter id a test knows it by. VLLM loads a record's files
+#: under a content-derived name (tl-<tenant>-<hash>); tests register the names they expect so
+#: that traces, load logs and answers read in adapter ids.
+ALIASES: dict[str, str] = {}
+
+
+def alias(name: str) -> str:
+    """The adapter id a server-side name stands for (the name itself when not an alias)."""
+    return ALIASES.get(name, name)
+
 
 GATE_TIMEOUT = 10.0  # seconds a gated load waits at most, so a broken test cannot hang
 MAX_LORA_RANK = 8  # the fake server's --max-lora-rank, quoted in its rank errors
@@ -105,7 +116,8 @@ class VLLMFake:
         for r in list(self.server.requests):
             verb = _VERBS.get(r.path, r.path)
             body = r.json() if r.body else {}
-            trace.append(f"{verb} {body.get('model') or body.get('lora_name') or ''}".strip())
+            name = alias(body.get("model") or body.get("lora_name") or "")
+            trace.append(f"{verb} {name}".strip())
         return trace
 
     def __call__(self, request: RecordedRequest) -> Reply:
@@ -115,12 +127,19 @@ class VLLMFake:
             return self._unload(request.json())
         if request.method == "GET" and request.path == "/v1/models":
             return Reply.json({"object": "list", "data": self._model_cards()})
-        return self.server.default_reply(request)
+        reply = self.server.default_reply(request)
+        model = (request.json() if request.body else {}).get("model")
+        if isinstance(model, str) and model in ALIASES:  # answer as "<adapter id> says: ..."
+            old, new = model.encode(), ALIASES[model].encode()
+            reply.body = reply.body.replace(old, new)
+            if reply.events is not None:
+                reply.events = [event.replace(old, new) for event in reply.events]
+        return reply
 
     def _load(self, body: dict[str, Any]) -> Reply:
         name, path = body["lora_name"], body["lora_path"]
         with self._lock:
-            self.loads.append((name, path))
+            self.loads.append((alias(name), path))
         self.load_arrived.set()
         if self.gate is not None and not self.gate.wait(GATE_TIMEOUT):
             return Reply.error(500, "test gate never opened", type="InternalServerError")
@@ -147,7 +166,7 @@ class VLLMFake:
     def _unload(self, body: dict[str, Any]) -> Reply:
         name = body["lora_name"]
         with self._lock:
-            self.unloads.append(name)
+            self.unloads.append(alias(name))
             if name == self.base or name not in self.models:
                 message = f"The lora adapter '{name}' cannot be found."
                 return Reply.error(404, message, type="NotFoundError", code=404)

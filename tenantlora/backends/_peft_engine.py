@@ -49,6 +49,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from tenantlora._digests import DigestMemo, read_files
 from tenantlora._hf import quiet
 from tenantlora.backends._peft_generate import (
     BASE,
@@ -60,14 +61,7 @@ from tenantlora.backends._peft_generate import (
     seeded,
     strip_adapter_hooks,
 )
-from tenantlora.backends._peft_loader import (
-    DigestMemo,
-    DigestMismatch,
-    Prepared,
-    install,
-    prepare,
-    read_files,
-)
+from tenantlora.backends._peft_loader import DigestMismatch, Prepared, install, prepare
 from tenantlora.backends._peft_mixed import install as install_mixed_forward
 from tenantlora.backends._peft_worker import Job, LocalPeftStats, find_stop
 from tenantlora.errors import (

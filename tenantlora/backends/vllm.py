@@ -18,19 +18,21 @@ A vLLM fleet serves per-tenant adapters with no manual adapter management:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from tenantlora._digests import DigestMemo
 from tenantlora.backends._affinity import ReplicaHealth, rendezvous_order
 from tenantlora.backends._httpx import AsyncTransportKind
 from tenantlora.backends._lifecycle import ContextManaged
-from tenantlora.backends._vllm_preflight import Preflight
+from tenantlora.backends._vllm_preflight import Preflight, digest_problem, served_name
 from tenantlora.backends._vllm_replica import Replica
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.errors import (
@@ -119,6 +121,8 @@ class VLLM(ContextManaged):
         self._hooks = AdapterHooks()
         self._preflight = Preflight(max_rank=max_lora_rank, base_model=base_model)
         self._refusals: dict[tuple[str, str | None, str | None], str | None] = {}
+        self._digests = DigestMemo()
+        self._ids: dict[str, str] = {}  # server-side name -> adapter id, for events
         self._replicas: dict[str, Replica] = {}
         for url in urls:
             api = OpenAICompatible(
@@ -127,7 +131,7 @@ class VLLM(ContextManaged):
             )  # fmt: skip
             self._replicas[url] = Replica(
                 url, api, backend=name, max_loaded=max_loaded, load_timeout=load_timeout,
-                emit=self._hooks.emit, failure_ttl=load_failure_ttl, clock=clock,
+                emit=self._emit, failure_ttl=load_failure_ttl, clock=clock,
             )  # fmt: skip
         self._urls = tuple(urls)
         self._health = ReplicaHealth(failover_cooldown, clock)
@@ -163,11 +167,36 @@ class VLLM(ContextManaged):
             urls = self.replicas_for(record.tenant if record is not None else adapter)
         return [self._replicas[url] for url in urls]
 
-    def _refusal(self, adapter: str, record: AdapterRecord | None) -> None:
-        """Raise AdapterNotAvailableError if the preflight refuses ``record`` (cached)."""
+    def _name(self, adapter: str | None, record: AdapterRecord | None) -> str | None:
+        """The name the server holds the adapter under (content-derived; see served_name)."""
+        if adapter is None:
+            return None
+        name = served_name(adapter, record, self._digests)
+        if name != adapter and self._ids.get(name) != adapter:
+            if len(self._ids) >= _PREFLIGHT_CACHE:
+                self._ids.clear()
+            self._ids[name] = adapter
+        return name
+
+    def _emit(self, event: AdapterEvent) -> None:
+        """Replica events name the server-side name; hooks get the adapter id."""
+        self._hooks.emit(event._replace(adapter=self._ids.get(event.adapter, event.adapter)))
+
+    def _refusal(self, adapter: str, name: str, record: AdapterRecord | None) -> None:
+        """Raise AdapterNotAvailableError when ``record``'s files must not be loaded: they are
+        not the ones the registry recorded (event ``digest_mismatch``) or fail the preflight
+        (event ``refused``, cached per content)."""
         if record is None:
             return
-        key = (adapter, record.uri, record.base_model)
+        mismatch = digest_problem(record, self._digests)
+        if mismatch is not None:
+            self._hooks.emit(_failed_event("digest_mismatch", adapter, self.name))
+            raise AdapterNotAvailableError(
+                f"{self.name}: adapter {adapter!r} not loaded: {mismatch}",
+                backend=self.name,
+                adapter=adapter,
+            )
+        key = (name, record.uri, record.base_model)
         if key in self._refusals:
             reason = self._refusals[key]
         else:
@@ -176,7 +205,7 @@ class VLLM(ContextManaged):
                 self._refusals.clear()
             self._refusals[key] = reason
         if reason is not None:
-            self._hooks.emit(_failed_event(adapter, self.name))
+            self._hooks.emit(_failed_event("refused", adapter, self.name))
             raise AdapterNotAvailableError(
                 f"{self.name}: adapter {adapter!r} refused before loading: {reason}",
                 backend=self.name,
@@ -214,18 +243,23 @@ class VLLM(ContextManaged):
         raise last
 
     def _with_adapter(
-        self, replica: Replica, adapter: str, record: AdapterRecord | None, send: Callable[[], T]
+        self,
+        replica: Replica,
+        adapter: str,
+        name: str,
+        record: AdapterRecord | None,
+        send: Callable[[], T],
     ) -> T:
-        """Send; if the server lacks the adapter, load it (after the preflight) and send once
-        more."""
-        if replica.known(adapter):
+        """Send (as ``name``, the server-side name); if the server lacks the adapter, load it
+        (after the digest check and the preflight) and send once more."""
+        if replica.known(name):
             try:
                 return send()
             except AdapterNotAvailableError:
-                replica.forget(adapter)  # restarted, or unloaded by someone else
+                replica.forget(name)  # restarted, or unloaded by someone else
         else:
-            self._refusal(adapter, record)
-            failure = replica.recent_failure(adapter)
+            self._refusal(adapter, name, record)
+            failure = replica.recent_failure(name)
             if failure is not None:
                 raise failure
             try:
@@ -233,26 +267,27 @@ class VLLM(ContextManaged):
             except AdapterNotAvailableError:
                 pass
             else:
-                replica.note(adapter)
+                replica.note(name)
                 return result
-        replica.ensure_loaded(adapter, record.uri if record is not None else None)
+        replica.ensure_loaded(name, record.uri if record is not None else None)
         return send()
 
     async def _awith_adapter(
         self,
         replica: Replica,
         adapter: str,
+        name: str,
         record: AdapterRecord | None,
         send: Callable[[], Awaitable[T]],
     ) -> T:
-        if replica.known(adapter):
+        if replica.known(name):
             try:
                 return await send()
             except AdapterNotAvailableError:
-                replica.forget(adapter)
+                replica.forget(name)
         else:
-            self._refusal(adapter, record)
-            failure = replica.recent_failure(adapter)
+            self._refusal(adapter, name, record)
+            failure = replica.recent_failure(name)
             if failure is not None:
                 raise failure
             try:
@@ -260,9 +295,9 @@ class VLLM(ContextManaged):
             except AdapterNotAvailableError:
                 pass
             else:
-                replica.note(adapter)
+                replica.note(name)
                 return result
-        await replica.aensure_loaded(adapter, record.uri if record is not None else None)
+        await replica.aensure_loaded(name, record.uri if record is not None else None)
         return await send()
 
     # -- sync --------------------------------------------------------------------------------
@@ -276,16 +311,19 @@ class VLLM(ContextManaged):
         record: AdapterRecord | None = None,
     ) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
+        name = self._name(adapter, record)
 
         def call(replica: Replica) -> ChatResponse:
             def send() -> ChatResponse:
-                return replica.api.chat(request, adapter=adapter, timeout=timeout)
+                return replica.api.chat(request, adapter=name, timeout=timeout)
 
-            if adapter is None:
+            if adapter is None or name is None:
                 return send()
-            return self._with_adapter(replica, adapter, record, send)
+            return self._with_adapter(replica, adapter, name, record, send)
 
-        return self._failover(self._order(adapter, record), call)
+        with _named(adapter, name):
+            reply = self._failover(self._order(adapter, record), call)
+        return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     def stream(
         self,
@@ -298,19 +336,24 @@ class VLLM(ContextManaged):
         """Stream text deltas. Loading and failover happen before the first chunk; after it,
         errors are raised as they come."""
 
+        name = self._name(adapter, record)
+
         def call(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
             def send() -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
-                return _first(replica.api.stream(request, adapter=adapter, timeout=timeout))
+                return _first(replica.api.stream(request, adapter=name, timeout=timeout))
 
-            if adapter is None:
+            if adapter is None or name is None:
                 return send()
-            return self._with_adapter(replica, adapter, record, send)
+            return self._with_adapter(replica, adapter, name, record, send)
 
-        first, rest = self._failover(self._order(adapter, record), call)
+        with _named(adapter, name):
+            first, rest = self._failover(self._order(adapter, record), call)
+        restamp = name != adapter
         try:
             if first is not None:
-                yield first
-                yield from rest
+                yield first.model_copy(update={"adapter": adapter}) if restamp else first
+                for chunk in rest:
+                    yield chunk.model_copy(update={"adapter": adapter}) if restamp else chunk
         finally:
             close = getattr(rest, "close", None)
             if close is not None:
@@ -325,11 +368,12 @@ class VLLM(ContextManaged):
         failed: dict[str, str] = {}
         for record in records:
             adapter = record.adapter_id
+            name = self._name(adapter, record) or adapter
             try:
-                self._refusal(adapter, record)
+                self._refusal(adapter, name, record)
                 replica = self._failover(
                     self._order(adapter, record),
-                    functools.partial(_loaded_on, adapter=adapter, record=record),
+                    functools.partial(_loaded_on, adapter=name, record=record),
                 )
             except BackendError as exc:
                 failed[adapter] = str(exc)
@@ -366,15 +410,19 @@ class VLLM(ContextManaged):
     ) -> ChatResponse:
         """The async twin of :meth:`chat`."""
 
+        name = self._name(adapter, record)
+
         async def call(replica: Replica) -> ChatResponse:
             async def send() -> ChatResponse:
-                return await replica.api.achat(request, adapter=adapter, timeout=timeout)
+                return await replica.api.achat(request, adapter=name, timeout=timeout)
 
-            if adapter is None:
+            if adapter is None or name is None:
                 return await send()
-            return await self._awith_adapter(replica, adapter, record, send)
+            return await self._awith_adapter(replica, adapter, name, record, send)
 
-        return await self._afailover(self._order(adapter, record), call)
+        with _named(adapter, name):
+            reply = await self._afailover(self._order(adapter, record), call)
+        return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     async def astream(
         self,
@@ -386,20 +434,24 @@ class VLLM(ContextManaged):
     ) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
 
+        name = self._name(adapter, record)
+
         async def call(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
             async def send() -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
-                return await _afirst(replica.api.astream(request, adapter=adapter, timeout=timeout))
+                return await _afirst(replica.api.astream(request, adapter=name, timeout=timeout))
 
-            if adapter is None:
+            if adapter is None or name is None:
                 return await send()
-            return await self._awith_adapter(replica, adapter, record, send)
+            return await self._awith_adapter(replica, adapter, name, record, send)
 
-        first, rest = await self._afailover(self._order(adapter, record), call)
+        with _named(adapter, name):
+            first, rest = await self._afailover(self._order(adapter, record), call)
+        restamp = name != adapter
         try:
             if first is not None:
-                yield first
+                yield first.model_copy(update={"adapter": adapter}) if restamp else first
                 async for chunk in rest:
-                    yield chunk
+                    yield chunk.model_copy(update={"adapter": adapter}) if restamp else chunk
         finally:
             aclose = getattr(rest, "aclose", None)
             if aclose is not None:
@@ -411,11 +463,12 @@ class VLLM(ContextManaged):
         failed: dict[str, str] = {}
         for record in records:
             adapter = record.adapter_id
+            name = self._name(adapter, record) or adapter
             try:
-                self._refusal(adapter, record)
+                self._refusal(adapter, name, record)
                 replica = await self._afailover(
                     self._order(adapter, record),
-                    functools.partial(_aloaded_on, adapter=adapter, record=record),
+                    functools.partial(_aloaded_on, adapter=name, record=record),
                 )
             except BackendError as exc:
                 failed[adapter] = str(exc)
@@ -467,8 +520,21 @@ def _check_urls(base_url: str | None, base_urls: Sequence[str] | None) -> list[s
     return roots
 
 
-def _failed_event(adapter: str, backend: str) -> AdapterEvent:
-    return AdapterEvent("load_failed", adapter, backend, 0.0, "AdapterNotAvailableError")
+@contextlib.contextmanager
+def _named(adapter: str | None, name: str | None) -> Iterator[None]:
+    """Errors name the adapter by its id, not the server-side content name it was sent as."""
+    try:
+        yield
+    except BackendError as exc:
+        if name is not None and exc.adapter == name:
+            exc.adapter = adapter
+        raise
+
+
+def _failed_event(
+    kind: Literal["refused", "digest_mismatch"], adapter: str, backend: str
+) -> AdapterEvent:
+    return AdapterEvent(kind, adapter, backend, 0.0, "AdapterNotAvailableError")
 
 
 def _loaded_on(replica: Replica, adapter: str, record: AdapterRecord) -> Replica:
