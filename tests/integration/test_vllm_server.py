@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ for _extra in ("torch", "transformers", "peft"):
 from vllm_server import VLLMServer, vllm_python  # noqa: E402
 
 from tenantlora import AsyncTenantLoRA, TenantLoRA  # noqa: E402
+from tenantlora._digests import DigestMemo  # noqa: E402
+from tenantlora.backends._vllm_preflight import served_name  # noqa: E402
 from tenantlora.backends.peft import LocalPeft  # noqa: E402
 from tenantlora.backends.vllm import VLLM  # noqa: E402
 from tenantlora.errors import AdapterNotAvailableError  # noqa: E402
@@ -141,8 +145,32 @@ def _request(prompt: str) -> ChatRequest:
 def _record(
     models: Models, tenant: str, adapter_id: str, path: Path | None = None
 ) -> AdapterRecord:
-    uri = str(path if path is not None else models.adapters[tenant])
-    return AdapterRecord(tenant=tenant, task="icp", adapter_id=adapter_id, uri=uri)
+    """A record whose files are a copy of the tenant's adapter made unique to ``adapter_id``.
+
+    VLLM names loaded adapters by tenant and content, so two records of one tenant with the
+    same files share one load. Each test wants its own loads, so each adapter id gets its own
+    content: the copy's ``lora_dropout`` (unused at inference) is derived from the id.
+    """
+    source = path if path is not None else models.adapters[tenant]
+    if not source.is_dir():
+        return AdapterRecord(tenant=tenant, task="icp", adapter_id=adapter_id, uri=str(source))
+    copy = models.base.parent / "copies" / adapter_id
+    if not copy.exists():
+        shutil.copytree(source, copy)
+        config_path = copy / "adapter_config.json"
+        try:
+            config = json.loads(config_path.read_text())
+        except ValueError:
+            config = None  # a corrupt fixture stays corrupt
+        if isinstance(config, dict):
+            config["lora_dropout"] = (zlib.crc32(adapter_id.encode()) % 9000 + 1) / 1e6
+            config_path.write_text(json.dumps(config))
+    return AdapterRecord(tenant=tenant, task="icp", adapter_id=adapter_id, uri=str(copy))
+
+
+def _served(record: AdapterRecord) -> str:
+    """The name VLLM loads ``record``'s adapter under on the server."""
+    return served_name(record.adapter_id, record, DigestMemo())
 
 
 def _publish(registry: MemoryRegistry, record: AdapterRecord, tenant: str | None = None) -> None:
@@ -189,7 +217,7 @@ def test_probe_sequences_pass_with_a_spare_slot(vllm_servers: Servers, vllm_mode
     cache and slots must not carry one adapter's state into another's answer), the base after
     each adapter (no drift), and each adapter requested while the others stream mid-decode."""
     with _backend(vllm_servers.spare.url) as backend:
-        records = list(_records(vllm_models, "spare-sequences").values())
+        records = list(_records(vllm_models, "spare-probe").values())  # no new slots
         report = isolation_probe(
             backend, records, PROMPTS[:1], rounds=1, max_tokens=8,
             sequences=["interleaved", "base_drift", "load_during_decode"],
@@ -282,10 +310,10 @@ def test_runtime_load_on_first_use_then_hits(vllm_servers: Servers, vllm_models:
     events: list[AdapterEvent] = []
     with _backend(vllm_servers.small.url) as backend:
         backend.subscribe(events.append)
-        assert "load-kahuna" not in backend.loaded()
+        assert _served(records["kahuna"]) not in backend.loaded()
         for _ in range(3):
             backend.chat(_request(PROMPTS[0]), adapter="load-kahuna", record=records["kahuna"])
-        assert "load-kahuna" in backend.loaded()
+        assert _served(records["kahuna"]) in backend.loaded()
     kinds = [(e.kind, e.adapter) for e in events]
     assert kinds == [("load", "load-kahuna"), ("hit", "load-kahuna"), ("hit", "load-kahuna")]
     assert events[0].ms > 0
@@ -335,8 +363,12 @@ def test_broken_adapters_fall_back_to_base_and_serving_goes_on(
         reply = client.chat("good", "icp", [{"role": "user", "content": prompt}],
                             max_tokens=MAX_TOKENS, temperature=0.0)  # fmt: skip
         assert reply.text.strip() == local_answers["kahuna", prompt]
-    failed = {e.adapter for e in events if e.kind == "load_failed"}
-    assert failed == {"broken-corrupt", "broken-missing", "broken-wide"}
+    failed = {(e.kind, e.adapter) for e in events if e.kind in ("load_failed", "refused")}
+    assert failed == {
+        ("refused", "broken-corrupt"),  # validation, before the server is asked
+        ("load_failed", "broken-missing"),  # a path only the server could see: it says no
+        ("refused", "broken-wide"),  # rank 16 over max_lora_rank 8, before the server is asked
+    }
     with _backend(vllm_servers.small.url, max_lora_rank=None) as raw:
         wide = _record(vllm_models, "europa", "broken-wide2", vllm_models.wide)
         with pytest.raises(AdapterNotAvailableError, match="max_lora_rank"):
@@ -348,7 +380,7 @@ def test_broken_adapters_fall_back_to_base_and_serving_goes_on(
         wide = _record(vllm_models, "europa", "broken-wide3", vllm_models.wide)
         with pytest.raises(AdapterNotAvailableError, match="rank 16"):
             checked.chat(_request(prompt), adapter=wide.adapter_id, record=wide)
-        assert "broken-wide3" not in checked.loaded()
+        assert _served(wide) not in checked.loaded()
 
 
 def test_max_loaded_unloads_the_least_recently_used(
@@ -361,8 +393,8 @@ def test_max_loaded_unloads_the_least_recently_used(
         for tenant in ("kahuna", "goliath", "kahuna", "europa"):
             backend.chat(_request(PROMPTS[0]), adapter=f"lru-{tenant}", record=records[tenant])
         on_server = set(backend.loaded())
-    assert {"lru-kahuna", "lru-europa"} <= on_server
-    assert "lru-goliath" not in on_server
+    assert {_served(records["kahuna"]), _served(records["europa"])} <= on_server
+    assert _served(records["goliath"]) not in on_server
     assert [(e.kind, e.adapter) for e in events if e.kind == "evict"] == [("evict", "lru-goliath")]
 
 
@@ -449,10 +481,10 @@ def test_models_endpoint_lists_loaded_adapters_under_the_base(
         result = backend.preload(records)
         assert set(result.loaded) == {r.adapter_id for r in records}
         assert result.failed == {}
-        assert {r.adapter_id for r in records} <= set(backend.loaded())
+        assert {_served(r) for r in records} <= set(backend.loaded())
     payload = json.loads(__import__("httpx").get(f"{vllm_servers.small.url}/v1/models").text)
     parents = {m["id"]: m["parent"] for m in payload["data"]}
-    assert all(parents[r.adapter_id] == SERVED for r in records)
+    assert all(parents[_served(r)] == SERVED for r in records)
 
 
 def test_the_vllm_example_runs_against_the_server(
