@@ -295,6 +295,8 @@ class OpenAIServer:
         if request.method == "GET" and request.path.endswith("/models"):
             data = [{"id": m, "object": "model"} for m in sorted(self.models or ())]
             return Reply.json({"object": "list", "data": data})
+        if not request.path.startswith("/v1/"):  # what FastAPI (vLLM) answers for no route
+            return Reply.json({"detail": "Not Found"}, status=404)
         if request.method != "POST" or not request.path.endswith("/chat/completions"):
             return Reply.error(404, "Not Found", type="NotFoundError", code=404)
         body = request.json()

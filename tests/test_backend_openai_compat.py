@@ -456,7 +456,7 @@ def test_connection_refused_is_connection_error() -> None:
     with backend, pytest.raises(BackendConnectionError) as info:
         backend.chat(REQUEST, adapter=ADAPTER)
     assert info.value.adapter == ADAPTER
-    assert isinstance(info.value.__cause__, httpx.ConnectError)
+    assert str(info.value.__cause__).startswith("httpx.ConnectError")  # a scrubbed stand-in
 
 
 def test_dropped_connection_is_connection_error(

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from tenantlora.backends._aiohttp import AiohttpTransport
 from tenantlora.backends._http import (
     CallContext,
+    ForeignError,
     HTTPConfig,
     SSEDecoder,
     as_secret,
@@ -85,7 +86,7 @@ ERROR_SHAPES = [
     pytest.param(b'{"detail": "Not authenticated"}', "Not authenticated", None, id="detail"),
     pytest.param(
         b'{"detail": [{"loc": ["body"], "msg": "bad"}]}',
-        '[{"loc": ["body"], "msg": "bad"}]',
+        "body: bad",
         None,
         id="detail-list",
     ),
@@ -339,7 +340,8 @@ def test_respx_read_error_is_connection_error() -> None:
     http = HTTPClient(HTTPConfig(base_url="http://mocked/v1", headers={}))
     with pytest.raises(BackendConnectionError) as info:
         http.send("POST", "/things", ctx=CTX, content=b"{}")
-    assert isinstance(info.value.__cause__, httpx.ReadError)
+    assert isinstance(info.value.__cause__, ForeignError)  # a stand-in: type + scrubbed text
+    assert str(info.value.__cause__).startswith("httpx.ReadError")
     http.close()
 
 

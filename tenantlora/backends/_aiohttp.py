@@ -30,6 +30,7 @@ from tenantlora.backends._http import (
     closed_error,
     decode_json,
     drain_limits,
+    foreign,
     transport_error,
 )
 
@@ -111,7 +112,9 @@ class AiohttpTransport:
                 body = await response.read()
         except _WIRE_ERRORS as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status, started)
         self.config.check(response.status, response.headers, body, ctx)
         return HTTPResponse(response.status, response.headers, body)
@@ -150,7 +153,9 @@ class AiohttpTransport:
             )
         except _WIRE_ERRORS as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status, started)
         drain = True
         try:
@@ -169,7 +174,9 @@ class AiohttpTransport:
                     yield SSEEvent(data, response.headers)
                 decoder.check_complete(ctx)
         except _WIRE_ERRORS as exc:
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         except asyncio.CancelledError:
             drain = False  # cancelled: let go of the connection now, do not read on
             raise

@@ -26,6 +26,7 @@ picks the async one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import sys
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
@@ -42,6 +43,7 @@ from tenantlora.errors import (
     BackendConnectionError,
     BackendError,
     BackendTimeoutError,
+    ConfigurationError,
     ResponseValidationError,
     status_error_class,
 )
@@ -89,12 +91,72 @@ _SENSITIVE_HEADER_PARTS = ("authorization", "key", "token", "secret", "cookie", 
 # -- secrets and headers -----------------------------------------------------------------------
 
 
-def as_secret(value: SecretStr | str | None) -> SecretStr | None:
-    """Wrap a plain-string key in a SecretStr; an empty key means no key."""
+def check_secret(name: str, value: str) -> None:
+    """Refuse a key or token that cannot be sent safely, without ever echoing it.
+
+    Control characters (a trailing newline from a key file, a CR) and non-ASCII characters make
+    HTTP libraries fail *while quoting the header*, into their exceptions and DEBUG logs; so
+    they are refused here, at construction, with a :class:`ConfigurationError` that names only
+    ``name`` and the problem.
+    """
+    for index, char in enumerate(value):
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            where = "at its end" if index == len(value) - 1 else f"at position {index}"
+            raise ConfigurationError(
+                f"{name} contains a control character {where} (a newline from a key file?); "
+                "strip it (the value is not shown)"
+            )
+        if code > 0x7E:
+            raise ConfigurationError(
+                f"{name} contains a non-ASCII character at position {index}; HTTP headers "
+                "carry ASCII only (the value is not shown)"
+            )
+
+
+def as_secret(value: SecretStr | str | None, name: str = "api_key") -> SecretStr | None:
+    """Wrap a plain-string key in a SecretStr, checked by :func:`check_secret`; an empty key
+    means no key."""
     if value is None:
         return None
     secret = value if isinstance(value, SecretStr) else SecretStr(value)
+    check_secret(name, secret.get_secret_value())
     return secret if secret.get_secret_value() else None
+
+
+def split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """``http://user:pass@host/v1`` -> (``http://host/v1``, a Basic ``Authorization`` header).
+
+    The credentials leave the URL before any HTTP library sees it, so no request log line (httpx
+    logs every URL at INFO) can print them. Both parts are checked like any secret.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    user, password = unquote(user), unquote(password)
+    check_secret("the user name in base_url", user)
+    check_secret("the password in base_url", password)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
+
+
+class ForeignError(Exception):
+    """Stands in for a foreign exception in a chain (``raise ours from ForeignError(...)``):
+    its type and, when safe, its message with every secret scrubbed. The foreign exception
+    itself (whose attributes, message or traceback might hold a key, a header or request
+    content) is not kept."""
+
+
+def foreign(exc: BaseException, secrets: tuple[str, ...] = (), *, detail: bool = True) -> Exception:
+    """The chain link for ``exc``: its qualified type name, plus its scrubbed message when
+    ``detail`` (never for errors whose message may quote request content)."""
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if not detail:
+        return ForeignError(kind)
+    text = _scrub(str(exc), secrets)
+    return ForeignError(f"{kind}: {text[:300]}" if text else kind)
 
 
 def auth_headers(api_key: SecretStr | None, scheme: str = "Bearer") -> dict[str, str]:
@@ -116,6 +178,12 @@ def sensitive_values(headers: Mapping[str, str]) -> tuple[str, ...]:
             credential = value.partition(" ")[2]
             if credential:
                 found.append(credential)
+                if value.lower().startswith("basic "):  # the decoded user:password, and each
+                    try:
+                        plain = base64.b64decode(credential, validate=True).decode()
+                    except ValueError:
+                        plain = ""
+                    found.extend(p for p in (plain, *plain.partition(":")[::2]) if len(p) >= 4)
     return tuple(found)
 
 
@@ -168,6 +236,25 @@ def _code(value: object) -> str | int | None:
     return value if isinstance(value, (str, int)) else str(value)
 
 
+_ECHO_FIELDS = frozenset({"input", "ctx", "url"})  # FastAPI/pydantic echo the request in these
+
+
+def _without_echo(detail: object) -> object:
+    """FastAPI's 422 ``detail`` without what echoes the request (``input`` holds the user's
+    messages, prompt included): ``"body.messages.0.content: Input should be a valid string"``."""
+    if not isinstance(detail, list):
+        return detail
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            kept = {k: v for k, v in item.items() if k not in _ECHO_FIELDS}
+            loc = kept.get("loc")
+            where = ".".join(map(str, loc)) if isinstance(loc, list) else None
+            msg = kept.get("msg")
+            parts.append(f"{where}: {msg}" if where and isinstance(msg, str) else json.dumps(kept))
+    return "; ".join(parts) or None
+
+
 def _provider_error(payload: object) -> tuple[object, object, object, object] | None:
     """(message, code, type, param) from the error shapes providers use, or None."""
     if not isinstance(payload, dict):
@@ -178,7 +265,7 @@ def _provider_error(payload: object) -> tuple[object, object, object, object] | 
     if isinstance(error, str):  # TGI-style: {"error": "...", "error_type": "..."}
         return error, payload.get("code"), payload.get("error_type"), None
     if "detail" in payload:  # FastAPI / SGLang
-        return payload["detail"], None, None, None
+        return _without_echo(payload["detail"]), None, None, None
     errors = payload.get("errors")
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):  # Cloudflare
         return errors[0].get("message"), errors[0].get("code"), None, None
@@ -224,7 +311,12 @@ def error_info(
 
 
 def describe_status(info: ErrorInfo, ctx: CallContext) -> str:
-    """``"<backend>: HTTP 429 from POST /v1/chat/completions: <provider message>"``."""
+    """``"<backend>: HTTP 429 from POST /v1/chat/completions: <provider message>"``.
+
+    The provider's message has had what echoes the request removed (FastAPI's 422
+    ``detail[].input`` holds the user's messages) and every secret scrubbed; it is also the
+    error's ``.body``.
+    """
     text = f"{ctx.backend}: HTTP {info.status_code} from {ctx.method} {ctx.path}"
     if info.message:
         text += f": {info.message}"

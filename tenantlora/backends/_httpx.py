@@ -28,6 +28,7 @@ from tenantlora.backends._http import (
     closed_error,
     decode_json,
     drain_limits,
+    foreign,
     transport_error,
 )
 from tenantlora.errors import ConfigurationError
@@ -126,7 +127,9 @@ class HTTPClient:
             )
         except httpx.HTTPError as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status_code, started)
         self.config.check(response.status_code, response.headers, response.content, ctx)
         return HTTPResponse(response.status_code, response.headers, response.content)
@@ -173,7 +176,9 @@ class HTTPClient:
             response = client.send(request, stream=True)
         except httpx.HTTPError as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status_code, started)
         lines: Iterator[str] | None = None
         try:
@@ -192,7 +197,9 @@ class HTTPClient:
                     yield SSEEvent(data, response.headers)
                 decoder.check_complete(ctx)
         except httpx.HTTPError as exc:
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         finally:
             _drain_and_close(response, lines)
 
@@ -313,7 +320,9 @@ class HttpxAsyncTransport:
             )
         except httpx.HTTPError as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status_code, started)
         self.config.check(response.status_code, response.headers, response.content, ctx)
         return HTTPResponse(response.status_code, response.headers, response.content)
@@ -354,7 +363,9 @@ class HttpxAsyncTransport:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         self.config.log(ctx, response.status_code, started)
         lines: AsyncIterator[str] | None = None
         drain = True
@@ -375,7 +386,9 @@ class HttpxAsyncTransport:
                     yield SSEEvent(data, response.headers)
                 decoder.check_complete(ctx)
         except httpx.HTTPError as exc:
-            raise transport_error(exc, ctx, self.config.secrets) from exc
+            raise transport_error(exc, ctx, self.config.secrets) from foreign(
+                exc, self.config.secrets
+            )
         except asyncio.CancelledError:
             drain = False  # cancelled: let go of the connection now, do not read on
             raise

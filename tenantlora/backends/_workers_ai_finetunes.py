@@ -28,6 +28,7 @@ from tenantlora.backends._http import (
     closed_error,
     decode_json,
     error_info,
+    foreign,
     invalid_response,
     transport_error,
 )
@@ -203,7 +204,9 @@ class Finetunes:
             )
         except httpx.HTTPError as exc:
             self._config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self._config.secrets) from exc
+            raise transport_error(exc, ctx, self._config.secrets) from foreign(
+                exc, self._config.secrets
+            )
         self._config.log(ctx, response.status_code, started)
         return self._result(response, ctx)
 
@@ -225,7 +228,9 @@ class Finetunes:
             )
         except httpx.HTTPError as exc:
             self._config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self._config.secrets) from exc
+            raise transport_error(exc, ctx, self._config.secrets) from foreign(
+                exc, self._config.secrets
+            )
         self._config.log(ctx, response.status_code, started)
         return self._result(response, ctx)
 

@@ -26,12 +26,15 @@ from tenantlora.backends._http import (
     SSEEvent,
     as_secret,
     auth_headers,
+    check_secret,
     closed_error,
     default_status_error,
     describe_status,
     error_info,
+    foreign,
     invalid_response,
     sensitive_values,
+    split_userinfo,
 )
 from tenantlora.backends._httpx import (
     AsyncTransport,
@@ -45,6 +48,7 @@ from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
     ConfigurationError,
+    EndpointNotFoundError,
     InvalidRequestError,
 )
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Message, Usage
@@ -100,11 +104,20 @@ class OpenAICompatible(ContextManaged):
         name: str = "openai_compat",
     ) -> None:
         _check_options(base_url, model, timeout, max_connections, name)
+        url, basic = split_userinfo(base_url)  # user:password never reaches a library's log
+        key = as_secret(api_key)
+        if basic and key is not None:
+            raise ConfigurationError(
+                f"{name}: base_url carries a user name and password and api_key is set too; "
+                "pass one of them"
+            )
         self.name = name
-        self.base_url = base_url.rstrip("/")
+        self.base_url = url.rstrip("/")
         self.model = model
         self.timeout = float(timeout)
-        all_headers = _default_headers(as_secret(api_key), headers)
+        all_headers = {**_default_headers(key, headers), **basic}
+        for header, value in all_headers.items():
+            check_secret(f"header {header!r}", value)
         self._config = HTTPConfig(
             base_url=self.base_url,
             headers=all_headers,
@@ -362,17 +375,47 @@ def _encode(request: ChatRequest, model: str, ctx: CallContext, *, stream: bool)
         raise InvalidRequestError(
             f"{ctx.backend}: the request cannot be sent as JSON ({type(exc).__name__}); "
             "check request.extra"
-        ) from exc
+        ) from foreign(exc, detail=False)
 
 
 # -- response -----------------------------------------------------------------------------------
 
 
+def _names_the_model(info: ErrorInfo) -> bool:
+    """Whether an error is about the requested model (vLLM: ``param: "model"``, or a message
+    saying the model / adapter does not exist), as opposed to the URL itself."""
+    return info.param == "model" or bool(info.message and _UNKNOWN_MODEL.search(info.message))
+
+
+_ROUTE_404 = frozenset({"", "not found", "404 not found", "404 page not found", "404: not found"})
+
+
+def _route_missing(info: ErrorInfo) -> bool:
+    """A 404 for the URL itself: a web framework's bare "Not Found" (FastAPI's
+    ``{"detail": "Not Found"}``, a plain or HTML page), not a provider's error envelope."""
+    if info.type is not None or info.param is not None or info.code is not None:
+        return False
+    message = (info.message or "").strip()
+    return message.lower() in _ROUTE_404 or message.startswith("<")
+
+
 def _status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
-    """Default mapping, except an unknown model while an adapter was asked for."""
+    """Default mapping, except: an unknown model while an adapter was asked for is
+    AdapterNotAvailableError (fallback); a 404 for the route itself is EndpointNotFoundError
+    (a configuration error: no fallback, no retry)."""
+    if info.status_code == 404 and _route_missing(info):
+        return EndpointNotFoundError(
+            f"{describe_status(info, ctx)}: the server has no such route; check base_url "
+            "(an OpenAI-compatible server's usually ends in /v1)",
+            status_code=404,
+            body=info.message,
+            code=info.code,
+            request_id=info.request_id,
+            backend=ctx.backend,
+            adapter=ctx.adapter,
+        )
     if ctx.adapter is not None and (
-        info.status_code == 404
-        or (info.status_code == 400 and info.message and _UNKNOWN_MODEL.search(info.message))
+        info.status_code == 404 or (info.status_code == 400 and _names_the_model(info))
     ):
         return AdapterNotAvailableError(
             f"{describe_status(info, ctx)} (adapter {ctx.adapter!r} is not available)",
@@ -470,7 +513,9 @@ class _ChunkAssembler:
         try:
             payload = json.loads(event.data)
         except ValueError as exc:
-            raise invalid_response("a stream event is not JSON", self._ctx) from exc
+            raise invalid_response("a stream event is not JSON", self._ctx) from foreign(
+                exc, detail=False
+            )
         if not isinstance(payload, dict):
             raise invalid_response("a stream event is not a JSON object", self._ctx)
         if "error" in payload or payload.get("object") == "error":

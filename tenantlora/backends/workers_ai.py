@@ -25,6 +25,7 @@ from tenantlora.backends._http import (
     as_secret,
     closed_error,
     error_info,
+    foreign,
     invalid_response,
     sensitive_values,
 )
@@ -105,7 +106,7 @@ class WorkersAI(ContextManaged):
         _check_options(base_url, model, timeout, max_connections, name)
         if not isinstance(account_id, str) or not account_id or "/" in account_id:
             raise ConfigurationError("account_id must be a Cloudflare account ID (no '/')")
-        token = as_secret(api_token)
+        token = as_secret(api_token, "api_token")
         if token is None:
             raise ConfigurationError("api_token must be a non-empty Cloudflare API token")
         self.name = name
@@ -290,7 +291,7 @@ class WorkersAI(ContextManaged):
             raise InvalidRequestError(
                 f"{ctx.backend}: the request cannot be sent as JSON ({type(exc).__name__}); "
                 "check request.extra"
-            ) from exc
+            ) from foreign(exc, detail=False)
 
     def _parse(self, data: Any, headers: Mapping[str, str], ctx: CallContext) -> ChatResponse:
         success, result = envelope_result(data)
@@ -348,7 +349,9 @@ class _StreamAssembler:
         try:
             payload = json.loads(event.data)
         except ValueError as exc:
-            raise invalid_response("a stream frame is not JSON", self._ctx) from exc
+            raise invalid_response("a stream frame is not JSON", self._ctx) from foreign(
+                exc, detail=False
+            )
         if isinstance(payload, dict) and "response" not in payload and "errors" in payload:
             raise _envelope_error(payload, event.headers, self._ctx)
         try:

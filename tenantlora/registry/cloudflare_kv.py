@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from tenantlora.backends._http import as_secret, error_info, sensitive_values
+from tenantlora.backends._http import as_secret, error_info, foreign, sensitive_values
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._content import settle_content
@@ -73,7 +73,7 @@ class _KVConfig:
         for name, value in (("account_id", account_id), ("namespace_id", namespace_id)):
             if not isinstance(value, str) or not value or "/" in value:
                 raise ConfigurationError(f"{name} must be a non-empty Cloudflare ID (no '/')")
-        token = as_secret(api_token)
+        token = as_secret(api_token, "api_token")
         if token is None:
             raise ConfigurationError("api_token must be a non-empty Cloudflare API token")
         if not isinstance(prefix, str):
@@ -313,7 +313,7 @@ class CloudflareKV:
             response = client.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__} on the wire"
-            raise self._config.fail(action, key, reason, tenant) from exc
+            raise self._config.fail(action, key, reason, tenant) from foreign(exc, detail=False)
         if not (method == "GET" and action == "read" and response.status_code == 404):
             self._config.check(response, action, key, tenant)
         return response
@@ -393,7 +393,7 @@ class AsyncCloudflareKV:
         except httpx.HTTPError as exc:
             raise self._config.fail(
                 "read", key, f"{type(exc).__name__} on the wire", tenant
-            ) from exc
+            ) from foreign(exc, detail=False)
         if response.status_code == 404:
             return None
         self._config.check(response, "read", key, tenant)
