@@ -143,8 +143,11 @@ def _http_date(value: str | None, now: Callable[[], float]) -> float | None:
     parsed = email.utils.parsedate_tz(value.strip())
     if parsed is None:
         return None
-    seconds = email.utils.mktime_tz(parsed) - now()
-    return seconds if seconds >= 0 else None
+    try:  # a year past 9999, or out of the platform's time_t, is no date to wait for
+        seconds = email.utils.mktime_tz(parsed) - now()
+    except (ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def parse_retry_after(

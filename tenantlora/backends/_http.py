@@ -290,7 +290,7 @@ def error_info(
     text = content.decode("utf-8", "replace").strip() if content else ""
     if payload is None and text[:1] in ("{", "["):
         try:
-            payload = json.loads(text)
+            payload = load_json(text)
         except ValueError:
             payload = None
     parsed = _provider_error(payload)
@@ -394,10 +394,23 @@ def closed_error(ctx: CallContext) -> BackendError:
     )
 
 
+def load_json(data: str | bytes) -> Any:
+    """``json.loads``, with nesting too deep for the parser reported as ValueError.
+
+    CPython's decoder recurses per nesting level: a body, SSE event or error body nested ~1000
+    deep raises RecursionError, which no caller expects. Every JSON a provider sends goes
+    through here.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def decode_json(content: bytes, ctx: CallContext) -> Any:
     """``json.loads`` a 2xx body; ResponseValidationError (saying what was wrong) if not JSON."""
     try:
-        return json.loads(content)
+        return load_json(content)
     except ValueError as exc:
         kind = "an empty body" if not content.strip() else f"a {len(content)}-byte body"
         raise invalid_response(f"expected JSON, got {kind} that is not JSON", ctx) from exc

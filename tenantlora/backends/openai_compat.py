@@ -33,6 +33,7 @@ from tenantlora.backends._http import (
     error_info,
     foreign,
     invalid_response,
+    load_json,
     sensitive_values,
     split_userinfo,
 )
@@ -511,7 +512,7 @@ class _ChunkAssembler:
 
     def _payload(self, event: SSEEvent) -> dict[str, Any]:
         try:
-            payload = json.loads(event.data)
+            payload = load_json(event.data)
         except ValueError as exc:
             raise invalid_response("a stream event is not JSON", self._ctx) from foreign(
                 exc, detail=False

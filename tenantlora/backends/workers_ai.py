@@ -27,6 +27,7 @@ from tenantlora.backends._http import (
     error_info,
     foreign,
     invalid_response,
+    load_json,
     sensitive_values,
 )
 from tenantlora.backends._httpx import (
@@ -347,7 +348,7 @@ class _StreamAssembler:
         if self._request_id is None:
             self._request_id = event.headers.get("cf-ray")
         try:
-            payload = json.loads(event.data)
+            payload = load_json(event.data)
         except ValueError as exc:
             raise invalid_response("a stream frame is not JSON", self._ctx) from foreign(
                 exc, detail=False

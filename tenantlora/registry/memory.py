@@ -184,9 +184,13 @@ class MemoryRegistry:
 def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
     """``metadata`` as JSON text; InvalidRequestError if it is not JSON-serialisable."""
     try:
-        return json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
+        text = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
+        json.loads(text)  # what every registry will parse back: deep nesting fails here, now
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"metadata must be JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequestError("metadata is nested too deeply to store") from None
+    return text
 
 
 def _make_record(

@@ -97,6 +97,7 @@ class SQLiteRegistry:
                 conn.close()
                 raise
         self._conn: sqlite3.Connection | None = conn
+        self._identity = _file_identity(self._path)  # to notice the file deleted or replaced
 
     @property
     def path(self) -> str:
@@ -279,12 +280,28 @@ class SQLiteRegistry:
         with self._connection(action, tenant, task) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_file(action, tenant, task)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _check_file(self, action: str, tenant: str | None, task: str | None) -> None:
+        """RegistryError when the path no longer names the file this registry opened.
+
+        SQLite keeps writing to an open file after it was deleted (or replaced by another) and
+        reports success, so a publish would vanish with the last handle. Checked under the
+        write lock, before every write.
+        """
+        if self._identity is not None and _file_identity(self._path) != self._identity:
+            raise RegistryError(
+                f"SQLite registry {self._path}: {action} refused: the file was deleted or "
+                "replaced while open (nothing written); reopen the registry",
+                tenant=tenant,
+                task=task,
+            )
 
     def _truncate_wal(self) -> None:
         """Best effort: copy the WAL into the file and empty it, so erased rows leave no trace."""
@@ -326,12 +343,25 @@ class SQLiteRegistry:
             cause: Exception = exc
         except (TypeError, ValueError) as exc:  # bad JSON, bad timestamp
             reason, cause = str(exc), exc
+        except RecursionError as exc:  # metadata nested deeper than the JSON parser goes
+            reason, cause = "metadata JSON nested too deeply", exc
         raise RegistryError(
             f"SQLite registry {self._path}: malformed row for tenant {_short(tenant)} "
             f"task {_short(task)} version {_short(version)}: {reason}",
             tenant=tenant if isinstance(tenant, str) else None,
             task=task if isinstance(task, str) else None,
         ) from cause
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a registry file, or None for ":memory:" and when it is gone."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (stat.st_dev, stat.st_ino)
 
 
 @contextmanager
