@@ -28,7 +28,6 @@ load asyncio (about 15 ms with the ssl and concurrent.futures modules it brings)
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import sys
 import threading
@@ -39,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
+from tenantlora._read_pool import ReadPool
 from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
 
 if TYPE_CHECKING:
     import asyncio
-    import concurrent.futures
 
 __all__ = ["AdapterResolver", "AsyncAdapterResolver", "Resolution", "ResolverStats"]
 
@@ -188,6 +187,7 @@ class _ResolverCore:
         self._ttl, self._negative_ttl = ttl, negative
         self._on_error: OnError = on_error
         self._timeout = registry_timeout
+        self._pool = ReadPool()  # blocking reads: one thread per tenant, bounded in all
         self._lock = threading.Lock()
         self._fresh: TLRUCache[str, _Entry, float] = TLRUCache(maxsize, _expires, timer=clock)
         self._clock, self._max_stale = clock, max_stale
@@ -340,17 +340,6 @@ class _ResolverCore:
         return Resolution(None, "error", error)
 
 
-def _run_into(
-    future: concurrent.futures.Future[object], get: Callable[[str], object], tenant: str
-) -> None:
-    try:
-        result = get(tenant)
-    except BaseException as exc:  # handed to the waiting caller, whatever it is
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
 class AdapterResolver(_ResolverCore):
     """The thread-safe resolver in front of an :class:`~tenantlora.registry.AdapterRegistry`.
 
@@ -362,8 +351,11 @@ class AdapterResolver(_ResolverCore):
     the registry (None = wait inline for as long as it takes); ``clock`` the monotonic time
     source (inject a manual clock in tests).
 
-    With a timeout the read runs on a short-lived daemon thread, so a hanging registry delays
-    the caller by ``registry_timeout`` at most and never blocks interpreter exit.
+    With a timeout the read runs on a daemon thread from a bounded pool
+    (:mod:`tenantlora._read_pool`): a hanging registry delays the caller by
+    ``registry_timeout`` at most, never blocks interpreter exit, and a tenant whose read hangs
+    holds one thread however often it is retried (at most 16 hung tenants in all; beyond that a
+    new tenant's read fails at once, served by policy).
     """
 
     def __init__(
@@ -434,25 +426,17 @@ class AdapterResolver(_ResolverCore):
     def _read(self, tenant: str) -> object:
         if self._timeout is None:
             return self._get(tenant)
-        import concurrent.futures  # lazy: only a timed registry read (a cache miss) needs it
-
-        future: concurrent.futures.Future[object] = concurrent.futures.Future()
-        context = contextvars.copy_context()
-        threading.Thread(
-            target=context.run,
-            args=(_run_into, future, self._get, tenant),
-            name="tenantlora-registry-read",
-            daemon=True,
-        ).start()
-        return future.result(timeout=self._timeout)
+        return self._pool.submit(tenant, self._get).result(timeout=self._timeout)
 
 
 class AsyncAdapterResolver(_ResolverCore):
     """The asyncio twin of :class:`AdapterResolver`; same options and guarantees.
 
-    ``registry`` may be async (``async def get``) or sync; a sync registry is called through
-    :func:`asyncio.to_thread` so it never blocks the event loop. The registry read runs as its
-    own task, so a caller that is cancelled does not cancel the read the others wait for.
+    ``registry`` may be async (``async def get``) or sync; a sync registry is called on the same
+    bounded pool of threads as :class:`AdapterResolver` (never the loop's default executor, which
+    one tenant's hanging key could fill), so it never blocks the event loop. The registry read
+    runs as its own task, so a caller that is cancelled does not cancel the read the others
+    wait for.
     ``invalidate``, ``clear`` and ``stats`` are plain methods, safe from any thread.
     """
 
@@ -525,7 +509,10 @@ class AsyncAdapterResolver(_ResolverCore):
     async def _read(self, tenant: str) -> object:
         import asyncio  # lazy: see _resolve_slow
 
-        call = self._get(tenant) if self._is_async else asyncio.to_thread(self._get, tenant)
+        if self._is_async:
+            call = self._get(tenant)
+        else:  # the bounded pool, never the loop's default executor (see tenantlora._read_pool)
+            call = asyncio.shield(asyncio.wrap_future(self._pool.submit(tenant, self._get)))
         if self._timeout is None:
             return await call
         return await asyncio.wait_for(call, self._timeout)
