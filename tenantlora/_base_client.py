@@ -7,6 +7,7 @@ only add the awaits (or not) around it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -19,6 +20,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cachetools import TTLCache
 from pydantic import ValidationError
 
 from tenantlora.errors import (
@@ -68,10 +70,31 @@ class Policy:
     ``on_adapter_unavailable``: when the backend lacks the adapter, ``"fallback"`` re-sends once
     on the base model (``fallback_reason="adapter_unavailable"``), ``"raise"`` raises
     :class:`~tenantlora.errors.AdapterNotAvailableError`.
+    ``refusal_ttl``: seconds a refused adapter version is remembered (with ``"fallback"``):
+    requests for the same record (tenant, task, id, version, digest, uri) go straight to the
+    base model, without asking the backend to load it again or re-reading the registry each
+    time. A new record (a publish, a rollback) is tried at once. 0 turns the memory off.
     """
 
     on_registry_error: Literal["fallback", "raise"] = "fallback"
     on_adapter_unavailable: Literal["fallback", "raise"] = "fallback"
+    refusal_ttl: float = 30.0
+
+    def __post_init__(self) -> None:
+        ttl = self.refusal_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl < 1e9:
+            raise ConfigurationError(f"refusal_ttl must be seconds in [0, 1e9), not {ttl!r}")
+
+
+_MAX_REFUSALS = 10_000
+
+
+def _refusal_key(route: Route) -> tuple[object, ...] | None:
+    record = route.record
+    if record is None:
+        return None
+    return (record.tenant, record.task, record.adapter_id, record.version, record.digest,
+            record.uri)  # fmt: skip
 
 
 class _Call:
@@ -162,6 +185,10 @@ class _BaseClient:
             subscribe(self._collector.adapter_event)
         self._timeout = timeout
         self._clock = clock
+        self._refused: TTLCache[tuple[object, ...], bool, float] = TTLCache(
+            _MAX_REFUSALS, policy.refusal_ttl or 1e-9, timer=clock
+        )
+        self._refused_lock = threading.Lock()
 
     def stats(self) -> Stats:
         """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
@@ -209,7 +236,26 @@ class _BaseClient:
             arm=ab[1],
         )
         call.requested = call.route.adapter
+        if call.route.adapter is not None and self._remembered(call.route):
+            call.route = fallback_route(call.route)  # refused recently: no new load attempt
         return call.route
+
+    def _remembered(self, route: Route) -> bool:
+        key = _refusal_key(route)
+        if key is None or not self._policy.refusal_ttl:
+            return False
+        with self._refused_lock:
+            return key in self._refused
+
+    def _remember(self, route: Route) -> bool:
+        """Remember a refused record; True when it was not remembered already."""
+        key = _refusal_key(route)
+        if key is None or not self._policy.refusal_ttl:
+            return True
+        with self._refused_lock:
+            fresh = key not in self._refused
+            self._refused[key] = True
+        return fresh
 
     def _timeout_for(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
@@ -219,7 +265,8 @@ class _BaseClient:
         assert call.route is not None
         if call.route.adapter is None or self._policy.on_adapter_unavailable == "raise":
             raise exc
-        self._invalidate(call)
+        if self._remember(call.route):
+            self._invalidate(call)  # once per refused version: the registry may have moved on
         logger.warning(
             "adapter %r unavailable on %s for tenant %r task %r; falling back to the base model",
             call.route.adapter,

@@ -367,7 +367,7 @@ def test_broken_adapters_fall_back_to_base_and_serving_goes_on(
     assert failed == {
         ("refused", "broken-corrupt"),  # validation, before the server is asked
         ("load_failed", "broken-missing"),  # a path only the server could see: it says no
-        ("refused", "broken-wide"),  # rank 16 over max_lora_rank 8, before the server is asked
+        ("load_failed", "broken-wide"),  # rank 16: the server's 500 (preflight off here)
     }
     with _backend(vllm_servers.small.url, max_lora_rank=None) as raw:
         wide = _record(vllm_models, "europa", "broken-wide2", vllm_models.wide)
@@ -448,8 +448,8 @@ def test_each_tenant_is_routed_to_its_rendezvous_replica(
             assert reply.text.strip() == local_answers[tenant, PROMPTS[0]]
         for tenant in TENANTS:
             home, other = backend.replicas_for(tenant)
-            assert f"replica-{tenant}" in backend.loaded(home)
-            assert f"replica-{tenant}" not in backend.loaded(other)
+            assert _served(records[tenant]) in backend.loaded(home)
+            assert _served(records[tenant]) not in backend.loaded(other)
 
 
 def test_a_dead_replica_fails_over_to_the_next(
