@@ -277,12 +277,16 @@ async def _adrain_and_close(
 class HttpxAsyncTransport:
     """The async transport on ``httpx.AsyncClient`` (used when aiohttp is absent or not wanted).
 
-    Same contract as :class:`HTTPClient`; the client is created on first use.
+    Same contract as :class:`HTTPClient`; the client is created on first use, and again when
+    called from another event loop: an ``httpx.AsyncClient``'s connections belong to the loop
+    that opened them, so reusing it from a second ``asyncio.run`` (notebooks, test suites)
+    fails with "Event loop is closed". The old client is dropped, not awaited (its loop is gone).
     """
 
     def __init__(self, config: HTTPConfig) -> None:
         self.config = config
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timeout = httpx.Timeout(config.timeout)
         self._urls = _URLCache(config)
         self._closed = False
@@ -290,7 +294,9 @@ class HttpxAsyncTransport:
     def _http(self, ctx: CallContext) -> httpx.AsyncClient:
         if self._closed:
             raise closed_error(ctx)
-        if self._client is None:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop = loop
             self._client = httpx.AsyncClient(
                 headers=dict(self.config.headers),
                 timeout=self._timeout,
@@ -399,7 +405,7 @@ class HttpxAsyncTransport:
         """Close the pool; later calls raise."""
         self._closed = True
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
 
 
