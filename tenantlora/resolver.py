@@ -288,8 +288,11 @@ class _ResolverCore:
         if flight is not None and flight.loop is loop:
             self._coalesced += 1
             return flight, False
+        stranded = flight is not None and flight.loop is not None and flight.loop.is_closed()
         flight = _Flight(loop=loop)
-        if tenant not in self._flights:  # a read on another event loop keeps its slot
+        # A read on another live event loop keeps its slot; one whose loop closed mid-read will
+        # never settle, so the new read takes its slot (else single-flight is lost for good).
+        if tenant not in self._flights or stranded:
             self._flights[tenant] = flight
         self._reads += 1
         return flight, True

@@ -108,3 +108,38 @@ def test_a_read_that_raises_is_delivered_and_frees_its_slot() -> None:
     with pytest.raises(RegistryError, match="down"):
         pool.submit("a", boom).result(WAIT)
     assert pool.submit("b", lambda t: t).result(WAIT) == "b"
+
+
+def test_single_flight_survives_an_event_loop_closed_mid_read() -> None:
+    """A read in flight when its loop closed never settles; the next loop's concurrent misses
+    still share one read (100 misses -> 1 read), not one read each."""
+    gate = threading.Event()
+
+    class Slow(MemoryRegistry):
+        reads = 0
+
+        def get(self, tenant: str) -> TenantAdapters | None:
+            Slow.reads += 1
+            gate.wait(WAIT)
+            return super().get(tenant)
+
+    registry = Slow()
+    resolver = AsyncAdapterResolver(registry, registry_timeout=None)
+
+    pending: list[asyncio.Future[object]] = []
+
+    async def abandon() -> None:
+        pending.append(asyncio.ensure_future(resolver.resolve("acme", "icp")))
+        await asyncio.sleep(0.01)  # the read starts
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(abandon())
+    loop.close()  # closed with the read in flight: its task never runs again, never settles
+    gate.set()
+    Slow.reads = 0
+
+    async def crowd() -> None:
+        await asyncio.gather(*(resolver.resolve("acme", "icp") for _ in range(100)))
+
+    asyncio.run(crowd())
+    assert Slow.reads <= 1  # one read (or none: the pool reuses the one still finishing)
