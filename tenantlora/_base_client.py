@@ -7,7 +7,9 @@ only add the awaits (or not) around it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -149,14 +151,39 @@ def _agenerator(chunks: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, N
     return wrapped()
 
 
+def _where(loc: Sequence[object]) -> str:
+    """``("messages", 0, "role")`` -> ``messages[0].role``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+_PHRASES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "model_type": "must be a {'role': ..., 'content': ...} mapping",
+    "dict_type": "must be a {'role': ..., 'content': ...} mapping",
+    "too_short": "needs at least one message",
+}
+
+
 def _invalid_messages(exc: ValidationError) -> InvalidRequestError:
-    # Built from locations and messages only: pydantic's own text quotes the input, which may be
-    # a prompt, so it is neither copied nor chained.
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-        for err in exc.errors(include_input=False, include_url=False)
-    )
-    return InvalidRequestError(f"invalid chat request: {problems}")
+    """A true, short message per problem, naming the field, never its value.
+
+    Built from locations and error types only: pydantic's own text quotes the input (a prompt),
+    so it is neither copied nor chained. When a message is invalid, pydantic also reports the
+    list as empty ("at least 1 item after validation"), which is false: that line is dropped.
+    """
+    errors = exc.errors(include_input=False, include_url=False)
+    items = any(len(err["loc"]) > 1 for err in errors)
+    problems = []
+    for err in errors:
+        if err["type"] == "too_short" and items:
+            continue
+        phrase = _PHRASES.get(err["type"]) or err["msg"].replace("Input should be", "must be")
+        problems.append(f"{_where(err['loc'])} {phrase}")
+    return InvalidRequestError("invalid chat request: " + "; ".join(problems))
 
 
 class _BaseClient:
@@ -335,6 +362,56 @@ class _BaseClient:
 
     def _stamp_chunk(self, call: _Call, chunk: ChatChunk) -> ChatChunk:
         return replace(chunk, self._stamp(call))
+
+
+# -- who closes what: backends shared by several clients ------------------------------------
+
+_LEASES: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+_LEASE_LOCK = threading.Lock()
+
+
+def lease(backend: object) -> None:
+    """A client starts using ``backend`` (see :func:`release`)."""
+    with _LEASE_LOCK:
+        _LEASES[backend] = _LEASES.get(backend, 0) + 1
+
+
+def release(backend: object) -> bool:
+    """A client is done with ``backend``: True when it was the last client holding it (the
+    caller then closes the backend). A backend shared by a sync and an async client is closed
+    by whichever of them is closed last, never under the other's feet."""
+    with _LEASE_LOCK:
+        held = _LEASES.get(backend, 1) - 1
+        if held > 0:
+            _LEASES[backend] = held
+            return False
+        _LEASES.pop(backend, None)
+        return True
+
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def registry_from(registry: object | None) -> tuple[object | None, bool]:
+    """``registry=`` as given, or an SQLiteRegistry for a path (``"adapters.db"``,
+    ``Path("x.sqlite")``, ``":memory:"``); True when the client created it (and closes it)."""
+    if isinstance(registry, (str, os.PathLike)):
+        path = os.fspath(registry)
+        if path == ":memory:" or str(path).endswith(_SQLITE_SUFFIXES):
+            from tenantlora.registry.sqlite import SQLiteRegistry
+
+            return SQLiteRegistry(path), True
+        raise ConfigurationError(
+            f"registry={path!r}: a path must name an SQLite file (ending in .db, .sqlite or "
+            ".sqlite3) or be ':memory:'; otherwise pass a registry object "
+            "(MemoryRegistry, SQLiteRegistry, CloudflareKV, ...)"
+        )
+    if registry is not None and not callable(getattr(registry, "get", None)):
+        raise ConfigurationError(
+            f"registry= must be a registry (an object with get(tenant)) or an SQLite path, "
+            f"not a {type(registry).__name__}"
+        )
+    return registry, False
 
 
 def _resolver_from(

@@ -16,6 +16,7 @@ Request flow::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
@@ -29,6 +30,9 @@ from tenantlora._base_client import (
     _Call,
     _generator,
     _resolver_from,
+    lease,
+    registry_from,
+    release,
 )
 from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
@@ -47,16 +51,18 @@ class TenantLoRA(_BaseClient):
     """The synchronous client. Thread-safe; reuse one per process.
 
     ``backend`` serves the calls (it must implement :class:`~tenantlora.backends.Backend`);
-    ``registry`` says which adapter each tenant has (or pass a configured ``resolver``); ``ttl``
-    is how long a registry answer is cached. ``clock`` (monotonic seconds) and ``sleep`` are
-    injectable so tests never wait. Closing the client closes the backend.
+    ``registry`` says which adapter each tenant has: a registry object, or a path to an SQLite
+    file (``"adapters.db"``, ``":memory:"``), opened and later closed by the client; or pass a
+    configured ``resolver``. ``ttl`` is how long a registry answer is cached. ``clock``
+    (monotonic seconds) and ``sleep`` are injectable so tests never wait. Closing the client
+    releases the backend: it is closed when no other client (sync or async) still uses it.
     """
 
     def __init__(
         self,
         *,
         backend: Backend,
-        registry: AdapterRegistry | None = None,
+        registry: AdapterRegistry | str | os.PathLike[str] | None = None,
         resolver: AdapterResolver | None = None,
         ttl: float = 60.0,
         policy: Policy | None = None,
@@ -81,9 +87,13 @@ class TenantLoRA(_BaseClient):
             clock=clock,
         )
         self.backend = backend
+        chosen, self._owns_registry = registry_from(registry)
         self.resolver: AdapterResolver = _resolver_from(
-            AdapterResolver, registry, resolver, ttl=ttl, policy=policy, clock=clock
+            AdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
+        self._registry = chosen
+        self._closed = False
+        lease(backend)
         self._sleep = sleep
 
     def chat(
@@ -157,8 +167,16 @@ class TenantLoRA(_BaseClient):
         return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     def close(self) -> None:
-        """Close the backend (its connection pool or model)."""
-        self.backend.close()
+        """Release the backend: closed when this is the last client using it (a backend shared
+        with another client, sync or async, stays open for that one). A registry the client
+        opened from a path is closed too. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_registry:
+            self._registry.close()  # type: ignore[union-attr]
+        if release(self.backend):
+            self.backend.close()
 
     def __enter__(self) -> TenantLoRA:
         return self
@@ -260,7 +278,7 @@ class AsyncTenantLoRA(_BaseClient):
         self,
         *,
         backend: AsyncBackend,
-        registry: AdapterRegistry | AsyncAdapterRegistry | None = None,
+        registry: AdapterRegistry | AsyncAdapterRegistry | str | os.PathLike[str] | None = None,
         resolver: AsyncAdapterResolver | None = None,
         ttl: float = 60.0,
         policy: Policy | None = None,
@@ -285,9 +303,13 @@ class AsyncTenantLoRA(_BaseClient):
             clock=clock,
         )
         self.backend = backend
+        chosen, self._owns_registry = registry_from(registry)
         self.resolver: AsyncAdapterResolver = _resolver_from(
-            AsyncAdapterResolver, registry, resolver, ttl=ttl, policy=policy, clock=clock
+            AsyncAdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
+        self._registry = chosen
+        self._closed = False
+        lease(backend)
         if sleep is None:
             # Resolved here, not as the default value, so `import tenantlora.client` (which the
             # sync client needs too) does not import asyncio.
@@ -356,8 +378,15 @@ class AsyncTenantLoRA(_BaseClient):
         return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     async def aclose(self) -> None:
-        """Close the backend (its connection pool or model)."""
-        await self.backend.aclose()
+        """The async twin of :meth:`TenantLoRA.close`: release the backend, closed when this is
+        the last client using it; close a registry opened from a path. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_registry:
+            self._registry.close()  # type: ignore[union-attr]
+        if release(self.backend):
+            await self.backend.aclose()
 
     async def __aenter__(self) -> AsyncTenantLoRA:
         return self

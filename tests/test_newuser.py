@@ -1,0 +1,112 @@
+"""What a new user trips over (issue 9 "tried as a new user"): true validation messages, a
+backend shared by a sync and an async client, registry= as a path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tenantlora import AsyncTenantLoRA, TenantLoRA
+from tenantlora.errors import ConfigurationError, InvalidRequestError
+from tenantlora.registry import MemoryRegistry, SQLiteRegistry
+from tenantlora.testing import FakeBackend
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def client() -> TenantLoRA:
+    return TenantLoRA(backend=FakeBackend(), registry=MemoryRegistry())
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        ([], "messages needs at least one message"),
+        ([{}], "messages[0].role is required; messages[0].content is required"),
+        ([{"role": "x", "content": "a"}], "messages[0].role must be 'system', 'user',"),
+        ([{"role": "user", "content": 5}], "messages[0].content must be a string"),
+        ([None], "messages[0] must be a {'role': ..., 'content': ...} mapping"),
+        ([MESSAGES[0], {"role": "user"}], "messages[1].content is required"),
+    ],
+)
+def test_validation_messages_are_true(client: TenantLoRA, messages: Any, expected: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        client.chat("acme", "icp", messages)
+    assert expected in str(caught.value)
+    if messages:
+        assert "at least" not in str(caught.value)  # the old false clause
+
+
+_VALUES = st.recursive(
+    st.none() | st.integers() | st.text(max_size=12) | st.booleans(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.lists(_VALUES, max_size=3))
+def test_any_bad_messages_give_an_invalid_request_that_never_echoes(messages: list[Any]) -> None:
+    client = TenantLoRA(backend=FakeBackend(), registry=MemoryRegistry())
+    try:
+        client.chat("acme", "icp", messages)
+    except InvalidRequestError as exc:
+        text = str(exc)
+        for value in _strings(messages):
+            if len(value) >= 6 and value not in ("system", "user", "assistant", "content"):
+                assert value not in text
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    return []
+
+
+async def test_a_backend_shared_by_a_sync_and_an_async_client() -> None:
+    """Closing one client leaves the shared backend open for the other; the last one closes it."""
+    backend = FakeBackend()
+    sync = TenantLoRA(backend=backend, registry=MemoryRegistry())
+    async_client = AsyncTenantLoRA(backend=backend, registry=MemoryRegistry())
+    sync.close()
+    sync.close()  # idempotent: does not release twice
+    assert not backend.closed
+    assert (await async_client.chat("acme", "icp", MESSAGES)).text
+    await async_client.aclose()
+    assert backend.closed
+
+
+def test_one_client_still_closes_its_backend() -> None:
+    backend = FakeBackend()
+    with TenantLoRA(backend=backend, registry=MemoryRegistry()):
+        pass
+    assert backend.closed
+
+
+def test_registry_may_be_an_sqlite_path(tmp_path: Path) -> None:
+    db = tmp_path / "adapters.db"
+    with SQLiteRegistry(db) as registry:
+        registry.publish("acme", "icp", adapter_id="acme-icp-v1")
+    with TenantLoRA(backend=FakeBackend(), registry=str(db)) as client:
+        assert client.chat("acme", "icp", MESSAGES).adapter == "acme-icp-v1"
+    with TenantLoRA(backend=FakeBackend(), registry=db) as client:  # a Path works too
+        assert client.chat("acme", "icp", MESSAGES).adapter == "acme-icp-v1"
+    with TenantLoRA(backend=FakeBackend(), registry=":memory:") as client:
+        assert client.chat("acme", "icp", MESSAGES).fallback_reason == "no_adapter"
+
+
+@pytest.mark.parametrize("registry", ["adapters.json", 42, object()])
+def test_other_registry_values_are_a_clear_error(registry: Any) -> None:
+    with pytest.raises(ConfigurationError, match="registry"):
+        TenantLoRA(backend=FakeBackend(), registry=registry)
