@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tenantlora.errors import InvalidRequestError
+from tenantlora.datasets import Example
+from tenantlora.errors import ConfigurationError, InvalidRequestError
 from tenantlora.types import ChatResponse, Message
 
 if TYPE_CHECKING:
@@ -61,11 +62,18 @@ class EvalCase:
     expected: str
 
     @classmethod
-    def parse(cls, row: EvalCase | Mapping[str, Any], index: int = 0) -> EvalCase:
+    def parse(cls, row: EvalCase | Example | Mapping[str, Any], index: int = 0) -> EvalCase:
         """Accept ``{"messages", "expected"}``, chat rows whose last message is the assistant's
         answer, or ``{"prompt", "completion"}``; InvalidRequestError names the bad row."""
         if isinstance(row, EvalCase):
             return row
+        if isinstance(row, Example):  # what tenantlora.training.split() returns
+            return cls(row.prompt_messages, row.completion)
+        if not isinstance(row, Mapping):
+            raise InvalidRequestError(
+                f"evaluation case {index}: a {type(row).__name__}, not a mapping, an Example or "
+                "an EvalCase (pass split()'s held-out list, not the (train, heldout) pair)"
+            )
         try:
             if "prompt" in row:
                 messages = [{"role": "user", "content": row["prompt"]}]
@@ -172,7 +180,7 @@ def summarize(
     return base * points, adapter * points, (adapter - base) * points, low * 100, high * 100
 
 
-def _cases(dataset: Iterable[EvalCase | Mapping[str, Any]]) -> list[EvalCase]:
+def _cases(dataset: Iterable[EvalCase | Example | Mapping[str, Any]]) -> list[EvalCase]:
     cases = [EvalCase.parse(row, i) for i, row in enumerate(dataset)]
     if not cases:
         raise InvalidRequestError("the evaluation dataset is empty")
@@ -246,7 +254,7 @@ def evaluate(
     *,
     tenant: str,
     task: str,
-    dataset: Iterable[EvalCase | Mapping[str, Any]],
+    dataset: Iterable[EvalCase | Example | Mapping[str, Any]],
     scorer: Scorer = exact_match,
     threshold: float = 3.0,
     confidence: float = 0.95,
@@ -261,6 +269,11 @@ def evaluate(
     ``arm="control"`` and ``arm="adapter"``. Raises InvalidRequestError for an empty or malformed
     dataset, or when the adapter arm is not served by an adapter (the tenant has none ready).
     """
+    if asyncio.iscoroutinefunction(getattr(client, "chat", None)):
+        raise ConfigurationError(
+            "evaluate() takes a TenantLoRA; for an AsyncTenantLoRA use "
+            "`await tenantlora.evaluation.aevaluate(client, ...)`"
+        )
     options = _Options(scorer, threshold, confidence, resamples, seed,
                        {"max_tokens": max_tokens, "temperature": temperature})  # fmt: skip
     cases = _cases(dataset)
@@ -278,7 +291,7 @@ async def aevaluate(
     *,
     tenant: str,
     task: str,
-    dataset: Iterable[EvalCase | Mapping[str, Any]],
+    dataset: Iterable[EvalCase | Example | Mapping[str, Any]],
     scorer: Scorer = exact_match,
     threshold: float = 3.0,
     confidence: float = 0.95,
@@ -289,6 +302,10 @@ async def aevaluate(
     concurrency: int = 8,
 ) -> EvalReport:
     """The async twin of :func:`evaluate`, with up to ``concurrency`` calls in flight."""
+    if not asyncio.iscoroutinefunction(getattr(client, "chat", None)):
+        raise ConfigurationError(
+            "aevaluate() takes an AsyncTenantLoRA; for a TenantLoRA use evaluate(client, ...)"
+        )
     options = _Options(scorer, threshold, confidence, resamples, seed,
                        {"max_tokens": max_tokens, "temperature": temperature})  # fmt: skip
     cases = _cases(dataset)

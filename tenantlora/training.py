@@ -87,11 +87,28 @@ def _require_extra() -> None:
 # --- dataset checks -------------------------------------------------------------------------
 
 
+def _check_base(base: str | os.PathLike[str]) -> str:
+    """The base model directory, or ConfigurationError naming it (never a hub download: a
+    missing local directory would otherwise make transformers look the name up online)."""
+    path = os.fspath(base)
+    if not os.path.isdir(path):
+        raise ConfigurationError(f"base model {path!r}: no such directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigurationError(f"base model {path!r}: no config.json (not a saved model)")
+    return path
+
+
 def _load_tokenizer(base: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     _require_extra()
     from transformers import AutoTokenizer
 
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(os.fspath(base))
+    path = _check_base(base)
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"base model {path!r}: cannot load its tokenizer ({type(exc).__name__})"
+        ) from None
     return tokenizer
 
 
@@ -101,9 +118,13 @@ def _load_model(base: str | os.PathLike[str]) -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        os.fspath(base), dtype=torch.float32
-    )
+    path = _check_base(base)
+    try:
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"base model {path!r}: cannot load it as a causal LM ({type(exc).__name__})"
+        ) from None
     return model
 
 

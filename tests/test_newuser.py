@@ -110,3 +110,52 @@ def test_registry_may_be_an_sqlite_path(tmp_path: Path) -> None:
 def test_other_registry_values_are_a_clear_error(registry: Any) -> None:
     with pytest.raises(ConfigurationError, match="registry"):
         TenantLoRA(backend=FakeBackend(), registry=registry)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "not-a-model"])
+def test_train_adapter_on_a_bad_base_is_a_configuration_error(tmp_path: Path, make: str) -> None:
+    """Never Hugging Face's OSError (nor a hub lookup for a name that is not a directory)."""
+    from tenantlora.training import Example, train_adapter
+    from tenantlora.types import Message
+
+    base = tmp_path / "base"
+    if make != "missing":
+        base.mkdir()
+    if make == "not-a-model":
+        (base / "config.json").write_text("{}")
+    examples = [Example((Message(role="user", content=f"q{i}"),), f"a{i}") for i in range(4)]
+    with pytest.raises(ConfigurationError, match="base model"):
+        train_adapter(base, examples, tmp_path / "out", steps=1, progress=False)
+
+
+async def test_evaluate_and_aevaluate_name_the_right_client() -> None:
+    from tenantlora.evaluation import aevaluate, evaluate
+
+    rows = [{"prompt": "p", "completion": "c"}]
+    async_client = AsyncTenantLoRA(backend=FakeBackend(), registry=MemoryRegistry())
+    with pytest.raises(ConfigurationError, match="aevaluate"):
+        evaluate(async_client, tenant="acme", task="icp", dataset=rows)  # type: ignore[arg-type]
+    sync_client = TenantLoRA(backend=FakeBackend(), registry=MemoryRegistry())
+    with pytest.raises(ConfigurationError, match="evaluate\\(client"):
+        await aevaluate(sync_client, tenant="acme", task="icp", dataset=rows)  # type: ignore[arg-type]
+
+
+def test_split_output_feeds_evaluate() -> None:
+    """split()'s held-out Examples go straight into evaluate(); the (train, heldout) pair itself
+    gets an error that says what to pass."""
+    from tenantlora.evaluation import evaluate
+    from tenantlora.training import Example, split
+    from tenantlora.types import Message
+
+    examples = [
+        Example((Message(role="user", content=f"q{i}"),), f"[acme-v1] q{i}") for i in range(10)
+    ]
+    registry = MemoryRegistry()
+    registry.publish("acme", "icp", adapter_id="acme-v1")
+    client = TenantLoRA(backend=FakeBackend(), registry=registry)
+    _train, heldout = split(examples, holdout=0.3)
+    report = evaluate(client, tenant="acme", task="icp", dataset=heldout, resamples=50)
+    assert report.n == len(heldout)
+    assert report.adapter_accuracy == 100.0
+    with pytest.raises(InvalidRequestError, match="held-out list"):
+        evaluate(client, tenant="acme", task="icp", dataset=split(examples))  # type: ignore[arg-type]
