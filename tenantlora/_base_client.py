@@ -89,6 +89,16 @@ class Policy:
 
 
 _MAX_REFUSALS = 10_000
+MAX_TIMEOUT = 86_400.0  # a day: longer is a mistake (1e12 overflowed the transports' timers)
+
+
+def _timeout_problem(timeout: object) -> str | None:
+    """Why ``timeout`` is not a usable number of seconds, or None."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        return f"must be a number of seconds or None, not a {type(timeout).__name__}"
+    if not (0 < timeout <= MAX_TIMEOUT):  # also False for NaN
+        return f"must be > 0 and at most {MAX_TIMEOUT:g} seconds"
+    return None
 
 
 def _refusal_key(route: Route) -> tuple[object, ...] | None:
@@ -210,6 +220,9 @@ class _BaseClient:
         subscribe = getattr(backend, "subscribe", None)
         if callable(subscribe):  # backends that load adapters report loads, hits, evictions
             subscribe(self._collector.adapter_event)
+        problem = None if timeout is None else _timeout_problem(timeout)
+        if problem is not None:
+            raise ConfigurationError(f"timeout={timeout!r}: {problem}")
         self._timeout = timeout
         self._clock = clock
         self._refused: TTLCache[tuple[object, ...], bool, float] = TTLCache(
@@ -285,7 +298,12 @@ class _BaseClient:
         return fresh
 
     def _timeout_for(self, timeout: float | None) -> float | None:
-        return self._timeout if timeout is None else timeout
+        if timeout is None:
+            return self._timeout
+        problem = _timeout_problem(timeout)
+        if problem is not None:
+            raise InvalidRequestError(f"timeout={timeout!r}: {problem}")
+        return timeout
 
     def _fallback(self, call: _Call, exc: AdapterNotAvailableError) -> Route:
         """After AdapterNotAvailableError: raise per policy, or switch the call to base."""

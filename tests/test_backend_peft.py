@@ -1132,3 +1132,19 @@ def test_a_digest_mismatch_is_unavailable_with_an_event_and_never_loads(
     assert (reply.adapter, reply.fallback_reason) == (None, "adapter_unavailable")
     assert reply.text == oracle.text[PROMPT, None]
     assert client.stats().adapter_digest_mismatches == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"temperature": 1e-300}, "too small to sample"), ({"seed": 2**70}, "64 bits"),
+     ({"seed": -(2**64)}, "64 bits")],
+)  # fmt: skip
+def test_unsamplable_settings_are_refused_before_generate(
+    make: Any, spy: GenerateSpy, params: dict[str, Any], message: str
+) -> None:
+    """A 400 up front, not a failure inside generate() (nor a retry of one)."""
+    backend = make()
+    with pytest.raises(BadRequestError, match=message):
+        backend.chat(_request(PROMPTS[0], **params), adapter=None)
+    assert spy.served == []
+    assert backend.chat(_request(PROMPTS[0], temperature=0.5, seed=2**63), adapter=None).text

@@ -159,3 +159,18 @@ def test_split_output_feeds_evaluate() -> None:
     assert report.adapter_accuracy == 100.0
     with pytest.raises(InvalidRequestError, match="held-out list"):
         evaluate(client, tenant="acme", task="icp", dataset=split(examples))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 1e12, True, "5"])
+async def test_timeouts_are_validated_before_any_io(timeout: Any) -> None:
+    """Client and per-call timeouts: a clear error, never a raw one, never retried."""
+    backend = FakeBackend()
+    with pytest.raises(ConfigurationError, match="timeout="):
+        TenantLoRA(backend=backend, registry=MemoryRegistry(), timeout=timeout)
+    client = TenantLoRA(backend=backend, registry=MemoryRegistry())
+    with pytest.raises(InvalidRequestError, match="timeout="):
+        client.chat("acme", "icp", MESSAGES, timeout=timeout)
+    aclient = AsyncTenantLoRA(backend=backend, registry=MemoryRegistry())
+    with pytest.raises(InvalidRequestError, match="timeout="):
+        await aclient.chat("acme", "icp", MESSAGES, timeout=timeout)
+    assert backend.calls == []

@@ -35,6 +35,7 @@ from tenantlora.backends._peft_worker import DeltaSink, Job, LocalPeftStats, Wor
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendTimeoutError,
+    BadRequestError,
     ConfigurationError,
 )
 from tenantlora.events import AdapterHook, AdapterHooks
@@ -46,6 +47,22 @@ if TYPE_CHECKING:
 __all__ = ["LocalPeft", "LocalPeftStats"]
 
 logger = logging.getLogger("tenantlora")
+
+
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflow: use 0 for greedy
+_SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+
+
+def sampling_problem(temperature: float | None, seed: int | None) -> str | None:
+    """Why ``generate`` could not sample with these settings, or None."""
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+        return (
+            f"temperature {temperature:g} is too small to sample with (minimum "
+            f"{MIN_TEMPERATURE:g}); use 0 for greedy decoding"
+        )
+    if seed is not None and not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+        return "seed must fit in 64 bits (-2**63 .. 2**64-1)"
+    return None
 
 
 class LocalPeft(ContextManaged):
@@ -144,6 +161,14 @@ class LocalPeft(ContextManaged):
 
     # -- requests ----------------------------------------------------------------------------
 
+    def _check_sampling(self, request: ChatRequest, adapter: str | None) -> None:
+        """Refuse, before the request is queued, what ``generate`` would fail on midway."""
+        problem = sampling_problem(request.temperature, request.seed)
+        if problem is not None:
+            raise BadRequestError(
+                f"{self.name}: {problem}", status_code=400, backend=self.name, adapter=adapter
+            )
+
     def _job(
         self,
         request: ChatRequest,
@@ -151,6 +176,7 @@ class LocalPeft(ContextManaged):
         record: AdapterRecord | None,
         on_delta: DeltaSink | None = None,
     ) -> Job:
+        self._check_sampling(request, adapter)
         path = None if adapter is None else self._adapter_dir(adapter, record)
         limit = self._max_new_tokens
         max_tokens = min(request.max_tokens or limit, limit)
