@@ -344,6 +344,18 @@ class _BaseClient:
         self._emit(call, latency_ms, error=None, usage=stamped)
         return stamped
 
+    def _cancelled(self, call: _Call, partial: ChatResponse) -> ChatResponse:
+        """A stream that stopped before its end: recorded as cancelled, never as a success; the
+        handle's response says so (``finish_reason="cancelled"``, the text received so far)."""
+        latency_ms = (self._clock() - call.started) * 1000.0
+        stamped = replace(
+            partial,
+            {**self._stamp(call, latency_ms=latency_ms, retries=call.retries),
+             "finish_reason": "cancelled"},
+        )  # fmt: skip
+        self._emit(call, latency_ms, error=None, usage=None, cancelled=True)
+        return stamped
+
     def _failed(self, call: _Call, exc: BaseException) -> None:
         call.failed = True
         if isinstance(exc, (BackendError, RegistryError)):
@@ -359,6 +371,7 @@ class _BaseClient:
         *,
         error: BaseException | None,
         usage: ChatResponse | None,
+        cancelled: bool = False,
     ) -> None:
         r = call.route
         event = RequestEvent(
@@ -375,6 +388,7 @@ class _BaseClient:
             stream=call.stream,
             error=None if error is None else type(error).__name__,
             usage=None if usage is None else usage.usage,
+            cancelled=cancelled,
         )
         emit(self._hooks, event)
 

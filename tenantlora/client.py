@@ -244,6 +244,7 @@ class TenantLoRA(_BaseClient):
     ) -> Generator[ChatChunk, None, None]:
         chunks: Generator[ChatChunk, None, None] | None = None
         acc = _Accumulator()
+        ended = False  # the backend's stream reached its end (else: closed or abandoned early)
         try:
             self._route(call, self.resolver.resolve(call.tenant, call.task), ab)
             try:
@@ -256,6 +257,7 @@ class TenantLoRA(_BaseClient):
                 acc.add(stamped)
                 yield stamped
                 chunk = next(chunks, None)
+            ended = True
         except Exception as exc:
             self._failed(call, exc)
             raise
@@ -263,7 +265,8 @@ class TenantLoRA(_BaseClient):
             if chunks is not None:
                 chunks.close()
             if call.route is not None and outcome.response is None and not call.failed:
-                outcome.response = self._succeeded(call, acc.response())
+                finish = self._succeeded if ended else self._cancelled
+                outcome.response = finish(call, acc.response())
 
 
 class AsyncTenantLoRA(_BaseClient):
@@ -456,6 +459,7 @@ class AsyncTenantLoRA(_BaseClient):
     ) -> AsyncGenerator[ChatChunk, None]:
         chunks: AsyncGenerator[ChatChunk, None] | None = None
         acc = _Accumulator()
+        ended = False  # the backend's stream reached its end (else: closed, cancelled early)
         try:
             self._route(call, await self.resolver.resolve(call.tenant, call.task), ab)
             try:
@@ -468,6 +472,7 @@ class AsyncTenantLoRA(_BaseClient):
                 acc.add(stamped)
                 yield stamped
                 chunk = await anext(chunks, None)
+            ended = True
         except Exception as exc:
             self._failed(call, exc)
             raise
@@ -475,4 +480,5 @@ class AsyncTenantLoRA(_BaseClient):
             if chunks is not None:
                 await chunks.aclose()
             if call.route is not None and outcome.response is None and not call.failed:
-                outcome.response = self._succeeded(call, acc.response())
+                finish = self._succeeded if ended else self._cancelled
+                outcome.response = finish(call, acc.response())

@@ -40,6 +40,8 @@ class RequestEvent(NamedTuple):
     ``adapter`` is the adapter that served (None = base model); ``requested_adapter`` the one the
     route chose first (differs after an ``adapter_unavailable`` fallback). ``cache`` is how the
     resolver answered. ``error`` is the exception class name when the request failed.
+    ``cancelled`` is True for a stream closed, abandoned or cancelled before its end: not a
+    success (its ``usage`` is None) and not an error.
     An immutable named tuple (cheap to build: one is made per request).
     """
 
@@ -56,6 +58,7 @@ class RequestEvent(NamedTuple):
     stream: bool
     error: str | None = None
     usage: Usage | None = None
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:

@@ -174,3 +174,56 @@ async def test_timeouts_are_validated_before_any_io(timeout: Any) -> None:
     with pytest.raises(InvalidRequestError, match="timeout="):
         await aclient.chat("acme", "icp", MESSAGES, timeout=timeout)
     assert backend.calls == []
+
+
+async def test_streams_closed_or_cancelled_early_are_recorded_as_cancelled() -> None:
+    """Sync close, async aclose and task cancellation mid-stream: the event says cancelled (no
+    usage, no error), the handle's response says finish_reason "cancelled"; a stream read to
+    its end is a success."""
+    import asyncio
+
+    from tenantlora.events import RequestEvent
+
+    events: list[RequestEvent] = []
+    backend = FakeBackend(lambda request, adapter: "one two three four five")
+    client = TenantLoRA(backend=backend, registry=MemoryRegistry(), hooks=[events.append])
+    stream = client.stream("acme", "icp", MESSAGES)
+    next(stream)
+    stream.close()
+    assert stream.response is not None
+    assert (stream.response.finish_reason, stream.response.text) == ("cancelled", "one")
+    full = client.stream("acme", "icp", MESSAGES)
+    assert full.text() == "one two three four five"
+    assert full.response is not None
+    assert full.response.finish_reason == "stop"
+
+    aclient = AsyncTenantLoRA(backend=backend, registry=MemoryRegistry(), hooks=[events.append])
+    astream = aclient.stream("acme", "icp", MESSAGES)
+    await astream.__anext__()
+    await astream.aclose()
+    assert astream.response is not None
+    assert astream.response.finish_reason == "cancelled"
+
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in aclient.stream("acme", "icp", MESSAGES):
+            started.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    import gc
+
+    gc.collect()  # the abandoned generator is finalised by the loop's async-generator hook
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [(e.cancelled, e.error, e.usage is None) for e in events] == [
+        (True, None, True),
+        (False, None, False),
+        (True, None, True),
+        (True, None, True),
+    ]
