@@ -592,7 +592,7 @@ def test_stream_closed_early_with_long_remainder_drops_connection(
     backend: OpenAICompatible, openai_server: OpenAIServer
 ) -> None:
     """Past the drain limit the connection is closed, not read on; the next call still works."""
-    openai_server.push(long_stream(40, size=4096))
+    openai_server.push(long_stream(400, size=4096))
     stream = backend.stream(REQUEST, adapter=None)
     next(stream)
     stream.close()
@@ -813,7 +813,7 @@ async def test_astream_closed_early_with_long_remainder_drops_connection(
     abackend: OpenAICompatible, openai_server: OpenAIServer
 ) -> None:
     """Async: past the drain limit the connection is dropped; the next call still works."""
-    openai_server.push(long_stream(40, size=4096))
+    openai_server.push(long_stream(400, size=4096))
     stream = abackend.astream(REQUEST, adapter=None)
     await stream.__anext__()
     await stream.aclose()  # type: ignore[attr-defined]

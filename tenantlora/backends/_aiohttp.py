@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -25,6 +25,7 @@ from tenantlora.backends._http import (
     CallContext,
     HTTPConfig,
     HTTPResponse,
+    LineSplitter,
     SSEDecoder,
     SSEEvent,
     closed_error,
@@ -163,13 +164,13 @@ class AiohttpTransport:
                 body = await _read_some(response)
                 self.config.check(response.status, response.headers, body, ctx)
             decoder = SSEDecoder(marker)
-            async for raw in response.content:
-                data = decoder.feed(raw.decode().rstrip("\r\n"))
-                if data is not None:
-                    yield SSEEvent(data, response.headers)
-                elif decoder.done:
-                    break
-            else:
+            splitter = LineSplitter()  # the same line discipline as the httpx transports
+            async for event in _events(response, splitter, decoder):
+                yield event
+            if not decoder.done:
+                for line in splitter.end():
+                    if (data := decoder.feed(line)) is not None:
+                        yield SSEEvent(data, response.headers)
                 if (data := decoder.end()) is not None:
                     yield SSEEvent(data, response.headers)
                 decoder.check_complete(ctx)
@@ -191,6 +192,19 @@ class AiohttpTransport:
             await session.close()
         elif session is not None:
             session.detach()
+
+
+async def _events(
+    response: aiohttp.ClientResponse, splitter: LineSplitter, decoder: SSEDecoder
+) -> AsyncIterator[SSEEvent]:
+    """The events of an SSE body, until the end of the body or the decoder's end marker."""
+    async for chunk in response.content.iter_any():
+        for line in splitter.feed(chunk):
+            data = decoder.feed(line)
+            if data is not None:
+                yield SSEEvent(data, response.headers)
+            elif decoder.done:
+                return
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> bytes:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import json
 import logging
 import sys
@@ -417,6 +418,39 @@ def decode_json(content: bytes, ctx: CallContext) -> Any:
 
 
 # -- server-sent events ------------------------------------------------------------------------
+
+
+_NEWLINES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+def _strip(line: str) -> str:
+    return line[:-2] if line.endswith("\r\n") else line[:-1]
+
+
+class LineSplitter:
+    """Bytes in, text lines out, exactly as httpx's ``iter_lines`` gives them: UTF-8 decoded
+    with replacement characters for invalid bytes, lines split as ``str.splitlines`` splits
+    (``\r\n``, ``\n``, a lone ``\r`` — all SSE line endings — and the rest), across any
+    chunking. The aiohttp transport uses it, so a stream reads the same on all transports.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines completed by ``chunk``."""
+        lines = (self._buffer + self._decoder.decode(chunk)).splitlines(keepends=True)
+        self._buffer = ""
+        if lines and (lines[-1][-1] not in _NEWLINES or lines[-1].endswith("\r")):
+            self._buffer = lines.pop()  # unterminated, or a "\r" whose "\n" may follow
+        return [_strip(line) for line in lines]
+
+    def end(self) -> list[str]:
+        """What remains at the end of the body (a last line without its ending)."""
+        text = self._buffer + self._decoder.decode(b"", final=True)
+        self._buffer = ""
+        return [_strip(x) if x[-1] in _NEWLINES else x for x in text.splitlines(keepends=True)]
 
 
 class SSEEvent(NamedTuple):
