@@ -226,12 +226,13 @@ async def _release(response: aiohttp.ClientResponse, drain: bool) -> None:
     if drain:
         try:
             budget, deadline = drain_limits()
-            while budget > 0 and time.monotonic() <= deadline:
-                chunk = await response.content.read(budget)
+            while budget > 0 and (left := deadline - time.monotonic()) > 0:
+                # A silent server must not hold the close up: each read waits `left` at most.
+                chunk = await asyncio.wait_for(response.content.read(budget), left)
                 if not chunk:
                     response.release()
                     return
                 budget -= len(chunk)
-        except _WIRE_ERRORS:
-            pass  # broken connection: close it below
+        except (*_WIRE_ERRORS, asyncio.TimeoutError):
+            pass  # broken or too slow: close it below
     response.close()

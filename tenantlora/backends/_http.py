@@ -84,7 +84,7 @@ DONE = "[DONE]"
 # short tail (the consumer stopped just before [DONE]) is cheaper to read than a new TCP
 # connection, but a long generation is cheaper to abort (the server stops generating too).
 DRAIN_LIMIT_BYTES = 64 * 1024
-DRAIN_LIMIT_SECONDS = 0.5
+DRAIN_LIMIT_SECONDS = 0.05
 ERROR_BODY_LIMIT = 500
 _SENSITIVE_HEADER_PARTS = ("authorization", "key", "token", "secret", "cookie", "password")
 
