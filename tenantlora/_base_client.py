@@ -230,6 +230,17 @@ class _BaseClient:
         )
         self._refused_lock = threading.Lock()
 
+    def _release(self) -> bool:
+        """Closing, once: close a registry this client opened; True when this was the last
+        client holding the backend (the caller then closes it, sync or async)."""
+        if getattr(self, "_closed", True):
+            return False
+        self._closed = True
+        registry = getattr(self, "_registry", None)
+        if getattr(self, "_owns_registry", False) and registry is not None:
+            registry.close()
+        return release(getattr(self, "backend"))  # noqa: B009  (set by the twins)
+
     def stats(self) -> Stats:
         """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
         return self._collector.snapshot()

@@ -32,7 +32,6 @@ from tenantlora._base_client import (
     _resolver_from,
     lease,
     registry_from,
-    release,
 )
 from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
@@ -170,12 +169,7 @@ class TenantLoRA(_BaseClient):
         """Release the backend: closed when this is the last client using it (a backend shared
         with another client, sync or async, stays open for that one). A registry the client
         opened from a path is closed too. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_registry:
-            self._registry.close()  # type: ignore[union-attr]
-        if release(self.backend):
+        if self._release():
             self.backend.close()
 
     def __enter__(self) -> TenantLoRA:
@@ -383,12 +377,7 @@ class AsyncTenantLoRA(_BaseClient):
     async def aclose(self) -> None:
         """The async twin of :meth:`TenantLoRA.close`: release the backend, closed when this is
         the last client using it; close a registry opened from a path. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_registry:
-            self._registry.close()  # type: ignore[union-attr]
-        if release(self.backend):
+        if self._release():
             await self.backend.aclose()
 
     async def __aenter__(self) -> AsyncTenantLoRA:
