@@ -33,7 +33,9 @@ TenantLoRAError
 ```
 
 Errors never carry a prompt, a completion or a secret: messages are built from status codes,
-provider error messages and identifiers only.
+provider error codes and types, and identifiers only. A provider's own error text (which may
+echo the request) is never in ``str(error)``: it is :attr:`BackendStatusError.body`, with
+echoed request fields removed and secrets scrubbed.
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ class BackendTimeoutError(BackendError):
 class BackendStatusError(BackendError):
     """The backend answered with an error status.
 
-    ``body`` is the provider's error message (never the request), ``code`` the provider's own
+    ``body`` is the provider's error message, kept here on purpose and never in ``str()``
+    (providers echo requests in errors; echoed fields such as FastAPI's ``detail[].input`` are
+    removed and secrets scrubbed). ``code`` the provider's own
     error code when it gives one, ``retry_after`` seconds from ``Retry-After`` /
     ``retry-after-ms`` when present. ``retryable`` overrides the status-based retry policy when a
     provider says more (Workers AI's daily quota is a 429 that will not change).

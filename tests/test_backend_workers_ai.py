@@ -31,6 +31,7 @@ from tenantlora.errors import (
     AuthenticationError,
     BackendConnectionError,
     BackendError,
+    BackendStatusError,
     ConfigurationError,
     DailyQuotaError,
     InvalidRequestError,
@@ -203,7 +204,7 @@ def test_unknown_finetune_is_adapter_not_available(
     backend: WorkersAI, cloudflare: FakeCloudflare
 ) -> None:
     """Cloudflare's 3037 "Finetune ... not found" reply means the adapter is unavailable."""
-    with pytest.raises(AdapterNotAvailableError, match="not found") as info:
+    with pytest.raises(AdapterNotAvailableError, match="code 3037") as info:
         backend.chat(REQUEST, adapter="acme-icp_classifier-v9")
     assert info.value.adapter == "acme-icp_classifier-v9"
     assert not is_retryable(info.value)
@@ -326,8 +327,9 @@ def test_finetunes_create_upload_list(
         "adapter_model.safetensors": (path / "adapter_model.safetensors").read_bytes(),
     }
     assert [f.id for f in backend.finetunes.list()] == [created.id]
-    with pytest.raises(BackendError, match="already exists"):
+    with pytest.raises(BackendStatusError) as exists:
         backend.finetunes.create("acme-icp-v1")
+    assert "already exists" in (exists.value.body or "")
 
 
 def test_finetunes_list_accepts_a_single_object(
@@ -346,16 +348,18 @@ def test_finetunes_errors(backend: WorkersAI, cloudflare: FakeCloudflare, tmp_pa
     (tmp_path / "half" / "adapter_config.json").write_text("{}")
     with pytest.raises(AdapterValidationError, match=r"missing adapter_model\.safetensors"):
         backend.finetunes.upload("x", tmp_path / "half")
-    with pytest.raises(BackendError, match="not found"):
+    with pytest.raises(BackendStatusError) as missing:
         backend.finetunes.upload("nope", adapter_dir(tmp_path))
+    assert "not found" in (missing.value.body or "")
     cloudflare.next_failures.append(lambda r: httpx.Response(200, json=envelope([{"name": "x"}])))
     with pytest.raises(ResponseValidationError, match="id"):
         backend.finetunes.list()
     cloudflare.next_failures.append(
         lambda r: httpx.Response(200, json=envelope(None, errors=[{"code": 1, "message": "no"}]))
     )
-    with pytest.raises(BackendError, match="no"):
+    with pytest.raises(BackendStatusError, match="code 1") as refused:
         backend.finetunes.create("x")
+    assert refused.value.body == "no"
     cloudflare.next_failures.append(
         lambda r: (_ for _ in ()).throw(httpx.ConnectError("down", request=r))
     )

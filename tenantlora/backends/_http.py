@@ -312,18 +312,19 @@ def error_info(
 
 
 def describe_status(info: ErrorInfo, ctx: CallContext) -> str:
-    """``"<backend>: HTTP 429 from POST /v1/chat/completions: <provider message>"``.
+    """``"<backend>: HTTP 429 from POST /v1/chat/completions (type ..., code ...)"``.
 
-    The provider's message has had what echoes the request removed (FastAPI's 422
-    ``detail[].input`` holds the user's messages) and every secret scrubbed; it is also the
-    error's ``.body``.
+    Never the provider's message: providers echo requests in their errors (FastAPI's 422 puts
+    the user's messages in ``detail[].input``), and an exception's text ends up in logs and
+    crash reports. The message (echoed request fields removed, secrets scrubbed) is the error's
+    ``.body``, there on purpose for code that wants it.
     """
     text = f"{ctx.backend}: HTTP {info.status_code} from {ctx.method} {ctx.path}"
-    if info.message:
-        text += f": {info.message}"
+    facts = [f"type {info.type}" if info.type else "", f"param {info.param}" if info.param else ""]
     if info.code is not None and str(info.code) != str(info.status_code):
-        text += f" (code {info.code})"
-    return text
+        facts.append(f"code {info.code}")
+    shown = ", ".join(fact for fact in facts if fact)
+    return f"{text} ({shown})" if shown else text
 
 
 def default_status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
