@@ -17,12 +17,15 @@ distinct tenants are hung at the same time.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tenantlora.errors import RegistryError
+
+if TYPE_CHECKING:  # concurrent.futures loads on the first timed read, not on import
+    import concurrent.futures
 
 __all__ = ["DEFAULT_MAX_THREADS", "ReadPool"]
 
@@ -57,6 +60,8 @@ class ReadPool:
                     f"not starting another for tenant {tenant!r}",
                     tenant=tenant,
                 )
+            import concurrent.futures  # lazy: see the TYPE_CHECKING import
+
             future: concurrent.futures.Future[object] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()  # cannot be cancelled: the thread owns it
             self._running[tenant] = future
