@@ -259,3 +259,13 @@ async def test_async_get(cloudflare: FakeCloudflare) -> None:
             await registry.get("acme")
     finally:
         await registry.aclose()
+
+
+async def test_async_kv_is_an_async_context_manager(cloudflare: FakeCloudflare) -> None:
+    """`async with AsyncCloudflareKV(...)` closes it on exit; later reads raise RegistryError."""
+    async with AsyncCloudflareKV(
+        account_id=ACCOUNT, namespace_id=NAMESPACE, api_token=TOKEN, base_url=BASE_URL
+    ) as registry:
+        assert await registry.get("acme") is None
+    with pytest.raises(RegistryError, match="closed"):
+        await registry.get("acme")

@@ -406,6 +406,12 @@ class AsyncCloudflareKV:
         if client is not None:
             await client.aclose()
 
+    async def __aenter__(self) -> AsyncCloudflareKV:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 # -- helpers ------------------------------------------------------------------------------------
 
