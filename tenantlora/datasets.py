@@ -154,7 +154,7 @@ def load_examples(
         if tokenizer is None:
             raise ConfigurationError("max_tokens needs a tokenizer (or a model directory)")
         if isinstance(tokenizer, (str, os.PathLike)):
-            from tenantlora.training import _load_tokenizer  # needs the training extra
+            from tenantlora._fit import load_tokenizer as _load_tokenizer  # the training extra
 
             tokenizer = _load_tokenizer(tokenizer)
     examples: list[Example] = []

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from tenantlora import training
+from tenantlora import _fit, training
 from tenantlora._hf import quiet
 from tenantlora.errors import ConfigurationError
 
@@ -215,7 +215,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     Has ``<bos> <eos> <pad> <unk>``, pads on the left (set in the constructor, so it is saved)
     and carries :data:`CHAT_TEMPLATE`. Deterministic: ids follow a sorted vocabulary.
     """
-    training._require_extra()
+    _fit.require_extra()
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -316,13 +316,13 @@ def build_toy_model(
     params = {"toy_version": TOY_VERSION, "seed": seed, "steps": steps}
     if _complete(out, params):
         return out
-    training._require_extra()
+    _fit.require_extra()
     tokenizer = build_tokenizer()
-    corpus = [training._encode(tokenizer, example) for example in _corpus(seed, 4000)]
-    schedule = training._Schedule(steps=steps, batch_size=32, lr=3e-3, seed=seed)
-    with training._seeded(seed):
+    corpus = [_fit.encode(tokenizer, example) for example in _corpus(seed, 4000)]
+    schedule = _fit.Schedule(steps=steps, batch_size=32, lr=3e-3, seed=seed)
+    with _fit.seeded(seed):
         model = _model(tokenizer)
-        loss = training._fit(
+        loss = _fit.fit(
             model, corpus, schedule, pad_id=tokenizer.pad_token_id, desc="toy", progress=progress
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantlora import toy, training
+from tenantlora import _fit, toy, training
 from tenantlora.errors import ConfigurationError
 
 PROMPT = "company acme corp staff 400 funding pe-backed sector saas region emea"
@@ -170,7 +170,7 @@ def test_second_build_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def refuse(*args: object, **kwargs: object) -> float:
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(training, "_fit", refuse)
+    monkeypatch.setattr(_fit, "fit", refuse)
     assert toy.build_toy_model(out, steps=3) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(AssertionError, match="trained again"):
