@@ -105,16 +105,30 @@ def _refusal_key(route: Route) -> tuple[object, ...] | None:
     record = route.record
     if record is None:
         return None
-    return (record.tenant, record.task, record.adapter_id, record.version, record.digest,
-            record.uri)  # fmt: skip
+    return (
+        record.tenant,
+        record.task,
+        record.adapter_id,
+        record.version,
+        record.digest,
+        record.uri,
+    )
 
 
 class _Call:
     """The state of one request as it moves through the flow (never shared between requests)."""
 
     __slots__ = (
-        "cache", "failed", "requested", "retries", "route", "started", "stream", "task", "tenant",
-    )  # fmt: skip
+        "cache",
+        "failed",
+        "requested",
+        "retries",
+        "route",
+        "started",
+        "stream",
+        "task",
+        "tenant",
+    )
 
     def __init__(self, tenant: str, task: str, started: float, *, stream: bool) -> None:
         self.tenant = tenant
@@ -361,9 +375,11 @@ class _BaseClient:
         latency_ms = (self._clock() - call.started) * 1000.0
         stamped = replace(
             partial,
-            {**self._stamp(call, latency_ms=latency_ms, retries=call.retries),
-             "finish_reason": "cancelled"},
-        )  # fmt: skip
+            {
+                **self._stamp(call, latency_ms=latency_ms, retries=call.retries),
+                "finish_reason": "cancelled",
+            },
+        )
         self._emit(call, latency_ms, error=None, usage=None, cancelled=True)
         return stamped
 

@@ -61,11 +61,21 @@ def train_all(
         if _adapter_ready(out):
             print(f"   {tenant:<8} cached  {out}")
         else:
-            result = train_adapter(base, rule.rows(train), out, steps=ADAPTER_STEPS,
-                                   lr=ADAPTER_LR, seed=0, base_name="toy-llama",
-                                   threads=THREADS, progress=True)  # fmt: skip
-            print(f"   {tenant:<8} trained in {result.seconds:.1f} s, "
-                  f"final loss {result.final_loss:.3f}  ({rule.description})")  # fmt: skip
+            result = train_adapter(
+                base,
+                rule.rows(train),
+                out,
+                steps=ADAPTER_STEPS,
+                lr=ADAPTER_LR,
+                seed=0,
+                base_name="toy-llama",
+                threads=THREADS,
+                progress=True,
+            )
+            print(
+                f"   {tenant:<8} trained in {result.seconds:.1f} s, "
+                f"final loss {result.final_loss:.3f}  ({rule.description})"
+            )
         paths[tenant] = out
     return paths
 
@@ -78,8 +88,14 @@ def publish_all(registry: Any, paths: dict[str, Path]) -> None:
         if record is not None and record.uri == str(path):
             print(f"   {tenant:<8} already published as {record.adapter_id} v{record.version}")
             continue
-        record = registry.publish(tenant, TASK, adapter_id=path.name, base_model="toy-llama",
-                                  uri=str(path), metadata={"rule": tenant})  # fmt: skip
+        record = registry.publish(
+            tenant,
+            TASK,
+            adapter_id=path.name,
+            base_model="toy-llama",
+            uri=str(path),
+            metadata={"rule": tenant},
+        )
         print(f"   {tenant:<8} published {record.adapter_id} v{record.version}")
 
 
@@ -93,8 +109,9 @@ def side_by_side(client: Any, tenants: Sequence[str], shown: list[Any]) -> None:
         prompt = lead_prompt(lead)
         cells = []
         for tenant in columns:
-            reply = client.chat(tenant, TASK, [{"role": "user", "content": prompt}],
-                                max_tokens=4, temperature=0.0)  # fmt: skip
+            reply = client.chat(
+                tenant, TASK, [{"role": "user", "content": prompt}], max_tokens=4, temperature=0.0
+            )
             mark = "" if reply.adapter else "*"
             cells.append(f"{reply.text}{mark}".ljust(24))
         label = f"{lead['staff']} staff, {lead['funding']}, {lead['sector']}, {lead['region']}"
@@ -113,26 +130,40 @@ async def evaluate_all(
     backend = LocalPeft(base, threads=THREADS)
     async with AsyncTenantLoRA(backend=backend, registry=registry) as client:
         for tenant, rule in rules.items():
-            report = await aevaluate(client, tenant=tenant, task=TASK, dataset=rule.rows(heldout),
-                                     max_tokens=4, concurrency=16)  # fmt: skip
+            report = await aevaluate(
+                client,
+                tenant=tenant,
+                task=TASK,
+                dataset=rule.rows(heldout),
+                max_tokens=4,
+                concurrency=16,
+            )
             verdict = "SHIP" if report.ship else "do not ship"
             ci = f"95% CI {report.ci_low:+.1f}..{report.ci_high:+.1f}"
-            print(f"   {tenant:<8} base {report.base_accuracy:5.1f} %  adapter "
-                  f"{report.adapter_accuracy:5.1f} %  uplift {report.uplift:+6.1f} points "
-                  f"({ci})  -> {verdict}")  # fmt: skip
+            print(
+                f"   {tenant:<8} base {report.base_accuracy:5.1f} %  adapter "
+                f"{report.adapter_accuracy:5.1f} %  uplift {report.uplift:+6.1f} points "
+                f"({ci})  -> {verdict}"
+            )
 
 
 def print_stats(stats: Any) -> None:
-    print(f"   requests {stats.requests}, cache hit rate {stats.cache_hit_rate:.0%}, "
-          f"fallbacks {stats.fallbacks}")  # fmt: skip
-    print(f"   adapter loads {stats.adapter_loads} (p50 {stats.adapter_load_p50_ms or 0:.0f} ms, "
-          f"max {stats.adapter_load_max_ms or 0:.0f} ms), cached hits {stats.adapter_hits}, "
-          f"evictions {stats.adapter_evictions}")  # fmt: skip
+    print(
+        f"   requests {stats.requests}, cache hit rate {stats.cache_hit_rate:.0%}, "
+        f"fallbacks {stats.fallbacks}"
+    )
+    print(
+        f"   adapter loads {stats.adapter_loads} (p50 {stats.adapter_load_p50_ms or 0:.0f} ms, "
+        f"max {stats.adapter_load_max_ms or 0:.0f} ms), cached hits {stats.adapter_hits}, "
+        f"evictions {stats.adapter_evictions}"
+    )
     p50, p95 = stats.latency_p50_ms or 0.0, stats.latency_p95_ms or 0.0
     print(f"   latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
     for tenant, t in sorted(stats.tenants.items()):
-        print(f"   {tenant:<8} {t.requests} requests, {t.adapter_requests} on its adapter, "
-              f"p50 {t.latency_p50_ms or 0:.1f} ms")  # fmt: skip
+        print(
+            f"   {tenant:<8} {t.requests} requests, {t.adapter_requests} on its adapter, "
+            f"p50 {t.latency_p50_ms or 0:.1f} ms"
+        )
 
 
 def run(workdir: Path) -> dict[str, float]:
@@ -178,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     timings = run(args.workdir)
     total = time.perf_counter() - started
-    print("\n== elapsed: " + ", ".join(f"{k.split('.')[0]}: {v:.1f} s" for k, v in timings.items())
-          + f"; total {total:.1f} s")  # fmt: skip
+    print(
+        "\n== elapsed: "
+        + ", ".join(f"{k.split('.')[0]}: {v:.1f} s" for k, v in timings.items())
+        + f"; total {total:.1f} s"
+    )
     return 0
 
 

@@ -274,8 +274,14 @@ def evaluate(
             "evaluate() takes a TenantLoRA; for an AsyncTenantLoRA use "
             "`await tenantlora.evaluation.aevaluate(client, ...)`"
         )
-    options = _Options(scorer, threshold, confidence, resamples, seed,
-                       {"max_tokens": max_tokens, "temperature": temperature})  # fmt: skip
+    options = _Options(
+        scorer,
+        threshold,
+        confidence,
+        resamples,
+        seed,
+        {"max_tokens": max_tokens, "temperature": temperature},
+    )
     cases = _cases(dataset)
     replies = []
     for i, case in enumerate(cases):
@@ -306,8 +312,14 @@ async def aevaluate(
         raise ConfigurationError(
             "aevaluate() takes an AsyncTenantLoRA; for a TenantLoRA use evaluate(client, ...)"
         )
-    options = _Options(scorer, threshold, confidence, resamples, seed,
-                       {"max_tokens": max_tokens, "temperature": temperature})  # fmt: skip
+    options = _Options(
+        scorer,
+        threshold,
+        confidence,
+        resamples,
+        seed,
+        {"max_tokens": max_tokens, "temperature": temperature},
+    )
     cases = _cases(dataset)
     gate = asyncio.Semaphore(max(1, concurrency))
 

@@ -380,9 +380,16 @@ class AdapterResolver(_ResolverCore):
         if inspect.iscoroutinefunction(getattr(registry, "get", None)):
             raise ConfigurationError("an async registry needs AsyncAdapterResolver")
         super().__init__(
-            registry, ttl=ttl, negative_ttl=negative_ttl, maxsize=maxsize, max_stale=max_stale,
-            error_ttl=error_ttl, on_error=on_error, registry_timeout=registry_timeout, clock=clock,
-        )  # fmt: skip
+            registry,
+            ttl=ttl,
+            negative_ttl=negative_ttl,
+            maxsize=maxsize,
+            max_stale=max_stale,
+            error_ttl=error_ttl,
+            on_error=on_error,
+            registry_timeout=registry_timeout,
+            clock=clock,
+        )
         self._get: Callable[[str], object] = registry.get
 
     def resolve(self, tenant: str, task: str) -> Resolution:
@@ -457,9 +464,16 @@ class AsyncAdapterResolver(_ResolverCore):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
-            registry, ttl=ttl, negative_ttl=negative_ttl, maxsize=maxsize, max_stale=max_stale,
-            error_ttl=error_ttl, on_error=on_error, registry_timeout=registry_timeout, clock=clock,
-        )  # fmt: skip
+            registry,
+            ttl=ttl,
+            negative_ttl=negative_ttl,
+            maxsize=maxsize,
+            max_stale=max_stale,
+            error_ttl=error_ttl,
+            on_error=on_error,
+            registry_timeout=registry_timeout,
+            clock=clock,
+        )
         import inspect  # see AdapterResolver.__init__
 
         self._get: Callable[[str], Any] = registry.get

@@ -66,15 +66,39 @@ ADAPTER_LR = 3e-3
 """``train_adapter(..., steps=ADAPTER_STEPS, lr=ADAPTER_LR)`` learns a tenant rule on the toy."""
 MANIFEST = "tenantlora-toy.json"
 _SAVED_FILES = frozenset(
-    {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-     "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"}
-)  # fmt: skip
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "special_tokens_map.json",
+    }
+)
 
 _NAMES = (
-    "acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne", "tyrell",
-    "cyberdyne", "soylent", "wonka", "dunder", "aperture", "oscorp", "nakatomi", "zenith",
-    "orbit", "summit", "nimbus",
-)  # fmt: skip
+    "acme",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "vandelay",
+    "stark",
+    "wayne",
+    "tyrell",
+    "cyberdyne",
+    "soylent",
+    "wonka",
+    "dunder",
+    "aperture",
+    "oscorp",
+    "nakatomi",
+    "zenith",
+    "orbit",
+    "summit",
+    "nimbus",
+)
 _SUFFIXES = ("corp", "labs", "inc", "systems", "group", "works")
 STAFF = (15, 40, 80, 150, 250, 400, 600, 900, 1500, 3000)
 FUNDING = ("bootstrapped", "seed", "vc-backed", "pe-backed", "public")

@@ -554,8 +554,14 @@ class HTTPConfig:
             elapsed = (time.perf_counter() - started) * 1000.0
             logger.debug(
                 "%s %s %s%s -> %s in %.1f ms (adapter=%s)",
-                ctx.backend, ctx.method, self.base_path, ctx.path, status, elapsed, ctx.adapter,
-            )  # fmt: skip
+                ctx.backend,
+                ctx.method,
+                self.base_path,
+                ctx.path,
+                status,
+                elapsed,
+                ctx.adapter,
+            )
 
 
 def drain_limits() -> tuple[int, float]:

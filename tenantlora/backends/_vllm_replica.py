@@ -218,9 +218,11 @@ class Replica:
     def _unload(self, adapter: str) -> None:
         try:
             self.api._send(
-                "POST", UNLOAD_PATH, content=_encode({"lora_name": adapter}),
+                "POST",
+                UNLOAD_PATH,
+                content=_encode({"lora_name": adapter}),
                 timeout=self._load_timeout,
-            )  # fmt: skip
+            )
         except BackendError as exc:
             self._unload_failed(adapter, exc)
             return
@@ -270,9 +272,11 @@ class Replica:
     async def _aunload(self, adapter: str) -> None:
         try:
             await self.api._asend(
-                "POST", UNLOAD_PATH, content=_encode({"lora_name": adapter}),
+                "POST",
+                UNLOAD_PATH,
+                content=_encode({"lora_name": adapter}),
                 timeout=self._load_timeout,
-            )  # fmt: skip
+            )
         except BackendError as exc:
             self._unload_failed(adapter, exc)
             return

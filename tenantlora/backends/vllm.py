@@ -126,13 +126,24 @@ class VLLM(ContextManaged):
         self._replicas: dict[str, Replica] = {}
         for url in urls:
             api = OpenAICompatible(
-                base_url=url + "/v1", model=model, api_key=api_key, timeout=timeout,
-                async_transport=async_transport, max_connections=max_connections, name=name,
-            )  # fmt: skip
+                base_url=url + "/v1",
+                model=model,
+                api_key=api_key,
+                timeout=timeout,
+                async_transport=async_transport,
+                max_connections=max_connections,
+                name=name,
+            )
             self._replicas[url] = Replica(
-                url, api, backend=name, max_loaded=max_loaded, load_timeout=load_timeout,
-                emit=self._emit, failure_ttl=load_failure_ttl, clock=clock,
-            )  # fmt: skip
+                url,
+                api,
+                backend=name,
+                max_loaded=max_loaded,
+                load_timeout=load_timeout,
+                emit=self._emit,
+                failure_ttl=load_failure_ttl,
+                clock=clock,
+            )
         self._urls = tuple(urls)
         self._health = ReplicaHealth(failover_cooldown, clock)
         self._turn = itertools.count()

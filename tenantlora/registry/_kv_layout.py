@@ -32,8 +32,16 @@ __all__ = ["TaskVersions", "decode_value", "encode_value", "entry_of", "task_ver
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # created_at of a bare-string entry
 _FIELDS = (
-    "id", "version", "status", "base_model", "uri", "created_at", "metadata", "digest", "history",
-)  # fmt: skip
+    "id",
+    "version",
+    "status",
+    "base_model",
+    "uri",
+    "created_at",
+    "metadata",
+    "digest",
+    "history",
+)
 
 
 class TaskVersions:

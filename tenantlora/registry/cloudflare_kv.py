@@ -215,9 +215,16 @@ class CloudflareKV:
         meta = _metadata_json(metadata)
         digest = settle_content(tenant, uri, digest, self.store_root)
         draft = _make_record(
-            tenant, task, 1, adapter_id=adapter_id, base_model=base_model, uri=uri,
-            status=status, metadata=json.loads(meta), digest=digest,
-        )  # fmt: skip
+            tenant,
+            task,
+            1,
+            adapter_id=adapter_id,
+            base_model=base_model,
+            uri=uri,
+            status=status,
+            metadata=json.loads(meta),
+            digest=digest,
+        )
         key = self._config.key(tenant)
         with self._lock:
             value = self._read(key, tenant) or {}
