@@ -22,6 +22,7 @@ from tenantlora.errors import (
     BackendConnectionError,
     BadRequestError,
     ConfigurationError,
+    ResponseValidationError,
     ServerError,
 )
 from tenantlora.registry import CloudflareKV
@@ -187,3 +188,28 @@ def test_a_base_url_missing_v1_is_a_configuration_error_not_a_fallback(
             assert isinstance(caught.value, ConfigurationError)
             assert caught.value.retries == 0
     assert len(openai_server.requests) == 2
+
+
+def chain_attributes(error: BaseException) -> str:
+    """Every attribute of every exception reachable from ``error`` (cause and context, even a
+    suppressed one): what an error tracker that records exception attributes would keep."""
+    text = ""
+    seen: BaseException | None = error
+    while seen is not None:
+        text += "".join(repr(v) for v in vars(seen).values())
+        seen = seen.__cause__ or seen.__context__
+    return text
+
+
+def test_a_2xx_body_that_is_not_json_stays_out_of_the_chain(openai_server: OpenAIServer) -> None:
+    """json's decoder keeps the whole body in JSONDecodeError.doc; a body echoing the key and
+    the prompt must not ride along in the chain of the ResponseValidationError."""
+    openai_server.push(Reply.text(f'{{"echo": "{SECRET} {PROMPT}"', status=200))
+    with (
+        OpenAICompatible(base_url=openai_server.url, model=BASE_MODEL, api_key=SECRET) as backend,
+        pytest.raises(ResponseValidationError) as caught,
+    ):
+        backend.chat(REQUEST, adapter=None)
+    for text in (render(caught.value), chain_attributes(caught.value)):
+        assert SECRET not in text
+        assert PROMPT not in text

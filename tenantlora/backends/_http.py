@@ -415,7 +415,9 @@ def decode_json(content: bytes, ctx: CallContext) -> Any:
         return load_json(content)
     except ValueError as exc:
         kind = "an empty body" if not content.strip() else f"a {len(content)}-byte body"
-        raise invalid_response(f"expected JSON, got {kind} that is not JSON", ctx) from exc
+        # The decoder's error keeps the whole body in .doc (a completion, an echoed key): chain
+        # a stand-in with its type and position only.
+        raise invalid_response(f"expected JSON, got {kind} that is not JSON", ctx) from foreign(exc)
 
 
 # -- server-sent events ------------------------------------------------------------------------
