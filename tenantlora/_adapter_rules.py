@@ -32,6 +32,7 @@ __all__ = [
     "LoraTensor",
     "PatternTable",
     "check_config",
+    "fail",
     "lora_tensors",
 ]
 
@@ -91,8 +92,12 @@ class LoraTensor(NamedTuple):
     info: TensorInfo
 
 
-def _fail(path: str, message: str) -> AdapterValidationError:
+def fail(path: str, message: str) -> AdapterValidationError:
+    """The error every adapter check raises: ``"<path>: <message>"`` with ``.path`` set."""
     return AdapterValidationError(f"{path}: {message}", path=path)
+
+
+_fail = fail
 
 
 def _empty(value: object) -> bool:

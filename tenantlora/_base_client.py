@@ -226,6 +226,9 @@ class _BaseClient:
         clock: Callable[[], float],
     ) -> None:
         self._backend_name = backend_name
+        self._leased = backend
+        self._owned_registry: Any = None  # a registry the client opened from a path (closes it)
+        self._closed = True  # until _hold(): a constructor that fails holds nothing
         self._policy = policy
         self._retry = retry
         self._experiments = tuple(experiments)
@@ -244,16 +247,20 @@ class _BaseClient:
         )
         self._refused_lock = threading.Lock()
 
+    def _hold(self) -> None:
+        """The last step of a twin's constructor: lease the backend (see :func:`release`)."""
+        lease(self._leased)
+        self._closed = False
+
     def _release(self) -> bool:
         """Closing, once: close a registry this client opened; True when this was the last
         client holding the backend (the caller then closes it, sync or async)."""
-        if getattr(self, "_closed", True):
+        if self._closed:
             return False
         self._closed = True
-        registry = getattr(self, "_registry", None)
-        if getattr(self, "_owns_registry", False) and registry is not None:
-            registry.close()
-        return release(getattr(self, "backend"))  # noqa: B009  (set by the twins)
+        if self._owned_registry is not None:
+            self._owned_registry.close()
+        return release(self._leased)
 
     def stats(self) -> Stats:
         """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
@@ -306,8 +313,10 @@ class _BaseClient:
         return call.route
 
     def _remembered(self, route: Route) -> bool:
+        if not self._refused:  # the common case: nothing refused, no tuple, no lock
+            return False
         key = _refusal_key(route)
-        if key is None or not self._policy.refusal_ttl:
+        if key is None:
             return False
         with self._refused_lock:
             return key in self._refused

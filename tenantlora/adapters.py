@@ -33,8 +33,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from tenantlora._adapter_rules import PatternTable, check_config, lora_tensors
+from tenantlora._adapter_rules import fail as _fail
 from tenantlora._safetensors import TensorInfo, read_header, show_name
-from tenantlora.errors import AdapterValidationError
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -119,10 +119,6 @@ class _Pair(NamedTuple):
     a: TensorInfo
     b: TensorInfo
     embedding: bool
-
-
-def _fail(path: str, message: str) -> AdapterValidationError:
-    return AdapterValidationError(f"{path}: {message}", path=path)
 
 
 def _listed(items: list[str]) -> str:

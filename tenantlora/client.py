@@ -30,7 +30,6 @@ from tenantlora._base_client import (
     _Call,
     _generator,
     _resolver_from,
-    lease,
     registry_from,
 )
 from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
@@ -86,13 +85,12 @@ class TenantLoRA(_BaseClient):
             clock=clock,
         )
         self.backend = backend
-        chosen, self._owns_registry = registry_from(registry)
+        chosen, owned = registry_from(registry)
         self.resolver: AdapterResolver = _resolver_from(
             AdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
-        self._registry = chosen
-        self._closed = False
-        lease(backend)
+        self._owned_registry = chosen if owned else None
+        self._hold()
         self._sleep = sleep
 
     def chat(
@@ -302,13 +300,12 @@ class AsyncTenantLoRA(_BaseClient):
             clock=clock,
         )
         self.backend = backend
-        chosen, self._owns_registry = registry_from(registry)
+        chosen, owned = registry_from(registry)
         self.resolver: AsyncAdapterResolver = _resolver_from(
             AsyncAdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
-        self._registry = chosen
-        self._closed = False
-        lease(backend)
+        self._owned_registry = chosen if owned else None
+        self._hold()
         if sleep is None:
             # Resolved here, not as the default value, so `import tenantlora.client` (which the
             # sync client needs too) does not import asyncio.

@@ -187,6 +187,21 @@ def _cases(dataset: Iterable[EvalCase | Example | Mapping[str, Any]]) -> list[Ev
     return cases
 
 
+def _setup(
+    client: object, dataset: Iterable[EvalCase | Example | Mapping[str, Any]], *, want_async: bool
+) -> list[EvalCase]:
+    """Check the client is the kind the function drives (ConfigurationError naming the right
+    function otherwise), then parse the dataset."""
+    if asyncio.iscoroutinefunction(getattr(client, "chat", None)) != want_async:
+        raise ConfigurationError(
+            "aevaluate() takes an AsyncTenantLoRA; for a TenantLoRA use evaluate(client, ...)"
+            if want_async
+            else "evaluate() takes a TenantLoRA; for an AsyncTenantLoRA use "
+            "`await tenantlora.evaluation.aevaluate(client, ...)`"
+        )
+    return _cases(dataset)
+
+
 def _served_adapter(reply: ChatResponse, index: int) -> str:
     if reply.adapter is None:
         raise InvalidRequestError(
@@ -269,20 +284,9 @@ def evaluate(
     ``arm="control"`` and ``arm="adapter"``. Raises InvalidRequestError for an empty or malformed
     dataset, or when the adapter arm is not served by an adapter (the tenant has none ready).
     """
-    if asyncio.iscoroutinefunction(getattr(client, "chat", None)):
-        raise ConfigurationError(
-            "evaluate() takes a TenantLoRA; for an AsyncTenantLoRA use "
-            "`await tenantlora.evaluation.aevaluate(client, ...)`"
-        )
-    options = _Options(
-        scorer,
-        threshold,
-        confidence,
-        resamples,
-        seed,
-        {"max_tokens": max_tokens, "temperature": temperature},
-    )
-    cases = _cases(dataset)
+    params = {"max_tokens": max_tokens, "temperature": temperature}
+    options = _Options(scorer, threshold, confidence, resamples, seed, params)
+    cases = _setup(client, dataset, want_async=False)
     replies = []
     for i, case in enumerate(cases):
         adapted = client.chat(tenant, task, case.messages, arm="adapter", **options.params)
@@ -308,19 +312,9 @@ async def aevaluate(
     concurrency: int = 8,
 ) -> EvalReport:
     """The async twin of :func:`evaluate`, with up to ``concurrency`` calls in flight."""
-    if not asyncio.iscoroutinefunction(getattr(client, "chat", None)):
-        raise ConfigurationError(
-            "aevaluate() takes an AsyncTenantLoRA; for a TenantLoRA use evaluate(client, ...)"
-        )
-    options = _Options(
-        scorer,
-        threshold,
-        confidence,
-        resamples,
-        seed,
-        {"max_tokens": max_tokens, "temperature": temperature},
-    )
-    cases = _cases(dataset)
+    params = {"max_tokens": max_tokens, "temperature": temperature}
+    options = _Options(scorer, threshold, confidence, resamples, seed, params)
+    cases = _setup(client, dataset, want_async=True)
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def answer(case: EvalCase, arm: Any) -> ChatResponse:

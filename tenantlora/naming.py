@@ -11,6 +11,7 @@ hash of the exact pair).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -90,6 +91,7 @@ def safe_adapter_name(tenant: str, task: str, *, max_length: int = 64) -> str:
     return f"lora-{readable[:room].rstrip('-')}-{digest}"
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and VLLM names the adapter on every request
 def loaded_adapter_name(tenant: str, digest: str) -> str:
     """The name a loading backend gives one tenant's adapter content: ``tl-{tenant}-{hash}``.
 

@@ -227,3 +227,14 @@ async def test_streams_closed_or_cancelled_early_are_recorded_as_cancelled() -> 
         (True, None, True),
         (True, None, True),
     ]
+
+
+def test_a_client_whose_constructor_fails_holds_no_lease() -> None:
+    """A refused constructor (bad registry, bad timeout) must not keep the backend open for ever:
+    the one client that did start still closes it."""
+    backend = FakeBackend()
+    for options in ({"registry": 42}, {"registry": MemoryRegistry(), "timeout": -1}):
+        with pytest.raises(ConfigurationError):
+            TenantLoRA(backend=backend, **options)
+    TenantLoRA(backend=backend, registry=MemoryRegistry()).close()
+    assert backend.closed

@@ -14,7 +14,6 @@ write; the resolver's TTL cache adds its own delay on top.
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import os
 import threading
@@ -29,7 +28,6 @@ from pydantic import SecretStr
 from tenantlora.backends._http import as_secret, error_info, foreign, sensitive_values
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
-from tenantlora.registry._content import settle_content
 from tenantlora.registry._kv_layout import (
     TaskVersions,
     decode_value,
@@ -39,8 +37,7 @@ from tenantlora.registry._kv_layout import (
 )
 from tenantlora.registry.memory import (
     _check_version,
-    _make_record,
-    _metadata_json,
+    _draft,
     _rollback_target,
 )
 from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
@@ -210,20 +207,16 @@ class CloudflareKV:
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active; the
         previous active version moves to the task's ``history``."""
-        validate_tenant(tenant)
-        validate_task(task)
-        meta = _metadata_json(metadata)
-        digest = settle_content(tenant, uri, digest, self.store_root)
-        draft = _make_record(
+        draft, _ = _draft(
             tenant,
             task,
-            1,
             adapter_id=adapter_id,
             base_model=base_model,
             uri=uri,
             status=status,
-            metadata=json.loads(meta),
+            metadata=metadata,
             digest=digest,
+            store_root=self.store_root,
         )
         key = self._config.key(tenant)
         with self._lock:

@@ -107,24 +107,21 @@ class MemoryRegistry:
         digest: str | None = None,
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active."""
-        validate_tenant(tenant)
-        validate_task(task)
-        meta = _metadata_json(metadata)
-        digest = settle_content(tenant, uri, digest, self.store_root)
+        draft, _ = _draft(
+            tenant,
+            task,
+            adapter_id=adapter_id,
+            base_model=base_model,
+            uri=uri,
+            status=status,
+            metadata=metadata,
+            digest=digest,
+            store_root=self.store_root,
+        )
         with self._lock:
             history = self._tenants.get(tenant, {}).get(task, _History())
             version = max(history.records, default=0) + 1
-            record = _make_record(
-                tenant,
-                task,
-                version,
-                adapter_id=adapter_id,
-                base_model=base_model,
-                uri=uri,
-                status=status,
-                metadata=json.loads(meta),  # a deep copy, normalised as the SQLite store would
-                digest=digest,
-            )
+            record = draft.model_copy(update={"version": version})
             # Only mutate once the record is built: a failed publish changes nothing.
             history.records[version] = record
             history.active = version
@@ -230,6 +227,39 @@ def _make_record(
         raise InvalidRequestError(
             f"invalid adapter record for {tenant}/{task}: {_summarise(exc)}"
         ) from exc
+
+
+def _draft(
+    tenant: str,
+    task: str,
+    *,
+    adapter_id: str,
+    base_model: str | None,
+    uri: str | None,
+    status: AdapterStatus,
+    metadata: Mapping[str, Any] | None,
+    digest: str | None,
+    store_root: str | os.PathLike[str] | None,
+) -> tuple[AdapterRecord, str]:
+    """What every registry's ``publish`` does before it touches its store: check the IDs, the
+    metadata and the files (store root, content digest), and build the record at version 1
+    (the store fills in the real version under its lock). Returns it with the metadata JSON."""
+    validate_tenant(tenant)
+    validate_task(task)
+    meta = _metadata_json(metadata)
+    digest = settle_content(tenant, uri, digest, store_root)
+    record = _make_record(
+        tenant,
+        task,
+        1,
+        adapter_id=adapter_id,
+        base_model=base_model,
+        uri=uri,
+        status=status,
+        metadata=json.loads(meta),  # a deep copy, normalised as the SQLite store would
+        digest=digest,
+    )
+    return record, meta
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -23,12 +23,10 @@ from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
-from tenantlora.registry._content import settle_content
 from tenantlora.registry._sqlite_schema import prepare
 from tenantlora.registry.memory import (
     _check_version,
-    _make_record,
-    _metadata_json,
+    _draft,
     _rollback_target,
     _summarise,
 )
@@ -151,21 +149,17 @@ class SQLiteRegistry:
         digest: str | None = None,
     ) -> AdapterRecord:
         """Insert a new version (highest + 1) for (tenant, task) and make it active."""
-        validate_tenant(tenant)
-        validate_task(task)
-        meta = _metadata_json(metadata)
-        digest = settle_content(tenant, uri, digest, self.store_root)
         # Built (and validated) before any I/O; only the version is filled in under the lock.
-        draft = _make_record(
+        draft, meta = _draft(
             tenant,
             task,
-            1,
             adapter_id=adapter_id,
             base_model=base_model,
             uri=uri,
             status=status,
-            metadata=json.loads(meta),
+            metadata=metadata,
             digest=digest,
+            store_root=self.store_root,
         )
         with self._transaction("publish", tenant, task) as conn:
             (latest,) = conn.execute(
