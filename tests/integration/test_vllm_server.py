@@ -305,6 +305,34 @@ def test_each_tenant_gets_its_own_adapter_like_local_peft(
     assert len(answers) > len(PROMPTS)  # the tenants really answer differently
 
 
+def test_two_tenants_with_one_adapter_id_get_their_own_weights(
+    vllm_servers: Servers,
+    vllm_models: Models,
+    local_answers: dict[tuple[str | None, str], str],
+) -> None:
+    """kahuna and goliath both publish adapter_id "icp-v1" with their own files: the real server
+    loads two adapters under two content names, and every answer is the tenant's own (the
+    finding: goliath was served kahuna's weights, 12 of 12)."""
+    records = {
+        tenant: AdapterRecord(
+            tenant=tenant, task="icp", adapter_id="icp-v1", uri=str(vllm_models.adapters[tenant])
+        )
+        for tenant in ("kahuna", "goliath")
+    }
+    distinct = [p for p in POOL if local_answers["kahuna", p] != local_answers["goliath", p]][:3]
+    assert distinct, "the toy adapters no longer answer differently"
+    with _backend(vllm_servers.small.url) as backend:
+        for _ in range(2):
+            for prompt in distinct:
+                for tenant, record in records.items():
+                    reply = backend.chat(_request(prompt), adapter="icp-v1", record=record)
+                    assert reply.adapter == "icp-v1"
+                    assert reply.text.strip() == local_answers[tenant, prompt], tenant
+        names = {_served(record) for record in records.values()}
+        assert len(names) == 2
+        assert names <= set(backend.loaded())
+
+
 def test_runtime_load_on_first_use_then_hits(vllm_servers: Servers, vllm_models: Models) -> None:
     records = _records(vllm_models, "load")
     events: list[AdapterEvent] = []
