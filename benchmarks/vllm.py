@@ -92,8 +92,8 @@ def bench_overhead(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[st
 
     from tenantlora import TenantLoRA
     from tenantlora._digests import DigestMemo
-    from tenantlora.backends._vllm_preflight import served_name
     from tenantlora.backends.vllm import VLLM
+    from tenantlora.backends.vllm.preflight import served_name
     from tenantlora.types import ChatRequest
 
     records = _records(adapters, "overhead")
@@ -176,8 +176,8 @@ def bench_throughput(url: str, adapters: dict[str, Path], sizes: Sizes) -> dict[
 
     from tenantlora import AsyncTenantLoRA
     from tenantlora._digests import DigestMemo
-    from tenantlora.backends._vllm_preflight import served_name
     from tenantlora.backends.vllm import VLLM
+    from tenantlora.backends.vllm.preflight import served_name
 
     records = _records(adapters, "burst")
     memo = DigestMemo()  # the raw clients ask for the content-derived names VLLM loads under

@@ -42,7 +42,7 @@ from tenantlora.adapters import (
     inspect,
     validate,
 )
-from tenantlora.backends._workers_ai_wire import Finetune, FinetuneAsset, model_type_for
+from tenantlora.backends.workers_ai.wire import Finetune, FinetuneAsset, model_type_for
 from tenantlora.errors import PublishError, TenantLoRAError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.types import AdapterRecord

@@ -42,6 +42,7 @@ __all__ = [
     "RetryPolicy",
     "acall_with_retries",
     "call_with_retries",
+    "header",
     "is_retryable",
     "parse_retry_after",
 ]
@@ -116,7 +117,7 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header value by case-insensitive name (``headers`` may be a plain dict)."""
     value = headers.get(name)
     if value is not None:
@@ -159,10 +160,10 @@ def parse_retry_after(
     ``Retry-After``, which is either delay-seconds or an HTTP-date (measured against ``now``,
     wall-clock seconds). Negative, non-finite, past or unparsable values give None.
     """
-    millis = _seconds(_header(headers, "retry-after-ms"), scale=0.001)
+    millis = _seconds(header(headers, "retry-after-ms"), scale=0.001)
     if millis is not None:
         return millis
-    value = _header(headers, "retry-after")
+    value = header(headers, "retry-after")
     seconds = _seconds(value)
     return seconds if seconds is not None else _http_date(value, now)
 

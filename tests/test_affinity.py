@@ -1,4 +1,4 @@
-"""tenantlora.backends._affinity: rendezvous hashing and replica health (pure, no I/O)."""
+"""tenantlora.backends.vllm.affinity: rendezvous hashing and replica health (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tenantlora.backends._affinity import ReplicaHealth, rendezvous_order
+from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
 from tenantlora.testing import ManualClock
 
 REPLICAS = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
@@ -41,7 +41,7 @@ def test_order_depends_on_the_key() -> None:
 def test_known_values_are_stable_across_processes() -> None:
     """The order is a pure function of the strings (blake2b, not Python's salted hash)."""
     code = (
-        "from tenantlora.backends._affinity import rendezvous_order as r\n"
+        "from tenantlora.backends.vllm.affinity import rendezvous_order as r\n"
         f"print(r('acme', {REPLICAS!r}))"
     )
     out = subprocess.run(

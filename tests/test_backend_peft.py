@@ -39,11 +39,12 @@ from transformers import (  # noqa: E402
 
 from tenantlora import TenantLoRA  # noqa: E402
 from tenantlora.adapters import digest  # noqa: E402
-from tenantlora.backends import _peft_loader, create_backend  # noqa: E402
+from tenantlora.backends import create_backend  # noqa: E402
 from tenantlora.backends import peft as peft_backend  # noqa: E402
-from tenantlora.backends._peft_engine import _ANCHOR  # noqa: E402
-from tenantlora.backends._peft_generate import count_adapter_hooks  # noqa: E402
 from tenantlora.backends.peft import LocalPeft  # noqa: E402
+from tenantlora.backends.peft import loader as _peft_loader  # noqa: E402
+from tenantlora.backends.peft.engine import _ANCHOR  # noqa: E402
+from tenantlora.backends.peft.generate import count_adapter_hooks  # noqa: E402
 from tenantlora.errors import (  # noqa: E402
     AdapterNotAvailableError,
     BackendError,
@@ -736,7 +737,7 @@ def test_hooks_that_cannot_be_removed_trigger_a_rebuild(
     events: list[AdapterEvent] = []
     backend.subscribe(events.append)
     backend.chat(_request(PROMPTS[0]), adapter="t2")
-    monkeypatch.setattr("tenantlora.backends._peft_engine.strip_adapter_hooks", lambda model: 0)
+    monkeypatch.setattr("tenantlora.backends.peft.engine.strip_adapter_hooks", lambda model: 0)
     _fail_next_mixed_batch(backend)
     calls = [(_request(PROMPTS[0]), "t1"), (_request(PROMPTS[0]), "t2")]
     outcomes = _gated_outcomes(backend, calls, monkeypatch)
@@ -942,8 +943,8 @@ def test_missing_dependencies_give_the_install_hint(
 ) -> None:
     """Without peft installed, constructing LocalPeft is a ConfigurationError with the pip hint."""
     monkeypatch.setitem(sys.modules, "peft", None)
-    monkeypatch.delitem(sys.modules, "tenantlora.backends._peft_engine", raising=False)
-    monkeypatch.delitem(sys.modules, "tenantlora.backends._peft_generate", raising=False)
+    monkeypatch.delitem(sys.modules, "tenantlora.backends.peft.engine", raising=False)
+    monkeypatch.delitem(sys.modules, "tenantlora.backends.peft.generate", raising=False)
     with pytest.raises(ConfigurationError, match=r"pip install 'tenantlora\[peft\]'"):
         LocalPeft(models.base)
 

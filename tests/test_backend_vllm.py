@@ -18,11 +18,11 @@ from vllm_fake import ALIASES, VLLMFake, alias
 
 from tenantlora import TenantLoRA
 from tenantlora._digests import DigestMemo
-from tenantlora.backends import _vllm_replica as replica_module
 from tenantlora.backends import create_backend
-from tenantlora.backends._vllm_preflight import served_name
-from tenantlora.backends._vllm_replica import Replica, base_children
 from tenantlora.backends.vllm import VLLM, Preloaded
+from tenantlora.backends.vllm import replica as replica_module
+from tenantlora.backends.vllm.preflight import served_name
+from tenantlora.backends.vllm.replica import Replica, base_children
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendConnectionError,

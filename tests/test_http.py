@@ -14,27 +14,20 @@ from aiohttp.http_exceptions import LineTooLong
 from openai_server import OpenAIServer, Reply, refused_url
 from pydantic import SecretStr
 
-from tenantlora.backends._aiohttp import AiohttpTransport
-from tenantlora.backends._http import (
+from tenantlora._http.aiohttp_transport import AiohttpTransport
+from tenantlora._http.config import HTTPConfig
+from tenantlora._http.errors import (
     CallContext,
-    ForeignError,
-    HTTPConfig,
-    SSEDecoder,
-    as_secret,
-    auth_headers,
     decode_json,
     default_status_error,
     error_info,
-    parse_retry_after,
-    sensitive_values,
     transport_error,
 )
-from tenantlora.backends._httpx import (
-    HTTPClient,
-    HttpxAsyncTransport,
-    create_async_transport,
-    resolve_async_transport,
-)
+from tenantlora._http.httpx_async import HttpxAsyncTransport
+from tenantlora._http.secrets import ForeignError, as_secret, auth_headers, sensitive_values
+from tenantlora._http.sse import SSEDecoder
+from tenantlora._http.sync import HTTPClient
+from tenantlora._http.transports import create_async_transport, resolve_async_transport
 from tenantlora.errors import (
     AuthenticationError,
     BackendConnectionError,
@@ -48,6 +41,7 @@ from tenantlora.errors import (
     ResponseValidationError,
     ServerError,
 )
+from tenantlora.retry import parse_retry_after
 
 CTX = CallContext("svc", "acme-v1", "/things")
 NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from tenantlora.backends import _peft_mixed as mixed  # noqa: E402
-from tenantlora.backends._peft_mixed import MixedForward, install  # noqa: E402
+from tenantlora.backends.peft import mixed  # noqa: E402
+from tenantlora.backends.peft.mixed import MixedForward, install  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning"),

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from openai_server import BASE_MODEL, OpenAIServer, Reply
 from pydantic import SecretStr
 
+from tenantlora._http.secrets import check_secret, split_userinfo
 from tenantlora.backends import OpenAICompatible, WorkersAI
-from tenantlora.backends._http import check_secret, split_userinfo
 from tenantlora.backends.vllm import VLLM
 from tenantlora.errors import (
     AuthenticationError,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_server import BASE_MODEL, OpenAIServer, Reply
 
+from tenantlora._http.sse import LineSplitter
 from tenantlora.backends import OpenAICompatible
-from tenantlora.backends._http import LineSplitter
 from tenantlora.types import ChatRequest, Message
 
 REQUEST = ChatRequest(messages=(Message(role="user", content="hi"),))

@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 from cloudflare_schemas import MODELS, check_request, check_result
 
-from tenantlora.backends._http import CallContext, ErrorInfo
-from tenantlora.backends._workers_ai_wire import (
+from tenantlora._http.errors import CallContext, ErrorInfo
+from tenantlora.backends.workers_ai.wire import (
     Finetune,
     build_run_body,
     classify_error,

@@ -1,60 +1,43 @@
 """OpenAI-compatible chat servers: vLLM, LoRAX, SGLang, Together, Fireworks, ...
 
 These servers pick a LoRA adapter by model name, so the adapter goes in ``model`` and
-``adapter=None`` sends the base model's name. One object serves both the sync and the async
-client: ``chat`` / ``stream`` / ``close`` on a keep-alive ``httpx.Client``, ``achat`` /
-``astream`` / ``aclose`` on aiohttp when it is installed (the fast path) or ``httpx.AsyncClient``.
+``adapter=None`` sends the base model's name. :class:`OpenAICompatible` is the HTTP backend core
+(:mod:`tenantlora.backends.http`) with :class:`OpenAICodec`, the facts of
+``POST {base_url}/chat/completions``: one object serves both the sync and the async client.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
 
-from tenantlora.backends._http import (
+from tenantlora._env import build_from_env
+from tenantlora._http.errors import (
     CallContext,
     ErrorInfo,
-    HTTPConfig,
-    HTTPResponse,
-    SSEEvent,
-    as_secret,
-    auth_headers,
-    check_secret,
-    closed_error,
     default_status_error,
     describe_status,
     error_info,
-    foreign,
     invalid_response,
     load_json,
-    sensitive_values,
-    split_userinfo,
 )
-from tenantlora.backends._httpx import (
-    AsyncTransport,
-    AsyncTransportKind,
-    HTTPClient,
-    create_async_transport,
-    resolve_async_transport,
-)
-from tenantlora.backends._lifecycle import ContextManaged
+from tenantlora._http.secrets import foreign
+from tenantlora._http.sse import SSEEvent
+from tenantlora._http.transports import AsyncTransportKind
+from tenantlora.backends.http import DEFAULT_TIMEOUT, HTTPBackend
+from tenantlora.backends.wire import add_sampling, parse_usage
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
-    ConfigurationError,
     EndpointNotFoundError,
-    InvalidRequestError,
 )
-from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Message, Usage
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Message, Usage
 
-__all__ = ["OpenAICompatible"]
+__all__ = ["OpenAICodec", "OpenAICompatible", "build_body"]
 
 CHAT_PATH = "/chat/completions"
 # Body keys the backend owns: request.extra may not override them.
@@ -67,11 +50,9 @@ _UNKNOWN_MODEL = re.compile(
     re.IGNORECASE,
 )
 _ZERO_USAGE = Usage()
-# json.dumps builds a new encoder per call when given options; this one is built once.
-_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
-class OpenAICompatible(ContextManaged):
+class OpenAICompatible(HTTPBackend):
     """A backend for any server that speaks OpenAI's ``POST {base_url}/chat/completions``.
 
     Implements both :class:`~tenantlora.backends.Backend` and
@@ -97,40 +78,25 @@ class OpenAICompatible(ContextManaged):
         base_url: str,
         model: str,
         api_key: SecretStr | str | None = None,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
         async_transport: AsyncTransportKind = "auto",
         max_connections: int = 100,
         name: str = "openai_compat",
     ) -> None:
-        _check_options(base_url, model, timeout, max_connections, name)
-        url, basic = split_userinfo(base_url)  # user:password never reaches a library's log
-        key = as_secret(api_key)
-        if basic and key is not None:
-            raise ConfigurationError(
-                f"{name}: base_url carries a user name and password and api_key is set too; "
-                "pass one of them"
-            )
-        self.name = name
-        self.base_url = url.rstrip("/")
-        self.model = model
-        self.timeout = float(timeout)
-        all_headers = {**_default_headers(key, headers), **basic}
-        for header, value in all_headers.items():
-            check_secret(f"header {header!r}", value)
-        self._config = HTTPConfig(
-            base_url=self.base_url,
-            headers=all_headers,
-            timeout=self.timeout,
+        super().__init__(
+            codec=OpenAICodec(model),
+            base_url=base_url,
+            model=model,
+            api_key=api_key,
+            timeout=timeout,
+            headers=headers,
+            http_client=http_client,
+            async_transport=async_transport,
             max_connections=max_connections,
-            status_error=_status_error,
-            secrets=sensitive_values(all_headers),
+            name=name,
         )
-        self._async_kind = resolve_async_transport(async_transport)
-        self._http = HTTPClient(self._config, http_client)
-        self._async: AsyncTransport | None = None
-        self._closed = False
 
     @classmethod
     def from_env(cls, prefix: str = "TENANTLORA_OPENAI_", **overrides: Any) -> OpenAICompatible:
@@ -139,200 +105,34 @@ class OpenAICompatible(ContextManaged):
         Keyword ``overrides`` win over the environment. This is the only place tenantlora reads
         these variables.
         """
-        options: dict[str, Any] = {}
-        for suffix, option in _ENV_FIELDS:
-            value = os.environ.get(prefix + suffix)
-            if value:
-                options[option] = value
-        options.update(overrides)
-        missing = [f"{prefix}{s}" for s, o in _ENV_FIELDS[:2] if not options.get(o)]
-        if missing:
-            raise ConfigurationError(f"OpenAICompatible.from_env: set {' and '.join(missing)}")
-        try:
-            return cls(**options)
-        except TypeError as exc:
-            raise ConfigurationError(f"OpenAICompatible.from_env: {exc}") from exc
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(name={self.name!r}, base_url={_safe_url(self.base_url)!r}, "
-            f"model={self.model!r})"
+        return build_from_env(
+            cls,
+            {prefix + suffix: option for suffix, option in _ENV_FIELDS},
+            required=(prefix + "BASE_URL", prefix + "MODEL"),
+            overrides=overrides,
         )
 
-    # -- sync ---------------------------------------------------------------------------------
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
-        """One chat call; see :class:`~tenantlora.backends.Backend`."""
-        ctx = CallContext(self.name, adapter, CHAT_PATH)
-        body = _encode(request, adapter or self.model, ctx, stream=False)
-        data, headers = self._http.send_json(
-            "POST", CHAT_PATH, ctx=ctx, content=body, timeout=timeout
-        )
+class OpenAICodec:
+    """The facts of OpenAI's chat API: the adapter is the ``model``, errors are ``{"error":
+    {...}}`` envelopes, streams are ``chat.completion.chunk`` events ending in ``[DONE]``."""
+
+    path = CHAT_PATH
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def body(self, request: ChatRequest, adapter: str | None, *, stream: bool) -> dict[str, Any]:
+        return build_body(request, adapter or self.model, stream=stream)
+
+    def response(self, data: Any, headers: Mapping[str, str], ctx: CallContext) -> ChatResponse:
         return _parse_completion(data, headers, ctx)
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> Iterator[ChatChunk]:
-        """Stream text deltas; the last chunk carries finish_reason and usage.
+    def assembler(self, ctx: CallContext) -> ChunkAssembler:
+        return ChunkAssembler(ctx)
 
-        Close the generator if you stop early: the response is drained and closed either way.
-        """
-        ctx = CallContext(self.name, adapter, CHAT_PATH)
-        body = _encode(request, adapter or self.model, ctx, stream=True)
-        events = self._http.stream_sse(CHAT_PATH, body, ctx=ctx, timeout=timeout)
-        assembler = _ChunkAssembler(ctx)
-        try:
-            for event in events:
-                chunk = assembler.feed(event)
-                if chunk is not None:
-                    yield chunk
-            last = assembler.finish()
-            if last is not None:
-                yield last
-        finally:
-            events.close()
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        adapter: str | None = None,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> HTTPResponse:
-        """One request to ``{base_url}{path}`` through the same error boundary; the body is not
-        parsed (vLLM's admin endpoints answer success in plain text). A closed backend raises,
-        as for chat (the HTTP client refuses)."""
-        ctx = CallContext(self.name, adapter, path, method)
-        return self._http.send(method, path, ctx=ctx, content=content, timeout=timeout)
-
-    def close(self) -> None:
-        """Close the sync connection pool; later calls raise. After async use, await
-        :meth:`aclose` instead (an async pool cannot be closed from sync code)."""
-        self._closed = True
-        self._http.close()
-
-    # -- async --------------------------------------------------------------------------------
-
-    def _transport(self, ctx: CallContext) -> AsyncTransport:
-        if self._closed:
-            raise closed_error(ctx)
-        transport = self._async
-        if transport is None:  # built on first use: sync-only users never import aiohttp
-            transport = self._async = create_async_transport(self._async_kind, self._config)
-        return transport
-
-    async def achat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
-        """The async twin of :meth:`chat`."""
-        ctx = CallContext(self.name, adapter, CHAT_PATH)
-        body = _encode(request, adapter or self.model, ctx, stream=False)
-        data, headers = await self._transport(ctx).send_json(
-            "POST", CHAT_PATH, ctx=ctx, content=body, timeout=timeout
-        )
-        return _parse_completion(data, headers, ctx)
-
-    async def astream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> AsyncIterator[ChatChunk]:
-        """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
-        ctx = CallContext(self.name, adapter, CHAT_PATH)
-        body = _encode(request, adapter or self.model, ctx, stream=True)
-        events = self._transport(ctx).stream_sse(CHAT_PATH, body, ctx=ctx, timeout=timeout)
-        assembler = _ChunkAssembler(ctx)
-        try:
-            async for event in events:
-                chunk = assembler.feed(event)
-                if chunk is not None:
-                    yield chunk
-            last = assembler.finish()
-            if last is not None:
-                yield last
-        finally:
-            await events.aclose()
-
-    async def _asend(
-        self,
-        method: str,
-        path: str,
-        *,
-        adapter: str | None = None,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> HTTPResponse:
-        """The async twin of :meth:`_send` (``_transport`` refuses a closed backend)."""
-        ctx = CallContext(self.name, adapter, path, method)
-        return await self._transport(ctx).send(
-            method, path, ctx=ctx, content=content, timeout=timeout
-        )
-
-    async def aclose(self) -> None:
-        """Close both connection pools (async and sync); later calls raise."""
-        self._closed = True
-        self._http.close()
-        if self._async is not None:
-            await self._async.aclose()
-
-
-# -- options ------------------------------------------------------------------------------------
-
-
-def _check_options(
-    base_url: str, model: str, timeout: float, max_connections: int, name: str
-) -> None:
-    parts = urlsplit(base_url) if isinstance(base_url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(
-            f"base_url must be an http(s) URL, not {_safe_url(str(base_url))!r}"
-        )
-    if not isinstance(model, str) or not model:
-        raise ConfigurationError("model must be a non-empty string (the base model's name)")
-    if not timeout > 0:
-        raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
-    if max_connections < 1:
-        raise ConfigurationError(f"max_connections must be >= 1, not {max_connections!r}")
-    if not name:
-        raise ConfigurationError("name must be a non-empty string")
-
-
-def _default_headers(api_key: SecretStr | None, extra: Mapping[str, str] | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    headers.update(auth_headers(api_key))
-    if extra:
-        headers.update(extra)
-    return headers
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password, for reprs and messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    def status_error(self, info: ErrorInfo, ctx: CallContext) -> BackendError:
+        return _status_error(info, ctx)
 
 
 # -- request ------------------------------------------------------------------------------------
@@ -348,35 +148,13 @@ def _message(message: Message) -> dict[str, str]:
 def build_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
     """The chat/completions body: set fields only, then ``request.extra`` (minus reserved keys)."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.stop is not None:
-        body["stop"] = list(request.stop)
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
+    add_sampling(body, request)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     if request.extra:
         body.update((k, v) for k, v in request.extra.items() if k not in _RESERVED)
     return body
-
-
-def _encode(request: ChatRequest, model: str, ctx: CallContext, *, stream: bool) -> bytes:
-    try:
-        return _ENCODER.encode(build_body(request, model, stream=stream)).encode()
-    except (TypeError, ValueError) as exc:
-        # Only the exception type: the message could quote request content.
-        raise InvalidRequestError(
-            f"{ctx.backend}: the request cannot be sent as JSON ({type(exc).__name__}); "
-            "check request.extra"
-        ) from foreign(exc, detail=False)
 
 
 # -- response -----------------------------------------------------------------------------------
@@ -426,21 +204,9 @@ def _status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
     return default_status_error(info, ctx)
 
 
-def _count(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return 0
-
-
 def _usage(raw: object) -> Usage:
     """Usage from a provider's dict; missing or odd counts are zeros (the provider owns it)."""
-    if not isinstance(raw, dict):
-        return _ZERO_USAGE
-    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
-    total = _count(raw.get("total_tokens")) or prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+    return parse_usage(raw) or _ZERO_USAGE
 
 
 def _str_or_none(value: object) -> str | None:
@@ -493,7 +259,7 @@ def _parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -
     )
 
 
-class _ChunkAssembler:
+class ChunkAssembler:
     """chat.completion.chunk payloads -> ChatChunk deltas, shared by stream and astream.
 
     Text deltas are emitted as they come; finish_reason (which OpenAI sends before the separate

@@ -25,7 +25,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from tenantlora.backends._http import as_secret, error_info, foreign, sensitive_values
+from tenantlora._http.errors import error_info
+from tenantlora._http.secrets import as_secret, foreign, sensitive_values
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._kv_layout import (

@@ -33,9 +33,9 @@ from vllm_server import VLLMServer, vllm_python  # noqa: E402
 
 from tenantlora import AsyncTenantLoRA, TenantLoRA  # noqa: E402
 from tenantlora._digests import DigestMemo  # noqa: E402
-from tenantlora.backends._vllm_preflight import served_name  # noqa: E402
 from tenantlora.backends.peft import LocalPeft  # noqa: E402
 from tenantlora.backends.vllm import VLLM  # noqa: E402
+from tenantlora.backends.vllm.preflight import served_name  # noqa: E402
 from tenantlora.errors import AdapterNotAvailableError  # noqa: E402
 from tenantlora.events import AdapterEvent  # noqa: E402
 from tenantlora.probe import aisolation_probe, isolation_probe  # noqa: E402

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
-from tenantlora.backends._http import CallContext, decode_json, invalid_response
+from tenantlora._http.errors import CallContext, decode_json, invalid_response
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -206,7 +206,7 @@ class Replica:
         body = self._load_body(adapter, uri)
         started = time.perf_counter()
         try:
-            self.api._send("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
+            self.api.request("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
         except BackendStatusError as exc:
             if not already_loaded(exc):
                 raise self._load_failed(adapter, exc) from exc
@@ -217,7 +217,7 @@ class Replica:
 
     def _unload(self, adapter: str) -> None:
         try:
-            self.api._send(
+            self.api.request(
                 "POST",
                 UNLOAD_PATH,
                 content=_encode({"lora_name": adapter}),
@@ -231,7 +231,7 @@ class Replica:
     def adapters(self, base: str, timeout: float | None = None) -> list[str]:
         """The adapters the server says it holds (``/v1/models`` entries whose parent is
         ``base``)."""
-        response = self.api._send("GET", MODELS_PATH, timeout=timeout)
+        response = self.api.request("GET", MODELS_PATH, timeout=timeout)
         return self._children(response.content, base)
 
     # -- async -------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class Replica:
         body = self._load_body(adapter, uri)
         started = time.perf_counter()
         try:
-            await self.api._asend("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
+            await self.api.arequest("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
         except BackendStatusError as exc:
             if not already_loaded(exc):
                 raise self._load_failed(adapter, exc) from exc
@@ -271,7 +271,7 @@ class Replica:
 
     async def _aunload(self, adapter: str) -> None:
         try:
-            await self.api._asend(
+            await self.api.arequest(
                 "POST",
                 UNLOAD_PATH,
                 content=_encode({"lora_name": adapter}),
@@ -284,7 +284,7 @@ class Replica:
 
     async def aadapters(self, base: str, timeout: float | None = None) -> list[str]:
         """The async twin of :meth:`adapters`."""
-        response = await self.api._asend("GET", MODELS_PATH, timeout=timeout)
+        response = await self.api.arequest("GET", MODELS_PATH, timeout=timeout)
         return self._children(response.content, base)
 
     # -- shared ------------------------------------------------------------------------------

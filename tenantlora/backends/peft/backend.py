@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from tenantlora._lifecycle import ContextManaged
 from tenantlora._location import local_path
-from tenantlora.backends._lifecycle import ContextManaged
-from tenantlora.backends._peft_worker import DeltaSink, Job, LocalPeftStats, Worker
+from tenantlora.backends.peft.worker import DeltaSink, Job, LocalPeftStats, Worker
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendTimeoutError,
@@ -42,7 +42,7 @@ from tenantlora.events import AdapterHook, AdapterHooks
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
-    from tenantlora.backends._peft_engine import Engine
+    from tenantlora.backends.peft.engine import Engine
 
 __all__ = ["LocalPeft", "LocalPeftStats"]
 
@@ -359,7 +359,7 @@ def _check_options(
 def _engine_class() -> type[Engine]:
     """The engine class, importing torch, transformers and peft on first use."""
     try:
-        from tenantlora.backends._peft_engine import Engine
+        from tenantlora.backends.peft.engine import Engine
     except ModuleNotFoundError as exc:
         missing = exc.name or "a dependency"
         raise ConfigurationError(

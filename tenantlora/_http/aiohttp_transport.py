@@ -2,8 +2,8 @@
 
 httpx's async client costs several times more CPU per request than aiohttp, and even httpx on an
 aiohttp transport keeps most of that cost; talking to aiohttp directly (status, headers, body
-bytes, an SSE line iterator) keeps the SDK near raw aiohttp throughput. Errors go through the
-same boundary as every other transport (:mod:`tenantlora.backends._http`).
+bytes) keeps the SDK near raw aiohttp throughput. Errors go through the same boundary as every
+other transport, streams through the same :class:`~tenantlora._http.sse.SSEReader`.
 
 This module imports aiohttp, so it is itself imported only when the first async call picks this
 transport. The session is created lazily inside the running event loop and belongs to it.
@@ -13,41 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from tenantlora.backends._http import (
-    DONE,
-    CallContext,
-    HTTPConfig,
-    HTTPResponse,
-    LineSplitter,
-    SSEDecoder,
-    SSEEvent,
-    closed_error,
-    decode_json,
-    drain_limits,
-    foreign,
-    transport_error,
-)
+from tenantlora._http.config import HTTPConfig, HTTPResponse
+from tenantlora._http.errors import Boundary, CallContext, closed_error, decode_json
+from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader
+from tenantlora._http.sync import ERROR_READ_LIMIT
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["WIRE_ERRORS", "AiohttpTransport"]
 
-# Everything aiohttp (or the socket under it) raises for a failed exchange; mapped by
-# transport_error. UnicodeDecodeError: an SSE line that is not UTF-8.
-_WIRE_ERRORS = (
+WIRE_ERRORS = (
     aiohttp.ClientError,
     HttpProcessingError,
     asyncio.TimeoutError,
     OSError,
     UnicodeDecodeError,
 )
+"""Everything aiohttp (or the socket under it) raises for a failed exchange."""
+
 _SSE_HEADERS = {"Accept": "text/event-stream"}
-_ERROR_READ_LIMIT = 64 * 1024
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
@@ -106,16 +95,11 @@ class AiohttpTransport:
         """One request, body read in full; a non-2xx raises the mapped error."""
         session = self._http(ctx)
         started = time.perf_counter()
-        try:
+        with Boundary(self.config, ctx, WIRE_ERRORS, started):
             async with session.request(
                 method, self._url(path), data=content, timeout=self._timeout_for(timeout)
             ) as response:
                 body = await response.read()
-        except _WIRE_ERRORS as exc:
-            self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from foreign(
-                exc, self.config.secrets
-            )
         self.config.log(ctx, response.status, started)
         self.config.check(response.status, response.headers, body, ctx)
         return HTTPResponse(response.status, response.headers, body)
@@ -145,39 +129,29 @@ class AiohttpTransport:
         """POST and iterate the SSE data until ``marker``; drained and released however it ends."""
         session = self._http(ctx)
         started = time.perf_counter()
-        try:
+        with Boundary(self.config, ctx, WIRE_ERRORS, started):
             response = await session.post(
                 self._url(path),
                 data=content,
                 headers=_SSE_HEADERS,
                 timeout=self._timeout_for(timeout),
             )
-        except _WIRE_ERRORS as exc:
-            self.config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self.config.secrets) from foreign(
-                exc, self.config.secrets
-            )
         self.config.log(ctx, response.status, started)
         drain = True
         try:
-            if not 200 <= response.status < 300:
-                body = await _read_some(response)
-                self.config.check(response.status, response.headers, body, ctx)
-            decoder = SSEDecoder(marker)
-            splitter = LineSplitter()  # the same line discipline as the httpx transports
-            async for event in _events(response, splitter, decoder):
-                yield event
-            if not decoder.done:
-                for line in splitter.end():
-                    if (data := decoder.feed(line)) is not None:
-                        yield SSEEvent(data, response.headers)
-                if (data := decoder.end()) is not None:
-                    yield SSEEvent(data, response.headers)
-                decoder.check_complete(ctx)
-        except _WIRE_ERRORS as exc:
-            raise transport_error(exc, ctx, self.config.secrets) from foreign(
-                exc, self.config.secrets
-            )
+            with Boundary(self.config, ctx, WIRE_ERRORS):
+                if not 200 <= response.status < 300:
+                    body = await _read_some(response)
+                    self.config.check(response.status, response.headers, body, ctx)
+                reader = SSEReader(response.headers, marker)
+                async for chunk in response.content.iter_any():
+                    for event in reader.feed(chunk):
+                        yield event
+                    if reader.done:
+                        break
+                else:
+                    for event in reader.finish(ctx):
+                        yield event
         except asyncio.CancelledError:
             drain = False  # cancelled: let go of the connection now, do not read on
             raise
@@ -194,45 +168,33 @@ class AiohttpTransport:
             session.detach()
 
 
-async def _events(
-    response: aiohttp.ClientResponse, splitter: LineSplitter, decoder: SSEDecoder
-) -> AsyncIterator[SSEEvent]:
-    """The events of an SSE body, until the end of the body or the decoder's end marker."""
-    async for chunk in response.content.iter_any():
-        for line in splitter.feed(chunk):
-            data = decoder.feed(line)
-            if data is not None:
-                yield SSEEvent(data, response.headers)
-            elif decoder.done:
-                return
-
-
 async def _read_some(response: aiohttp.ClientResponse) -> bytes:
     """An error body, read up to a bound (the caller releases the response)."""
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    while size < _ERROR_READ_LIMIT:
-        chunk = await response.content.read(_ERROR_READ_LIMIT - size)
+    while size < ERROR_READ_LIMIT:
+        chunk = await response.content.read(ERROR_READ_LIMIT - size)
         if not chunk:
             break
-        chunks.append(chunk)
+        parts.append(chunk)
         size += len(chunk)
-    return b"".join(chunks)
+    return b"".join(parts)
 
 
 async def _release(response: aiohttp.ClientResponse, drain: bool) -> None:
     # Reading to the end of the body returns the connection to the pool; a long remainder is
-    # not worth waiting for, so past the drain limits the connection is closed instead.
+    # not worth waiting for, so past the drain budget the connection is closed instead.
     if drain:
         try:
-            budget, deadline = drain_limits()
-            while budget > 0 and (left := deadline - time.monotonic()) > 0:
+            budget = DrainBudget()
+            while (left := budget.seconds_left()) > 0:
                 # A silent server must not hold the close up: each read waits `left` at most.
-                chunk = await asyncio.wait_for(response.content.read(budget), left)
+                chunk = await asyncio.wait_for(response.content.read(budget.bytes_left), left)
                 if not chunk:
                     response.release()
                     return
-                budget -= len(chunk)
-        except (*_WIRE_ERRORS, asyncio.TimeoutError):
+                if not budget.take(len(chunk)):
+                    break
+        except (*WIRE_ERRORS, asyncio.TimeoutError):
             pass  # broken or too slow: close it below
     response.close()

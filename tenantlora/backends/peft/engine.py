@@ -51,7 +51,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from tenantlora._digests import DigestMemo, read_files
 from tenantlora._hf import quiet
-from tenantlora.backends._peft_generate import (
+from tenantlora.backends.peft.generate import (
     BASE,
     Row,
     RowStops,
@@ -61,9 +61,9 @@ from tenantlora.backends._peft_generate import (
     seeded,
     strip_adapter_hooks,
 )
-from tenantlora.backends._peft_loader import DigestMismatch, Prepared, install, prepare
-from tenantlora.backends._peft_mixed import install as install_mixed_forward
-from tenantlora.backends._peft_worker import Job, LocalPeftStats, find_stop
+from tenantlora.backends.peft.loader import DigestMismatch, Prepared, install, prepare
+from tenantlora.backends.peft.mixed import install as install_mixed_forward
+from tenantlora.backends.peft.worker import Job, LocalPeftStats, find_stop
 from tenantlora.errors import (
     AdapterNotAvailableError,
     AdapterValidationError,

@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from tenantlora._digests import DigestMemo
-from tenantlora.backends._affinity import ReplicaHealth, rendezvous_order
-from tenantlora.backends._httpx import AsyncTransportKind
-from tenantlora.backends._lifecycle import ContextManaged
-from tenantlora.backends._vllm_preflight import Preflight, digest_problem, served_name
-from tenantlora.backends._vllm_replica import Replica
+from tenantlora._http.transports import AsyncTransportKind
+from tenantlora._lifecycle import ContextManaged
 from tenantlora.backends.openai_compat import OpenAICompatible
+from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
+from tenantlora.backends.vllm.preflight import Preflight, digest_problem, served_name
+from tenantlora.backends.vllm.replica import Replica
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendConnectionError,

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria
 
-from tenantlora.backends._peft_worker import Job, find_stop, stream_safe_text
+from tenantlora.backends.peft.worker import Job, find_stop, stream_safe_text
 
 __all__ = [
     "BASE",

@@ -27,12 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tenantlora.backends._http import (
-    CallContext,
-    ErrorInfo,
-    default_status_error,
-    describe_status,
-)
+from tenantlora._http.errors import CallContext, ErrorInfo, default_status_error, describe_status
+from tenantlora.backends.wire import add_sampling, parse_usage
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -141,16 +137,7 @@ def build_run_body(
         raise InvalidRequestError("request.extra['prompt'] must be a non-empty string")
     if adapter is not None:
         body["lora"] = adapter
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
+    add_sampling(body, request, stop=False)
     if stream:
         body["stream"] = True
     body.update((k, v) for k, v in request.extra.items() if k not in _RESERVED)
@@ -261,25 +248,6 @@ def status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
 
 
 # -- results ------------------------------------------------------------------------------------
-
-
-def _count(value: object) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return 0
-
-
-def parse_usage(raw: object) -> Usage | None:
-    """Usage from ``result.usage`` (zeros for odd counts), or None when absent."""
-    if not isinstance(raw, dict):
-        return None
-    prompt, completion = _count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens"))
-    total = _count(raw.get("total_tokens")) or prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
 
 
 def parse_run_result(result: object) -> tuple[str, Usage | None, str | None]:

@@ -21,18 +21,18 @@ from typing import Any
 
 import httpx
 
-from tenantlora.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from tenantlora.backends._http import (
+from tenantlora._http.config import HTTPConfig
+from tenantlora._http.errors import (
     CallContext,
-    HTTPConfig,
     closed_error,
     decode_json,
     error_info,
-    foreign,
     invalid_response,
     transport_error,
 )
-from tenantlora.backends._workers_ai_wire import (
+from tenantlora._http.secrets import foreign
+from tenantlora.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from tenantlora.backends.workers_ai.wire import (
     Finetune,
     FinetuneAsset,
     envelope_result,

@@ -1,0 +1,172 @@
+"""The async transport on ``httpx.AsyncClient`` (used when aiohttp is absent or not wanted).
+
+Same contract as :class:`~tenantlora._http.sync.HTTPClient`, behind the same boundary, reading
+streams with the same :class:`~tenantlora._http.sse.SSEReader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+
+from tenantlora._http.config import HTTPConfig, HTTPResponse
+from tenantlora._http.errors import Boundary, CallContext, closed_error, decode_json
+from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader
+from tenantlora._http.sync import ERROR_READ_LIMIT, URLCache, httpx_limits, stream_headers
+
+__all__ = ["HttpxAsyncTransport"]
+
+
+class HttpxAsyncTransport:
+    """Async HTTP on ``httpx.AsyncClient``, behind the error boundary.
+
+    The client is created on first use, and again when called from another event loop: an
+    ``httpx.AsyncClient``'s connections belong to the loop that opened them, so reusing it from
+    a second ``asyncio.run`` (notebooks, test suites) fails with "Event loop is closed". The old
+    client is dropped, not awaited (its loop is gone).
+    """
+
+    def __init__(self, config: HTTPConfig) -> None:
+        self.config = config
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout = httpx.Timeout(config.timeout)
+        self._urls = URLCache(config)
+        self._closed = False
+
+    def _http(self, ctx: CallContext) -> httpx.AsyncClient:
+        if self._closed:
+            raise closed_error(ctx)
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop = loop
+            self._client = httpx.AsyncClient(
+                headers=dict(self.config.headers),
+                timeout=self._timeout,
+                limits=httpx_limits(self.config.max_connections),
+                trust_env=False,
+            )
+        return self._client
+
+    def _timeout_for(self, timeout: float | None) -> httpx.Timeout:
+        return self._timeout if timeout is None else httpx.Timeout(timeout)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        ctx: CallContext,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> HTTPResponse:
+        """One request, body read in full; a non-2xx raises the mapped error."""
+        client = self._http(ctx)
+        started = time.perf_counter()
+        with Boundary(self.config, ctx, httpx.HTTPError, started):
+            response = await client.request(
+                method, self._urls[path], content=content, timeout=self._timeout_for(timeout)
+            )
+        self.config.log(ctx, response.status_code, started)
+        self.config.check(response.status_code, response.headers, response.content, ctx)
+        return HTTPResponse(response.status_code, response.headers, response.content)
+
+    async def send_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        ctx: CallContext,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Any, Mapping[str, str]]:
+        """:meth:`send`, then the body decoded as JSON: ``(data, headers)``."""
+        response = await self.send(method, path, ctx=ctx, content=content, timeout=timeout)
+        return decode_json(response.content, ctx), response.headers
+
+    async def stream_sse(
+        self,
+        path: str,
+        content: bytes,
+        *,
+        ctx: CallContext,
+        timeout: float | None = None,
+        marker: str | None = DONE,
+    ) -> AsyncGenerator[SSEEvent, None]:
+        """POST and iterate the SSE data until ``marker``; drained and closed however it ends."""
+        client = self._http(ctx)
+        request = client.build_request(
+            "POST",
+            self._urls[path],
+            content=content,
+            headers=stream_headers(None),
+            timeout=self._timeout_for(timeout),
+        )
+        started = time.perf_counter()
+        with Boundary(self.config, ctx, httpx.HTTPError, started):
+            response = await client.send(request, stream=True)
+        self.config.log(ctx, response.status_code, started)
+        chunks: AsyncIterator[bytes] | None = None
+        drain = True
+        try:
+            with Boundary(self.config, ctx, httpx.HTTPError):
+                if not response.is_success:
+                    body = await _read_some(response.aiter_bytes())
+                    self.config.check(response.status_code, response.headers, body, ctx)
+                chunks = response.aiter_bytes()
+                reader = SSEReader(response.headers, marker)
+                async for chunk in chunks:
+                    for event in reader.feed(chunk):
+                        yield event
+                    if reader.done:
+                        break
+                else:
+                    for event in reader.finish(ctx):
+                        yield event
+        except asyncio.CancelledError:
+            drain = False  # cancelled: let go of the connection now, do not read on
+            raise
+        finally:
+            await _drain_and_close(response, chunks, drain)
+
+    async def aclose(self) -> None:
+        """Close the pool; later calls raise."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+
+async def _read_some(chunks: AsyncIterator[bytes]) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= ERROR_READ_LIMIT:
+            break
+    return b"".join(parts)
+
+
+async def _drain_and_close(
+    response: httpx.Response, chunks: AsyncIterator[bytes] | None, drain: bool
+) -> None:
+    try:
+        if drain and chunks is not None and not response.is_closed:
+            budget = DrainBudget()
+            while (left := budget.seconds_left()) > 0:
+                # A silent server must not hold the close up: each read waits `left` at most.
+                chunk = await asyncio.wait_for(anext(chunks, None), left)
+                if chunk is None or not budget.take(len(chunk)):
+                    break
+    except (httpx.HTTPError, asyncio.TimeoutError):
+        pass
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await response.aclose()
