@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Boundary",
+    "Mapped",
     "CallContext",
     "ErrorInfo",
     "StatusMapper",
@@ -281,12 +282,46 @@ def decode_json(content: bytes, ctx: CallContext) -> Any:
         raise invalid_response(f"expected JSON, got {kind} that is not JSON", ctx) from foreign(exc)
 
 
+class Mapped:
+    """``with Mapped(errors, convert):`` around one exchange: an exception of ``errors`` leaves
+    as ``convert(exc)``, chained to a scrubbed stand-in (:func:`foreign`; its message only when
+    ``detail``), never to the foreign exception itself. Everything else passes through. Used by
+    clients whose errors are not backend errors (the Cloudflare KV registry's RegistryError)."""
+
+    __slots__ = ("convert", "detail", "errors", "secrets")
+
+    def __init__(
+        self,
+        errors: type[BaseException] | tuple[type[BaseException], ...],
+        convert: Callable[[BaseException], Exception],
+        *,
+        secrets: tuple[str, ...] = (),
+        detail: bool = True,
+    ) -> None:
+        self.errors = errors
+        self.convert = convert
+        self.secrets = secrets
+        self.detail = detail
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and isinstance(exc, self.errors):
+            raise self.convert(exc) from foreign(exc, self.secrets, detail=self.detail)
+
+
 class Boundary:
-    """``with Boundary(config, ctx, errors, started):`` around one exchange: an exception of
-    ``errors`` (the transport's wire exceptions) leaves as the tenantlora error
-    :func:`transport_error` maps it to, chained to a scrubbed stand-in; when ``started`` (a
-    ``perf_counter`` reading) is given, the failed attempt is logged first. Everything else
-    passes through unchanged."""
+    """``with Boundary(config, ctx, errors, started):`` around one exchange of a backend or
+    provider client: an exception of ``errors`` (the transport's wire exceptions) leaves as the
+    tenantlora error :func:`transport_error` maps it to, chained to a scrubbed stand-in; when
+    ``started`` (a ``perf_counter`` reading) is given, the failed attempt is logged first.
+    Everything else passes through unchanged."""
 
     __slots__ = ("config", "ctx", "errors", "started")
 
@@ -302,8 +337,8 @@ class Boundary:
         self.errors = errors
         self.started = started
 
-    def __enter__(self) -> Boundary:
-        return self
+    def __enter__(self) -> None:
+        return None
 
     def __exit__(
         self,

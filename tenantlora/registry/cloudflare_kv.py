@@ -25,8 +25,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from tenantlora._http.errors import error_info
-from tenantlora._http.secrets import as_secret, foreign, sensitive_values
+from tenantlora._http.errors import Mapped, error_info
+from tenantlora._http.secrets import as_secret, sensitive_values
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._kv_layout import (
@@ -100,6 +100,15 @@ class _KVConfig:
             f"Cloudflare KV namespace {self.namespace_id}: {action} {key!r} failed: {reason}",
             tenant=tenant,
         )
+
+    def boundary(self, action: str, key: str, tenant: str | None) -> Mapped:
+        """Around one request: httpx errors leave as RegistryError (the type only: their
+        messages may quote the URL)."""
+
+        def convert(exc: BaseException) -> Exception:
+            return self.fail(action, key, f"{type(exc).__name__} on the wire", tenant)
+
+        return Mapped(httpx.HTTPError, convert, detail=False)
 
     def check(self, response: httpx.Response, action: str, key: str, tenant: str | None) -> None:
         """RegistryError for a non-2xx, with Cloudflare's message (secrets scrubbed)."""
@@ -310,11 +319,8 @@ class CloudflareKV:
         headers = None if self._owns_client else dict(self._config.headers)
         if extra_headers:
             headers = {**(headers or {}), **extra_headers}
-        try:
+        with self._config.boundary(action, key, tenant):
             response = client.request(method, url, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            reason = f"{type(exc).__name__} on the wire"
-            raise self._config.fail(action, key, reason, tenant) from foreign(exc, detail=False)
         if not (method == "GET" and action == "read" and response.status_code == 404):
             self._config.check(response, action, key, tenant)
         return response
@@ -389,12 +395,8 @@ class AsyncCloudflareKV:
             self._client = httpx.AsyncClient(
                 headers=self._config.headers, timeout=self._config.timeout, trust_env=False
             )
-        try:
+        with self._config.boundary("read", key, tenant):
             response = await self._client.get(self._config.value_url(key))
-        except httpx.HTTPError as exc:
-            raise self._config.fail(
-                "read", key, f"{type(exc).__name__} on the wire", tenant
-            ) from foreign(exc, detail=False)
         if response.status_code == 404:
             return None
         self._config.check(response, "read", key, tenant)

@@ -23,14 +23,13 @@ import httpx
 
 from tenantlora._http.config import HTTPConfig
 from tenantlora._http.errors import (
+    Boundary,
     CallContext,
     closed_error,
     decode_json,
     error_info,
     invalid_response,
-    transport_error,
 )
-from tenantlora._http.secrets import foreign
 from tenantlora.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from tenantlora.backends.workers_ai.wire import (
     Finetune,
@@ -198,14 +197,9 @@ class Finetunes:
         if self._client is None:
             self._client = httpx.Client(headers=self._headers, trust_env=False)
         started = time.perf_counter()
-        try:
+        with Boundary(self._config, ctx, httpx.HTTPError, started):
             response = self._client.request(
                 ctx.method, self._config.url(ctx.path), **self._request_args(ctx, json_body, form)
-            )
-        except httpx.HTTPError as exc:
-            self._config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self._config.secrets) from foreign(
-                exc, self._config.secrets
             )
         self._config.log(ctx, response.status_code, started)
         return self._result(response, ctx)
@@ -222,14 +216,9 @@ class Finetunes:
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(headers=self._headers, trust_env=False)
         started = time.perf_counter()
-        try:
+        with Boundary(self._config, ctx, httpx.HTTPError, started):
             response = await self._aclient.request(
                 ctx.method, self._config.url(ctx.path), **self._request_args(ctx, json_body, form)
-            )
-        except httpx.HTTPError as exc:
-            self._config.log(ctx, type(exc).__name__, started)
-            raise transport_error(exc, ctx, self._config.secrets) from foreign(
-                exc, self._config.secrets
             )
         self._config.log(ctx, response.status_code, started)
         return self._result(response, ctx)
