@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -331,28 +331,16 @@ def test_adapter_served_already_is_used_without_a_load(fake: VLLMFake) -> None:
 # -- single-flight ------------------------------------------------------------------------------
 
 
-class _CountingEvent(threading.Event):
-    """A threading.Event that counts the threads that start waiting on it."""
-
-    def __init__(self, waiting: threading.Semaphore) -> None:
-        super().__init__()
-        self._waiting = waiting
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._waiting.release()
-        return super().wait(timeout)
-
-
 def count_followers(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
     """Make every load-in-progress count the threads that wait for it (released once each)."""
     waiting = threading.Semaphore(0)
 
-    class CountingFlight(replica_module._Flight):
-        def __init__(self) -> None:
-            super().__init__()
-            self.done = _CountingEvent(waiting)
+    class CountingFuture(Future[None]):
+        def result(self, timeout: float | None = None) -> None:
+            waiting.release()
+            return super().result(timeout)
 
-    monkeypatch.setattr(replica_module, "_Flight", CountingFlight)
+    monkeypatch.setattr(replica_module, "Future", CountingFuture)
     return waiting
 
 
@@ -435,6 +423,64 @@ async def test_concurrent_tasks_make_one_load(
             )
         assert len(fake.loads) == 1
     assert [reply.text for reply in replies[:8]] == [answer(NEW)] * 8
+
+
+def test_a_thread_and_a_task_share_one_load(
+    monkeypatch: pytest.MonkeyPatch, adapter_dir: Path
+) -> None:
+    """Sync and async callers of one backend share the load flight: a thread and an asyncio
+    task asking for one new adapter at once make one load request, and both are answered."""
+    waiting = count_followers(monkeypatch)
+    gate = threading.Event()
+    rec = record(NEW, adapter_dir)
+    with VLLMFake(gate=gate) as fake, make(fake.url) as backend:
+
+        async def both() -> list[str]:
+            task = asyncio.ensure_future(backend.achat(REQUEST, adapter=NEW, record=rec))
+            assert await asyncio.to_thread(fake.load_arrived.wait, WAIT)  # the task leads
+            thread = asyncio.ensure_future(
+                asyncio.to_thread(backend.chat, REQUEST, adapter=NEW, record=rec)
+            )
+            assert await asyncio.to_thread(waiting.acquire, True, WAIT)  # the thread waits
+            gate.set()
+            replies = await asyncio.wait_for(asyncio.gather(task, thread), WAIT)
+            await backend.aclose()
+            return [reply.text for reply in replies]
+
+        texts = asyncio.run(both())
+        assert len(fake.loads) == 1
+    assert texts == [answer(NEW)] * 2
+
+
+def test_a_flight_abandoned_by_its_event_loop_is_taken_over(adapter_dir: Path) -> None:
+    """A load whose event loop stopped mid-flight never lands; once it is older than twice
+    load_timeout, the next caller leads a new load instead of waiting for it forever."""
+    clock = ManualClock()
+    gate = threading.Event()
+    rec = record(NEW, adapter_dir)
+    with VLLMFake(gate=gate) as fake, make(fake.url, load_timeout=5.0, clock=clock) as backend:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(backend.achat(REQUEST, adapter=NEW, record=rec))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert fake.load_arrived.wait(WAIT)  # the load is in flight, held at the server
+        # the loop is abandoned here (never run again): its load never lands
+        clock.advance(10.5)
+
+        fake.load_arrived.clear()
+
+        def open_gate_at_the_second_load() -> None:
+            fake.load_arrived.wait(WAIT)
+            gate.set()
+
+        opener = threading.Thread(target=open_gate_at_the_second_load)
+        opener.start()
+        reply = backend.chat(REQUEST, adapter=NEW, record=rec)
+        opener.join(WAIT)
+        assert reply.text == answer(NEW)
+        assert len(fake.loads) == 2
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        loop.close()
 
 
 # -- LRU unloads ----------------------------------------------------------------------------------

@@ -23,21 +23,22 @@ import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from tenantlora._digests import DigestMemo
+from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora._lifecycle import ContextManaged
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
+from tenantlora.backends.vllm.flow import Load, Step, call_flow, preload_flow
 from tenantlora.backends.vllm.preflight import Preflight, digest_problem, served_name
 from tenantlora.backends.vllm.replica import Replica
 from tenantlora.errors import (
     AdapterNotAvailableError,
-    BackendConnectionError,
     BackendError,
     ConfigurationError,
 )
@@ -46,7 +47,6 @@ from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 __all__ = ["VLLM", "Preloaded"]
 
-T = TypeVar("T")
 _PREFLIGHT_CACHE = 4096  # adapter versions remembered (their files never change)
 
 
@@ -223,93 +223,13 @@ class VLLM(ContextManaged):
                 adapter=adapter,
             )
 
-    def _failover(self, replicas: list[Replica], call: Callable[[Replica], T]) -> T:
-        last: BackendConnectionError | None = None
-        for replica in replicas:
-            try:
-                result = call(replica)
-            except BackendConnectionError as exc:
-                self._health.mark_down(replica.url)
-                last = exc
-                continue
-            self._health.mark_up(replica.url)
-            return result
-        assert last is not None
-        raise last
-
-    async def _afailover(
-        self, replicas: list[Replica], call: Callable[[Replica], Awaitable[T]]
-    ) -> T:
-        last: BackendConnectionError | None = None
-        for replica in replicas:
-            try:
-                result = await call(replica)
-            except BackendConnectionError as exc:
-                self._health.mark_down(replica.url)
-                last = exc
-                continue
-            self._health.mark_up(replica.url)
-            return result
-        assert last is not None
-        raise last
-
-    def _with_adapter(
-        self,
-        replica: Replica,
-        adapter: str,
-        name: str,
-        record: AdapterRecord | None,
-        send: Callable[[], T],
-    ) -> T:
-        """Send (as ``name``, the server-side name); if the server lacks the adapter, load it
-        (after the digest check and the preflight) and send once more."""
-        if replica.known(name):
-            try:
-                return send()
-            except AdapterNotAvailableError:
-                replica.forget(name)  # restarted, or unloaded by someone else
-        else:
-            self._refusal(adapter, name, record)
-            failure = replica.recent_failure(name)
-            if failure is not None:
-                raise failure
-            try:
-                result = send()  # it may be served already (--lora-modules, another client)
-            except AdapterNotAvailableError:
-                pass
-            else:
-                replica.note(name)
-                return result
-        replica.ensure_loaded(name, record.uri if record is not None else None)
-        return send()
-
-    async def _awith_adapter(
-        self,
-        replica: Replica,
-        adapter: str,
-        name: str,
-        record: AdapterRecord | None,
-        send: Callable[[], Awaitable[T]],
-    ) -> T:
-        if replica.known(name):
-            try:
-                return await send()
-            except AdapterNotAvailableError:
-                replica.forget(name)
-        else:
-            self._refusal(adapter, name, record)
-            failure = replica.recent_failure(name)
-            if failure is not None:
-                raise failure
-            try:
-                result = await send()
-            except AdapterNotAvailableError:
-                pass
-            else:
-                replica.note(name)
-                return result
-        await replica.aensure_loaded(name, record.uri if record is not None else None)
-        return await send()
+    def _flow(
+        self, adapter: str | None, name: str | None, record: AdapterRecord | None
+    ) -> Flow[Step, Any]:
+        """The call's flow (see :mod:`~tenantlora.backends.vllm.flow`), over the tenant's
+        replicas in order."""
+        refuse = functools.partial(self._refusal, adapter or "", name or "", record)
+        return call_flow(self._health, self._order(adapter, record), name, record, refuse)
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -324,16 +244,11 @@ class VLLM(ContextManaged):
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
         name = self._name(adapter, record)
 
-        def call(replica: Replica) -> ChatResponse:
-            def send() -> ChatResponse:
-                return replica.api.chat(request, adapter=name, timeout=timeout)
-
-            if adapter is None or name is None:
-                return send()
-            return self._with_adapter(replica, adapter, name, record, send)
+        def send(replica: Replica) -> ChatResponse:
+            return replica.api.chat(request, adapter=name, timeout=timeout)
 
         with _named(adapter, name):
-            reply = self._failover(self._order(adapter, record), call)
+            reply: ChatResponse = drive(self._flow(adapter, name, record), _performer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     def stream(
@@ -346,19 +261,13 @@ class VLLM(ContextManaged):
     ) -> Iterator[ChatChunk]:
         """Stream text deltas. Loading and failover happen before the first chunk; after it,
         errors are raised as they come."""
-
         name = self._name(adapter, record)
 
-        def call(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
-            def send() -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
-                return _first(replica.api.stream(request, adapter=name, timeout=timeout))
-
-            if adapter is None or name is None:
-                return send()
-            return self._with_adapter(replica, adapter, name, record, send)
+        def send(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
+            return _first(replica.api.stream(request, adapter=name, timeout=timeout))
 
         with _named(adapter, name):
-            first, rest = self._failover(self._order(adapter, record), call)
+            first, rest = drive(self._flow(adapter, name, record), _performer(send))
         restamp = name != adapter
         try:
             if first is not None:
@@ -382,10 +291,8 @@ class VLLM(ContextManaged):
             name = self._name(adapter, record) or adapter
             try:
                 self._refusal(adapter, name, record)
-                replica = self._failover(
-                    self._order(adapter, record),
-                    functools.partial(_loaded_on, adapter=name, record=record),
-                )
+                flow = preload_flow(self._health, self._order(adapter, record), name, record)
+                replica = drive(flow, _performer(_no_send))
             except BackendError as exc:
                 failed[adapter] = str(exc)
             else:
@@ -420,19 +327,14 @@ class VLLM(ContextManaged):
         record: AdapterRecord | None = None,
     ) -> ChatResponse:
         """The async twin of :meth:`chat`."""
-
         name = self._name(adapter, record)
 
-        async def call(replica: Replica) -> ChatResponse:
-            async def send() -> ChatResponse:
-                return await replica.api.achat(request, adapter=name, timeout=timeout)
-
-            if adapter is None or name is None:
-                return await send()
-            return await self._awith_adapter(replica, adapter, name, record, send)
+        async def send(replica: Replica) -> ChatResponse:
+            return await replica.api.achat(request, adapter=name, timeout=timeout)
 
         with _named(adapter, name):
-            reply = await self._afailover(self._order(adapter, record), call)
+            flow = self._flow(adapter, name, record)
+            reply: ChatResponse = await adrive(flow, _aperformer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     async def astream(
@@ -444,19 +346,13 @@ class VLLM(ContextManaged):
         record: AdapterRecord | None = None,
     ) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
-
         name = self._name(adapter, record)
 
-        async def call(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
-            async def send() -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
-                return await _afirst(replica.api.astream(request, adapter=name, timeout=timeout))
-
-            if adapter is None or name is None:
-                return await send()
-            return await self._awith_adapter(replica, adapter, name, record, send)
+        async def send(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
+            return await _afirst(replica.api.astream(request, adapter=name, timeout=timeout))
 
         with _named(adapter, name):
-            first, rest = await self._afailover(self._order(adapter, record), call)
+            first, rest = await adrive(self._flow(adapter, name, record), _aperformer(send))
         restamp = name != adapter
         try:
             if first is not None:
@@ -477,10 +373,8 @@ class VLLM(ContextManaged):
             name = self._name(adapter, record) or adapter
             try:
                 self._refusal(adapter, name, record)
-                replica = await self._afailover(
-                    self._order(adapter, record),
-                    functools.partial(_aloaded_on, adapter=name, record=record),
-                )
+                flow = preload_flow(self._health, self._order(adapter, record), name, record)
+                replica = await adrive(flow, _aperformer(_ano_send))
             except BackendError as exc:
                 failed[adapter] = str(exc)
             else:
@@ -548,16 +442,36 @@ def _failed_event(
     return AdapterEvent(kind, adapter, backend, 0.0, "AdapterNotAvailableError")
 
 
-def _loaded_on(replica: Replica, adapter: str, record: AdapterRecord) -> Replica:
-    if not replica.known(adapter):
-        replica.ensure_loaded(adapter, record.uri)
-    return replica
+def _performer(send: Callable[[Replica], Any]) -> Callable[[Step], Any]:
+    """Performs a flow's steps from sync code: ``send`` a call, or load (single-flight)."""
+
+    def perform(step: Step) -> Any:
+        if isinstance(step, Load):
+            step.replica.ensure_loaded(step.name, step.uri)
+            return None
+        return send(step.replica)
+
+    return perform
 
 
-async def _aloaded_on(replica: Replica, adapter: str, record: AdapterRecord) -> Replica:
-    if not replica.known(adapter):
-        await replica.aensure_loaded(adapter, record.uri)
-    return replica
+def _aperformer(send: Callable[[Replica], Awaitable[Any]]) -> Callable[[Step], Awaitable[Any]]:
+    """The async twin of :func:`_performer`."""
+
+    async def perform(step: Step) -> Any:
+        if isinstance(step, Load):
+            await step.replica.aensure_loaded(step.name, step.uri)
+            return None
+        return await send(step.replica)
+
+    return perform
+
+
+def _no_send(replica: Replica) -> None:
+    raise AssertionError("preload never sends a call")  # pragma: no cover
+
+
+async def _ano_send(replica: Replica) -> None:
+    raise AssertionError("preload never sends a call")  # pragma: no cover
 
 
 def _first(chunks: Iterator[ChatChunk]) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:

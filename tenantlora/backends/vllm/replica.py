@@ -6,9 +6,11 @@ used first. The view is a cache, not the truth: when the server answers 404 for 
 view says is there (restarted, unloaded by someone else), the caller forgets it and loads again.
 
 Loads are single-flight per adapter: concurrent first requests for one adapter make one
-``POST /v1/load_lora_adapter``, from threads (a per-adapter event) or from asyncio tasks (a
-shared task per event loop). When ``max_loaded`` is set, each load that grows the view past it
-unloads the least recently used adapters (``POST /v1/unload_lora_adapter``).
+``POST /v1/load_lora_adapter``, whether they come from threads or asyncio tasks (one flight, a
+``concurrent.futures.Future``, that threads wait on and tasks await). A load and an unload are
+written once as sans-I/O flows (:mod:`tenantlora._flow`) that the sync and async methods
+drive. When ``max_loaded`` is set, each load that grows the view past it unloads the least
+recently used adapters (``POST /v1/unload_lora_adapter``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import json
 import logging
 import threading
 import time
+from asyncio import wrap_future
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from concurrent.futures import Future
+from typing import Any, Literal, NamedTuple
 
+from tenantlora._flow import Flow, adrive, drive
+from tenantlora._http.config import HTTPResponse
 from tenantlora._http.errors import CallContext, decode_json, invalid_response
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.errors import (
@@ -68,14 +74,13 @@ def base_children(data: Any, base: str) -> list[str]:
     ]
 
 
-class _Flight:
-    """One load in progress, for threads waiting on it."""
+class Request(NamedTuple):
+    """One request a load flow needs."""
 
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: BaseException | None = None
+    method: str
+    path: str
+    body: bytes
+    timeout: float
 
 
 class Replica:
@@ -101,8 +106,8 @@ class Replica:
         self._emit = emit
         self._lru: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._flights: dict[str, tuple[Future[None], float]] = {}  # adapter -> (load, since)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._failure_ttl = failure_ttl
         self._clock = clock
         self._failures: dict[str, tuple[float, str]] = {}  # adapter -> (until, message)
@@ -169,44 +174,106 @@ class Replica:
                     victims.append(victim)
             return victims
 
-    # -- sync --------------------------------------------------------------------------------
+    # -- loads: one single-flight design for threads and tasks ---------------------------------
+
+    def _flight(self, adapter: str) -> tuple[Future[None], bool]:
+        """The load in progress for ``adapter`` and whether the caller leads it (starts it).
+
+        A flight older than twice ``load_timeout`` is stale (its event loop was abandoned
+        mid-load) and is replaced, so an adapter can never become unloadable."""
+        with self._lock:
+            flight = self._flights.get(adapter)
+            if flight is not None and self._clock() - flight[1] <= 2 * self._load_timeout:
+                return flight[0], False
+            future: Future[None] = Future()
+            self._flights[adapter] = (future, self._clock())
+            return future, True
+
+    def _land(self, adapter: str, future: Future[None], error: BaseException | None) -> None:
+        with self._lock:
+            flight = self._flights.get(adapter)
+            if flight is not None and flight[0] is future:
+                del self._flights[adapter]
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def _gave_up(self, adapter: str) -> BackendTimeoutError:
+        return BackendTimeoutError(
+            f"{self._backend}: gave up waiting for adapter {adapter!r} to load on {self.url}",
+            backend=self._backend,
+            adapter=adapter,
+        )
 
     def ensure_loaded(self, adapter: str, uri: str | None) -> None:
         """Make the server hold ``adapter`` (loading it from ``uri``); one load per adapter at a
-        time, however many threads ask. Raises :class:`AdapterNotAvailableError` if it cannot."""
-        with self._lock:
-            flight = self._flights.get(adapter)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[adapter] = _Flight()
+        time, however many threads and tasks ask. Raises :class:`AdapterNotAvailableError` if
+        it cannot."""
+        future, leader = self._flight(adapter)
         if not leader:
-            if not flight.done.wait(self._load_timeout):
-                raise BackendTimeoutError(
-                    f"{self._backend}: gave up waiting for adapter {adapter!r} to load on "
-                    f"{self.url}",
-                    backend=self._backend,
-                    adapter=adapter,
-                )
-            if flight.error is not None:
-                raise _follower_error(flight.error, adapter, self._backend)
+            try:
+                future.result(self._load_timeout)
+            except TimeoutError:
+                raise self._gave_up(adapter) from None
+            except BaseException as exc:
+                raise _follower_error(exc, adapter, self._backend) from None
             return
         try:
-            victims = self._load(adapter, uri)
+            victims = drive(self._load_flow(adapter, uri), self._perform)
         except BaseException as exc:
-            flight.error = exc
+            self._land(adapter, future, exc)
             raise
-        finally:
-            with self._lock:
-                self._flights.pop(adapter, None)
-            flight.done.set()
+        self._land(adapter, future, None)
         for victim in victims:
-            self._unload(victim)
+            drive(self._unload_flow(victim), self._perform)
 
-    def _load(self, adapter: str, uri: str | None) -> list[str]:
+    async def aensure_loaded(self, adapter: str, uri: str | None) -> None:
+        """The async twin of :meth:`ensure_loaded`, sharing its flights: the leader's load runs
+        as a task of its own, so a cancelled caller never cancels a load others wait for."""
+        future, leader = self._flight(adapter)
+        if leader:
+            task = asyncio.get_running_loop().create_task(self._aload(adapter, uri, future))
+            self._tasks.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(wrap_future(future)), self._load_timeout)
+        except TimeoutError:
+            raise self._gave_up(adapter) from None
+        except BackendError as exc:
+            raise _follower_error(exc, adapter, self._backend) from None
+
+    async def _aload(self, adapter: str, uri: str | None, future: Future[None]) -> None:
+        try:
+            victims = await adrive(self._load_flow(adapter, uri), self._aperform)
+        except asyncio.CancelledError:
+            self._land(adapter, future, _interrupted(adapter, self._backend))
+            raise
+        except BaseException as exc:  # the waiters get it through the future
+            self._land(adapter, future, exc)
+            return
+        self._land(adapter, future, None)
+        for victim in victims:
+            await adrive(self._unload_flow(victim), self._aperform)
+
+    def _perform(self, request: Request) -> HTTPResponse:
+        return self.api.request(
+            request.method, request.path, content=request.body, timeout=request.timeout
+        )
+
+    async def _aperform(self, request: Request) -> HTTPResponse:
+        return await self.api.arequest(
+            request.method, request.path, content=request.body, timeout=request.timeout
+        )
+
+    # -- the flows (sans-I/O: they yield requests) ---------------------------------------------
+
+    def _load_flow(self, adapter: str, uri: str | None) -> Flow[Request, list[str]]:
+        """Load ``adapter``; returns the adapters to unload to stay within ``max_loaded``."""
         body = self._load_body(adapter, uri)
         started = time.perf_counter()
         try:
-            self.api.request("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
+            yield Request("POST", LOAD_PATH, body, self._load_timeout)
         except BackendStatusError as exc:
             if not already_loaded(exc):
                 raise self._load_failed(adapter, exc) from exc
@@ -215,14 +282,10 @@ class Replica:
             raise
         return self._loaded(adapter, started)
 
-    def _unload(self, adapter: str) -> None:
+    def _unload_flow(self, adapter: str) -> Flow[Request, None]:
+        body = _encode({"lora_name": adapter})
         try:
-            self.api.request(
-                "POST",
-                UNLOAD_PATH,
-                content=_encode({"lora_name": adapter}),
-                timeout=self._load_timeout,
-            )
+            yield Request("POST", UNLOAD_PATH, body, self._load_timeout)
         except BackendError as exc:
             self._unload_failed(adapter, exc)
             return
@@ -233,54 +296,6 @@ class Replica:
         ``base``)."""
         response = self.api.request("GET", MODELS_PATH, timeout=timeout)
         return self._children(response.content, base)
-
-    # -- async -------------------------------------------------------------------------------
-
-    async def aensure_loaded(self, adapter: str, uri: str | None) -> None:
-        """The async twin of :meth:`ensure_loaded`: one load task per adapter per event loop."""
-        loop = asyncio.get_running_loop()
-        task = self._tasks.get(adapter)
-        if task is None or task.get_loop() is not loop or task.done():
-            task = loop.create_task(self._aload(adapter, uri))
-            self._tasks[adapter] = task
-            task.add_done_callback(self._task_done(adapter))
-        await asyncio.shield(task)
-
-    def _task_done(self, adapter: str) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            if self._tasks.get(adapter) is task:
-                del self._tasks[adapter]
-            if not task.cancelled():
-                task.exception()  # retrieved: a failed load with no waiter left is not "lost"
-
-        return done
-
-    async def _aload(self, adapter: str, uri: str | None) -> None:
-        body = self._load_body(adapter, uri)
-        started = time.perf_counter()
-        try:
-            await self.api.arequest("POST", LOAD_PATH, content=body, timeout=self._load_timeout)
-        except BackendStatusError as exc:
-            if not already_loaded(exc):
-                raise self._load_failed(adapter, exc) from exc
-        except BackendError as exc:
-            self._event("load_failed", adapter, error=type(exc).__name__)
-            raise
-        for victim in self._loaded(adapter, started):
-            await self._aunload(victim)
-
-    async def _aunload(self, adapter: str) -> None:
-        try:
-            await self.api.arequest(
-                "POST",
-                UNLOAD_PATH,
-                content=_encode({"lora_name": adapter}),
-                timeout=self._load_timeout,
-            )
-        except BackendError as exc:
-            self._unload_failed(adapter, exc)
-            return
-        self._event("evict", adapter)
 
     async def aadapters(self, base: str, timeout: float | None = None) -> list[str]:
         """The async twin of :meth:`adapters`."""
@@ -348,6 +363,14 @@ class Replica:
 
 def _encode(body: dict[str, str]) -> bytes:
     return json.dumps(body).encode()
+
+
+def _interrupted(adapter: str, backend: str) -> BackendError:
+    return BackendError(
+        f"{backend}: loading adapter {adapter!r} was interrupted (its event loop ended)",
+        backend=backend,
+        adapter=adapter,
+    )
 
 
 def _follower_error(error: BaseException, adapter: str, backend: str) -> BaseException:
