@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.errors import AdapterNotAvailableError
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Usage
 
@@ -95,7 +96,7 @@ def _echo(request: ChatRequest, adapter: str | None) -> str:
     return f"[{adapter or 'base'}] {request.messages[-1].content}"
 
 
-class FakeBackend:
+class FakeBackend(BaseBackend):
     """An in-memory backend implementing both :class:`~tenantlora.backends.Backend` and
     :class:`~tenantlora.backends.AsyncBackend`.
 
@@ -150,45 +151,17 @@ class FakeBackend:
                 adapter=response.adapter,
             )
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
-        return self._answer(request, adapter, False, record)
+    def _chat(self, call: Call) -> ChatResponse:
+        return self._answer(call.request, call.adapter, False, call.record)
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> Iterator[ChatChunk]:
-        yield from self._chunks(self._answer(request, adapter, True, record))
+    def _stream(self, call: Call) -> Iterator[ChatChunk]:
+        yield from self._chunks(self._answer(call.request, call.adapter, True, call.record))
 
-    async def achat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
-        return self._answer(request, adapter, False, record)
+    async def _achat(self, call: Call) -> ChatResponse:
+        return self._answer(call.request, call.adapter, False, call.record)
 
-    async def astream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> AsyncIterator[ChatChunk]:
-        for chunk in self._chunks(self._answer(request, adapter, True, record)):
+    async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
+        for chunk in self._chunks(self._answer(call.request, call.adapter, True, call.record)):
             yield chunk
 
     def close(self) -> None:

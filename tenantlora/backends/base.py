@@ -7,11 +7,12 @@ be handed to :class:`tenantlora.TenantLoRA` and :class:`tenantlora.AsyncTenantLo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
+from tenantlora._lifecycle import ContextManaged
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
-__all__ = ["AsyncBackend", "Backend"]
+__all__ = ["AsyncBackend", "Backend", "BaseBackend", "Call"]
 
 
 @runtime_checkable
@@ -102,3 +103,83 @@ class AsyncBackend(Protocol):
     ) -> AsyncIterator[ChatChunk]: ...
 
     async def aclose(self) -> None: ...
+
+
+class Call(NamedTuple):
+    """One chat or stream call, as :class:`BaseBackend` hands it to its subclass."""
+
+    request: ChatRequest
+    adapter: str | None
+    timeout: float | None
+    record: AdapterRecord | None
+
+
+class BaseBackend(ContextManaged):
+    """The public side of :class:`Backend` and :class:`AsyncBackend`, written once.
+
+    ``chat`` / ``stream`` / ``achat`` / ``astream`` take the protocol's arguments and hand one
+    :class:`Call` to the hooks a subclass implements: ``_chat(call)``, ``_stream(call)`` (an
+    iterator, usually a generator), ``_achat(call)`` (a coroutine) and ``_astream(call)`` (an
+    async generator), plus ``close`` and ``aclose``; ``with`` and ``async with`` come with it.
+    Every bundled backend and :class:`~tenantlora.testing.FakeBackend` is one; a third-party
+    backend may be one too, or implement the protocols directly.
+    """
+
+    name: str
+
+    def chat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """One chat call; see :class:`Backend`."""
+        return self._chat(Call(request, adapter, timeout, record))
+
+    def stream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> Iterator[ChatChunk]:
+        """Stream text deltas; the last chunk carries finish_reason and usage. Close the
+        iterator if you stop early: the backend releases what the call holds either way."""
+        return self._stream(Call(request, adapter, timeout, record))
+
+    async def achat(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> ChatResponse:
+        """The async twin of :meth:`chat`."""
+        return await self._achat(Call(request, adapter, timeout, record))
+
+    def astream(
+        self,
+        request: ChatRequest,
+        *,
+        adapter: str | None,
+        timeout: float | None = None,
+        record: AdapterRecord | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+        return self._astream(Call(request, adapter, timeout, record))
+
+    def _chat(self, call: Call) -> ChatResponse:
+        raise NotImplementedError
+
+    def _stream(self, call: Call) -> Iterator[ChatChunk]:
+        raise NotImplementedError
+
+    async def _achat(self, call: Call) -> ChatResponse:
+        raise NotImplementedError
+
+    def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
+        raise NotImplementedError

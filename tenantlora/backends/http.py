@@ -52,9 +52,9 @@ from tenantlora._http.transports import (
     create_async_transport,
     resolve_async_transport,
 )
-from tenantlora._lifecycle import ContextManaged
+from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.errors import BackendError, ConfigurationError, InvalidRequestError
-from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
 
 __all__ = ["ChatCodec", "ChunkAssembler", "HTTPBackend", "check_options"]
 
@@ -120,7 +120,7 @@ def check_options(
         raise ConfigurationError("name must be a non-empty string")
 
 
-class HTTPBackend(ContextManaged):
+class HTTPBackend(BaseBackend):
     """A :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` over HTTP, given a codec.
 
     ``api_key`` is held as a :class:`~pydantic.SecretStr`, sent as ``Authorization: Bearer``,
@@ -195,15 +195,9 @@ class HTTPBackend(ContextManaged):
 
     # -- sync ---------------------------------------------------------------------------------
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    def _chat(self, call: Call) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
+        request, adapter, timeout = call.request, call.adapter, call.timeout
         codec = self.codec
         ctx = CallContext(self.name, adapter, codec.path)
         body = self._encode(request, adapter, ctx, stream=False)
@@ -212,18 +206,12 @@ class HTTPBackend(ContextManaged):
         )
         return codec.response(data, headers, ctx)
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> Iterator[ChatChunk]:
+    def _stream(self, call: Call) -> Iterator[ChatChunk]:
         """Stream text deltas; the last chunk carries finish_reason and usage.
 
         Close the generator if you stop early: the response is drained and closed either way.
         """
+        request, adapter, timeout = call.request, call.adapter, call.timeout
         ctx = CallContext(self.name, adapter, self.codec.path)
         body = self._encode(request, adapter, ctx, stream=True)
         events = self._http.stream_sse(self.codec.path, body, ctx=ctx, timeout=timeout)
@@ -269,15 +257,9 @@ class HTTPBackend(ContextManaged):
             transport = self._async = create_async_transport(self._async_kind, self._config)
         return transport
 
-    async def achat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    async def _achat(self, call: Call) -> ChatResponse:
         """The async twin of :meth:`chat`."""
+        request, adapter, timeout = call.request, call.adapter, call.timeout
         codec = self.codec
         ctx = CallContext(self.name, adapter, codec.path)
         body = self._encode(request, adapter, ctx, stream=False)
@@ -286,15 +268,9 @@ class HTTPBackend(ContextManaged):
         )
         return codec.response(data, headers, ctx)
 
-    async def astream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> AsyncIterator[ChatChunk]:
+    async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+        request, adapter, timeout = call.request, call.adapter, call.timeout
         ctx = CallContext(self.name, adapter, self.codec.path)
         body = self._encode(request, adapter, ctx, stream=True)
         events = self._transport(ctx).stream_sse(self.codec.path, body, ctx=ctx, timeout=timeout)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from tenantlora._lifecycle import ContextManaged
 from tenantlora._location import local_path
+from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.peft.worker import DeltaSink, Job, LocalPeftStats, Worker
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -65,7 +65,7 @@ def sampling_problem(temperature: float | None, seed: int | None) -> str | None:
     return None
 
 
-class LocalPeft(ContextManaged):
+class LocalPeft(BaseBackend):
     """An in-process :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` over PEFT.
 
     ``base`` is a local directory holding a causal LM and its tokenizer, as
@@ -221,15 +221,9 @@ class LocalPeft(ContextManaged):
     def _chunk(self, text: str, job: Job) -> ChatChunk:
         return ChatChunk(text=text, adapter=job.adapter, backend=self.name)
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    def _chat(self, call: Call) -> ChatResponse:
         """Answer ``request`` with ``adapter`` (None = the base model); see the class docs."""
+        request, adapter, timeout, record = call
         job = self._job(request, adapter, record)
         self._worker.submit(job)
         try:
@@ -240,19 +234,13 @@ class LocalPeft(ContextManaged):
             job.cancel()
             raise
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> Iterator[ChatChunk]:
+    def _stream(self, call: Call) -> Iterator[ChatChunk]:
         """Text deltas as they are generated, then a final chunk with finish_reason and usage.
 
         The request runs as a batch of its own on the worker. Closing the iterator early
         cancels it: generation stops at the next step and the worker moves on.
         """
+        request, adapter, timeout, record = call
         chunks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         job = self._job(request, adapter, record, on_delta=chunks.put)
         job.future.add_done_callback(lambda _: chunks.put(None))
@@ -270,15 +258,9 @@ class LocalPeft(ContextManaged):
         finally:
             job.cancel()  # a no-op once finished; stops generation when closed early
 
-    async def achat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    async def _achat(self, call: Call) -> ChatResponse:
         """The async twin of :meth:`chat`: awaits the worker's future, no thread per call."""
+        request, adapter, timeout, record = call
         import asyncio
 
         job = self._job(request, adapter, record)
@@ -291,15 +273,9 @@ class LocalPeft(ContextManaged):
             job.cancel()
             raise
 
-    async def astream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> AsyncIterator[ChatChunk]:
+    async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream`; ``aclose()`` early cancels the generation."""
+        request, adapter, timeout, record = call
         import asyncio
 
         loop = asyncio.get_running_loop()

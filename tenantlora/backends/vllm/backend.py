@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from tenantlora._digests import DigestMemo
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
-from tenantlora._lifecycle import ContextManaged
+from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
 from tenantlora.backends.vllm.flow import Load, Step, call_flow, preload_flow
@@ -43,7 +43,7 @@ from tenantlora.errors import (
     ConfigurationError,
 )
 from tenantlora.events import AdapterEvent, AdapterHook, AdapterHooks
-from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import AdapterRecord, ChatChunk, ChatResponse
 
 __all__ = ["VLLM", "Preloaded"]
 
@@ -63,7 +63,7 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-class VLLM(ContextManaged):
+class VLLM(BaseBackend):
     """A :class:`~tenantlora.backends.Backend` and ``AsyncBackend`` for one or more vLLM servers.
 
     ``base_url`` (one server) or ``base_urls`` (replicas serving the same base model), with or
@@ -233,15 +233,9 @@ class VLLM(ContextManaged):
 
     # -- sync --------------------------------------------------------------------------------
 
-    def chat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    def _chat(self, call: Call) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
+        request, adapter, timeout, record = call
         name = self._name(adapter, record)
 
         def send(replica: Replica) -> ChatResponse:
@@ -251,16 +245,10 @@ class VLLM(ContextManaged):
             reply: ChatResponse = drive(self._flow(adapter, name, record), _performer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
-    def stream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> Iterator[ChatChunk]:
+    def _stream(self, call: Call) -> Iterator[ChatChunk]:
         """Stream text deltas. Loading and failover happen before the first chunk; after it,
         errors are raised as they come."""
+        request, adapter, timeout, record = call
         name = self._name(adapter, record)
 
         def send(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
@@ -318,15 +306,9 @@ class VLLM(ContextManaged):
 
     # -- async -------------------------------------------------------------------------------
 
-    async def achat(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> ChatResponse:
+    async def _achat(self, call: Call) -> ChatResponse:
         """The async twin of :meth:`chat`."""
+        request, adapter, timeout, record = call
         name = self._name(adapter, record)
 
         async def send(replica: Replica) -> ChatResponse:
@@ -337,15 +319,9 @@ class VLLM(ContextManaged):
             reply: ChatResponse = await adrive(flow, _aperformer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
-    async def astream(
-        self,
-        request: ChatRequest,
-        *,
-        adapter: str | None,
-        timeout: float | None = None,
-        record: AdapterRecord | None = None,
-    ) -> AsyncIterator[ChatChunk]:
+    async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+        request, adapter, timeout, record = call
         name = self._name(adapter, record)
 
         async def send(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
