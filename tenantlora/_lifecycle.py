@@ -1,8 +1,8 @@
-"""``with`` and ``async with`` for backends, written once.
+"""``with`` and ``async with``, written once for everything that holds resources.
 
-A backend that subclasses :class:`ContextManaged` and defines ``close()`` and ``aclose()`` can be
-used as a context manager (``__exit__`` calls ``close()``) and an async context manager
-(``__aexit__`` awaits ``aclose()``); both return the backend itself on entry.
+:class:`Closing` gives ``with`` over the subclass's ``close()``; :class:`AsyncClosing` gives
+``async with`` over its ``aclose()``; :class:`ContextManaged` gives both (backends and
+registries that serve sync and async callers). All return the object itself on entry.
 """
 
 from __future__ import annotations
@@ -10,21 +10,19 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["ContextManaged"]
+__all__ = ["AsyncClosing", "Closing", "ContextManaged"]
 
-_T = TypeVar("_T", bound="ContextManaged")
+_S = TypeVar("_S", bound="Closing")
+_A = TypeVar("_A", bound="AsyncClosing")
 
 
-class ContextManaged:
-    """Mixin: context-manager methods over the subclass's ``close`` / ``aclose``."""
+class Closing:
+    """Mixin: ``with obj:`` calls ``obj.close()`` on the way out."""
 
     def close(self) -> None:
         raise NotImplementedError
 
-    async def aclose(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: _T) -> _T:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -35,7 +33,14 @@ class ContextManaged:
     ) -> None:
         self.close()
 
-    async def __aenter__(self: _T) -> _T:
+
+class AsyncClosing:
+    """Mixin: ``async with obj:`` awaits ``obj.aclose()`` on the way out."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _A) -> _A:
         return self
 
     async def __aexit__(
@@ -45,3 +50,7 @@ class ContextManaged:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class ContextManaged(Closing, AsyncClosing):
+    """Mixin: both, for objects with ``close()`` and ``aclose()``."""

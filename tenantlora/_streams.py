@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from types import TracebackType
 
+from tenantlora._lifecycle import AsyncClosing, Closing
 from tenantlora.types import ChatChunk, ChatResponse, Usage
 
 __all__ = ["AsyncChatStream", "ChatStream"]
@@ -48,7 +48,7 @@ class _Outcome:
         self.response: ChatResponse | None = None
 
 
-class ChatStream:
+class ChatStream(Closing):
     """A streamed answer: iterate for :class:`ChatChunk` deltas.
 
     Use it as a context manager (or call :meth:`close`) when you may stop early: closing
@@ -66,17 +66,6 @@ class ChatStream:
     def __next__(self) -> ChatChunk:
         return next(self._chunks)
 
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         """Stop the stream and release its connection; safe to call more than once."""
         self._chunks.close()
@@ -91,7 +80,7 @@ class ChatStream:
         return "".join(chunk.text for chunk in self)
 
 
-class AsyncChatStream:
+class AsyncChatStream(AsyncClosing):
     """The async twin of :class:`ChatStream`: ``async for`` / ``async with`` / :meth:`aclose`."""
 
     def __init__(self, chunks: AsyncGenerator[ChatChunk, None], outcome: _Outcome) -> None:
@@ -103,17 +92,6 @@ class AsyncChatStream:
 
     async def __anext__(self) -> ChatChunk:
         return await self._chunks.__anext__()
-
-    async def __aenter__(self) -> AsyncChatStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the stream and release its connection; safe to call more than once."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Literal
 
 from tenantlora._base_client import (
@@ -32,6 +31,7 @@ from tenantlora._base_client import (
     _resolver_from,
     registry_from,
 )
+from tenantlora._lifecycle import AsyncClosing, Closing
 from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
 from tenantlora.errors import AdapterNotAvailableError, BackendError, ConfigurationError
@@ -45,7 +45,7 @@ from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
 __all__ = ["AsyncTenantLoRA", "Policy", "TenantLoRA"]
 
 
-class TenantLoRA(_BaseClient):
+class TenantLoRA(_BaseClient, Closing):
     """The synchronous client. Thread-safe; reuse one per process.
 
     ``backend`` serves the calls (it must implement :class:`~tenantlora.backends.Backend`);
@@ -172,17 +172,6 @@ class TenantLoRA(_BaseClient):
         if self._release():
             self.backend.close()
 
-    def __enter__(self) -> TenantLoRA:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _invalidate(self, call: _Call) -> None:
         self.resolver.invalidate(call.tenant, call.task)
 
@@ -263,7 +252,7 @@ class TenantLoRA(_BaseClient):
                 outcome.response = finish(call, acc.response())
 
 
-class AsyncTenantLoRA(_BaseClient):
+class AsyncTenantLoRA(_BaseClient, AsyncClosing):
     """The asynchronous client: the twin of :class:`TenantLoRA`, with ``await`` / ``async for``.
 
     ``backend`` must implement :class:`~tenantlora.backends.AsyncBackend`; ``registry`` may be a
@@ -380,17 +369,6 @@ class AsyncTenantLoRA(_BaseClient):
         the last client using it; close a registry opened from a path. Idempotent."""
         if self._release():
             await self.backend.aclose()
-
-    async def __aenter__(self) -> AsyncTenantLoRA:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _invalidate(self, call: _Call) -> None:
         self.resolver.invalidate(call.tenant, call.task)

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +26,7 @@ from pydantic import SecretStr
 
 from tenantlora._http.errors import Mapped, error_info
 from tenantlora._http.secrets import as_secret, sensitive_values
+from tenantlora._lifecycle import AsyncClosing, Closing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._kv_layout import (
@@ -122,7 +122,7 @@ class _KVConfig:
         raise self.fail(action, key, reason, tenant)
 
 
-class CloudflareKV:
+class CloudflareKV(Closing):
     """A :class:`~tenantlora.registry.WritableRegistry` on one Cloudflare KV namespace.
 
     ``get`` reads one key per tenant; a missing key (404) means the tenant has no adapters. A
@@ -180,17 +180,6 @@ class CloudflareKV:
         if self._client is not None and self._owns_client:
             self._client.close()
         self._client = None
-
-    def __enter__(self) -> CloudflareKV:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- read ---------------------------------------------------------------------------------
 
@@ -359,7 +348,7 @@ class CloudflareKV:
                 return [n[len(prefix) :] for n in names]
 
 
-class AsyncCloudflareKV:
+class AsyncCloudflareKV(AsyncClosing):
     """The async twin of :meth:`CloudflareKV.get` (an :class:`AsyncAdapterRegistry`), for
     :class:`~tenantlora.AsyncTenantLoRA`. Writes are admin operations: use the sync class."""
 
@@ -408,12 +397,6 @@ class AsyncCloudflareKV:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-
-    async def __aenter__(self) -> AsyncCloudflareKV:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 # -- helpers ------------------------------------------------------------------------------------

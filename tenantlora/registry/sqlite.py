@@ -16,11 +16,11 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
 
+from tenantlora._lifecycle import Closing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._sqlite_schema import prepare
@@ -46,7 +46,7 @@ _ACTIVE_JOIN = (
 )
 
 
-class SQLiteRegistry:
+class SQLiteRegistry(Closing):
     """A :class:`~tenantlora.registry.WritableRegistry` in one SQLite file.
 
     Safe for several threads and several processes on one file: the file is in WAL mode (readers
@@ -111,17 +111,6 @@ class SQLiteRegistry:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-    def __enter__(self) -> SQLiteRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def get(self, tenant: str) -> TenantAdapters | None:
         """The tenant's active record per task, or None when the tenant has no rows."""
