@@ -18,17 +18,19 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
+from tenantlora._cloudflare import DEFAULT_BASE_URL, cloudflare_key
+from tenantlora._env import build_from_env
 from tenantlora._http.errors import Mapped, error_info
 from tenantlora._http.secrets import as_secret, sensitive_values
-from tenantlora._lifecycle import AsyncClosing, Closing
+from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
-from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.naming import validate_tenant
 from tenantlora.registry._kv_layout import (
     TaskVersions,
     decode_value,
@@ -36,24 +38,20 @@ from tenantlora.registry._kv_layout import (
     entry_of,
     task_versions,
 )
-from tenantlora.registry.memory import (
-    _check_version,
-    _draft,
-    _rollback_target,
-)
-from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+from tenantlora.registry.writable import Choose, WritableBase
+from tenantlora.types import AdapterRecord, TenantAdapters
 
 __all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
 
 _log = logging.getLogger("tenantlora")
+T = TypeVar("T")
 
 DEFAULT_PREFIX = "lora_adapters:"
-DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
-_ENV = (
-    ("CLOUDFLARE_ACCOUNT_ID", "account_id"),
-    ("CLOUDFLARE_KV_NAMESPACE_ID", "namespace_id"),
-    ("CLOUDFLARE_API_TOKEN", "api_token"),
-)
+ENV_VARIABLES = {
+    "CLOUDFLARE_ACCOUNT_ID": "account_id",
+    "CLOUDFLARE_KV_NAMESPACE_ID": "namespace_id",
+    "CLOUDFLARE_API_TOKEN": "api_key",
+}
 
 
 class _KVConfig:
@@ -63,7 +61,7 @@ class _KVConfig:
         self,
         account_id: str,
         namespace_id: str,
-        api_token: SecretStr | str,
+        api_key: SecretStr | str,
         prefix: str,
         base_url: str,
         timeout: float,
@@ -71,9 +69,9 @@ class _KVConfig:
         for name, value in (("account_id", account_id), ("namespace_id", namespace_id)):
             if not isinstance(value, str) or not value or "/" in value:
                 raise ConfigurationError(f"{name} must be a non-empty Cloudflare ID (no '/')")
-        token = as_secret(api_token, "api_token")
-        if token is None:
-            raise ConfigurationError("api_token must be a non-empty Cloudflare API token")
+        token = as_secret(api_key, "api_key")
+        if token is None:  # pragma: no cover - cloudflare_key refuses an empty token first
+            raise ConfigurationError("api_key must be a non-empty Cloudflare API token")
         if not isinstance(prefix, str):
             raise ConfigurationError("prefix must be a string")
         if not base_url.startswith(("http://", "https://")):
@@ -122,7 +120,7 @@ class _KVConfig:
         raise self.fail(action, key, reason, tenant)
 
 
-class CloudflareKV(Closing):
+class CloudflareKV(WritableBase):
     """A :class:`~tenantlora.registry.WritableRegistry` on one Cloudflare KV namespace.
 
     ``get`` reads one key per tenant; a missing key (404) means the tenant has no adapters. A
@@ -133,7 +131,8 @@ class CloudflareKV(Closing):
 
     ``publish`` / ``rollback`` / ``delete_tenant`` rewrite or delete the tenant's key (see the
     module docstring for the single-writer caveat); ``list`` without a tenant pages through
-    ``GET .../keys?prefix=``. ``api_token`` is a :class:`~pydantic.SecretStr` kept out of repr,
+    ``GET .../keys?prefix=``. ``api_key`` (or ``api_token``, Cloudflare's name for it) is a
+    :class:`~pydantic.SecretStr` kept out of repr,
     logs and errors.
 
     Example::
@@ -147,14 +146,16 @@ class CloudflareKV(Closing):
         *,
         account_id: str,
         namespace_id: str,
-        api_token: SecretStr | str,
+        api_key: SecretStr | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 10.0,
         http_client: httpx.Client | None = None,
         store_root: str | os.PathLike[str] | None = None,
+        api_token: SecretStr | str | None = None,
     ) -> None:
-        self._config = _KVConfig(account_id, namespace_id, api_token, prefix, base_url, timeout)
+        key = cloudflare_key(type(self).__name__, api_key, api_token)
+        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout)
         self.store_root = store_root
         self._client = http_client
         self._owns_client = http_client is None
@@ -165,7 +166,7 @@ class CloudflareKV(Closing):
     def from_env(cls, **overrides: Any) -> CloudflareKV:
         """Build from ``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_KV_NAMESPACE_ID`` and
         ``CLOUDFLARE_API_TOKEN``; keyword ``overrides`` win."""
-        return cls(**_env_options("CloudflareKV", overrides))
+        return _from_env(cls, overrides)
 
     def __repr__(self) -> str:
         return f"CloudflareKV(namespace_id={self._config.namespace_id!r}, prefix={self.prefix!r})"
@@ -190,33 +191,11 @@ class CloudflareKV(Closing):
         value = self._read(key, tenant)
         return _adapters(value, key, tenant)
 
-    # -- write --------------------------------------------------------------------------------
+    # -- storage (WritableBase hooks): read-modify-write of the tenant's key, under the lock --
 
-    def publish(
-        self,
-        tenant: str,
-        task: str,
-        *,
-        adapter_id: str,
-        base_model: str | None = None,
-        uri: str | None = None,
-        status: AdapterStatus = "ready",
-        metadata: Mapping[str, Any] | None = None,
-        digest: str | None = None,
-    ) -> AdapterRecord:
-        """Store a new version (highest + 1) for (tenant, task) and make it active; the
-        previous active version moves to the task's ``history``."""
-        draft, _ = _draft(
-            tenant,
-            task,
-            adapter_id=adapter_id,
-            base_model=base_model,
-            uri=uri,
-            status=status,
-            metadata=metadata,
-            digest=digest,
-            store_root=self.store_root,
-        )
+    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
+        """The previous active version moves to the task's ``history``."""
+        tenant, task = draft.tenant, draft.task
         key = self._config.key(tenant)
         with self._lock:
             value = self._read(key, tenant) or {}
@@ -226,34 +205,24 @@ class CloudflareKV(Closing):
             others = current.all() if current else []
             value[task] = entry_of(TaskVersions(record, others))
             self._write(key, value, tenant)
-        _log.info("registry: published %s/%s version %d", tenant, task, record.version)
         return record
 
-    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord:
-        """Re-activate the version below the active one, or ``to_version``; return it."""
-        validate_tenant(tenant)
-        validate_task(task)
-        _check_version(to_version)
+    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
         key = self._config.key(tenant)
         with self._lock:
             value = self._read(key, tenant) or {}
             current = task_versions(value, key, tenant, task)
             records = current.all() if current else []
             active = current.active.version if current else None
-            target = _rollback_target(
-                tenant, task, [r.version for r in records], active, to_version
-            )
+            target = choose([r.version for r in records], active)
             record = next(r for r in records if r.version == target)
             if target != active:
                 others = [r for r in records if r.version != target]
                 value[task] = entry_of(TaskVersions(record, others))
                 self._write(key, value, tenant)
-        _log.info("registry: rolled back %s/%s to version %d", tenant, task, target)
         return record
 
-    def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]:
-        """Delete the tenant's key; return every version it held (by task, version)."""
-        validate_tenant(tenant)
+    def _erase(self, tenant: str) -> builtins.list[AdapterRecord]:
         key = self._config.key(tenant)
         with self._lock:
             value = self._read(key, tenant)
@@ -262,25 +231,18 @@ class CloudflareKV(Closing):
             deleted = _all_records(value or {}, key, tenant)
             if value is not None:
                 self._request("DELETE", self._config.value_url(key), "delete", key, tenant)
-        _log.info("registry: deleted tenant %s (%d records)", tenant, len(deleted))
         return deleted
 
-    # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
-    def list(
-        self, tenant: str | None = None, task: str | None = None, *, history: bool = False
+    def _select(
+        self, tenant: str | None, task: str | None, history: bool
     ) -> builtins.list[AdapterRecord]:
-        """Active records (every version with ``history=True``) by tenant, task, version."""
-        if tenant is not None:
-            validate_tenant(tenant)
-        if task is not None:
-            validate_task(task)
         tenants = [tenant] if tenant is not None else self._tenants()
-        found: list[AdapterRecord] = []
+        found: builtins.list[AdapterRecord] = []
         for name in tenants:
             key = self._config.key(name)
             records = _all_records(self._read(key, name) or {}, key, name, active_only=not history)
             found.extend(r for r in records if task is None or r.task == task)
-        return sorted(found, key=lambda r: (r.tenant, r.task, r.version))
+        return found
 
     # -- HTTP: the one boundary ---------------------------------------------------------------
 
@@ -357,19 +319,21 @@ class AsyncCloudflareKV(AsyncClosing):
         *,
         account_id: str,
         namespace_id: str,
-        api_token: SecretStr | str,
+        api_key: SecretStr | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 10.0,
+        api_token: SecretStr | str | None = None,
     ) -> None:
-        self._config = _KVConfig(account_id, namespace_id, api_token, prefix, base_url, timeout)
+        key = cloudflare_key(type(self).__name__, api_key, api_token)
+        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncCloudflareKV:
         """Like :meth:`CloudflareKV.from_env`."""
-        return cls(**_env_options("AsyncCloudflareKV", overrides))
+        return _from_env(cls, overrides)
 
     def __repr__(self) -> str:
         return f"AsyncCloudflareKV(namespace_id={self._config.namespace_id!r})"
@@ -402,13 +366,10 @@ class AsyncCloudflareKV(AsyncClosing):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _env_options(owner: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {o: os.environ[v] for v, o in _ENV if os.environ.get(v)}
-    options.update(overrides)
-    missing = [v for v, o in _ENV if not options.get(o)]
-    if missing:
-        raise ConfigurationError(f"{owner}.from_env: set {', '.join(missing)}")
-    return options
+def _from_env(cls: type[T], overrides: dict[str, Any]) -> T:
+    if "api_token" in overrides:  # Cloudflare's name for the key
+        overrides = {**overrides, "api_key": overrides.pop("api_token")}
+    return build_from_env(cls, ENV_VARIABLES, required=tuple(ENV_VARIABLES), overrides=overrides)
 
 
 def _all_records(

@@ -13,24 +13,18 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import ValidationError
 
-from tenantlora._lifecycle import Closing
 from tenantlora.errors import ConfigurationError, RegistryError
-from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.naming import validate_tenant
 from tenantlora.registry._sqlite_schema import prepare
-from tenantlora.registry.memory import (
-    _check_version,
-    _draft,
-    _rollback_target,
-    _summarise,
-)
-from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+from tenantlora.registry.writable import Choose, WritableBase, summarise
+from tenantlora.types import AdapterRecord, TenantAdapters
 
 __all__ = ["SQLiteRegistry"]
 
@@ -46,7 +40,7 @@ _ACTIVE_JOIN = (
 )
 
 
-class SQLiteRegistry(Closing):
+class SQLiteRegistry(WritableBase):
     """A :class:`~tenantlora.registry.WritableRegistry` in one SQLite file.
 
     Safe for several threads and several processes on one file: the file is in WAL mode (readers
@@ -125,31 +119,10 @@ class SQLiteRegistry(Closing):
         records = [self._record(row) for row in rows]
         return TenantAdapters(tenant=tenant, adapters={r.task: r for r in records})
 
-    def publish(
-        self,
-        tenant: str,
-        task: str,
-        *,
-        adapter_id: str,
-        base_model: str | None = None,
-        uri: str | None = None,
-        status: AdapterStatus = "ready",
-        metadata: Mapping[str, Any] | None = None,
-        digest: str | None = None,
-    ) -> AdapterRecord:
-        """Insert a new version (highest + 1) for (tenant, task) and make it active."""
-        # Built (and validated) before any I/O; only the version is filled in under the lock.
-        draft, meta = _draft(
-            tenant,
-            task,
-            adapter_id=adapter_id,
-            base_model=base_model,
-            uri=uri,
-            status=status,
-            metadata=metadata,
-            digest=digest,
-            store_root=self.store_root,
-        )
+    # -- storage (WritableBase hooks) -----------------------------------------------------------
+
+    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
+        tenant, task = draft.tenant, draft.task
         with self._transaction("publish", tenant, task) as conn:
             (latest,) = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE tenant = ? AND task = ?",
@@ -158,14 +131,9 @@ class SQLiteRegistry(Closing):
             record = draft.model_copy(update={"version": int(latest) + 1})
             _insert(conn, record, meta)
             _activate(conn, tenant, task, record.version)
-        _log.info("registry: published %s/%s version %d", tenant, task, record.version)
         return record
 
-    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord:
-        """Re-activate the version below the active one, or ``to_version``; return it."""
-        validate_tenant(tenant)
-        validate_task(task)
-        _check_version(to_version)
+    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
         with self._transaction("roll back", tenant, task) as conn:
             versions = [
                 v
@@ -177,26 +145,20 @@ class SQLiteRegistry(Closing):
             row = conn.execute(
                 "SELECT version FROM active WHERE tenant = ? AND task = ?", (tenant, task)
             ).fetchone()
-            target = _rollback_target(tenant, task, versions, row and row[0], to_version)
+            target = choose(versions, row and row[0])
             _activate(conn, tenant, task, target)
             # Parsed inside the transaction: a malformed target row rolls the change back.
-            record = self._record(
+            return self._record(
                 conn.execute(
                     f"SELECT {_COLUMNS} FROM adapters AS a "
                     "WHERE a.tenant = ? AND a.task = ? AND a.version = ?",
                     (tenant, task, target),
                 ).fetchone()
             )
-        _log.info("registry: rolled back %s/%s to version %d", tenant, task, target)
-        return record
 
-    def delete_tenant(self, tenant: str) -> list[AdapterRecord]:
-        """Erase every version of every task of ``tenant``; return what was deleted.
-
-        ``secure_delete`` is on, so the erased rows are overwritten in the file, and the WAL is
-        checkpointed and truncated afterwards when no other connection is reading.
-        """
-        validate_tenant(tenant)
+    def _erase(self, tenant: str) -> list[AdapterRecord]:
+        """``secure_delete`` is on, so the erased rows are overwritten in the file, and the WAL
+        is checkpointed and truncated afterwards when no other connection is reading."""
         with self._transaction("delete tenant", tenant) as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM adapters AS a WHERE a.tenant = ? "
@@ -210,22 +172,17 @@ class SQLiteRegistry(Closing):
             conn.execute("DELETE FROM adapters WHERE tenant = ?", (tenant,))
         if deleted:
             self._truncate_wal()
-        _log.info("registry: deleted tenant %s (%d records)", tenant, len(deleted))
         return deleted
 
-    # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
-    def list(
-        self, tenant: str | None = None, task: str | None = None, *, history: bool = False
-    ) -> list[AdapterRecord]:
-        """Active records (every version with ``history=True``) by tenant, task, version."""
+    def _select(self, tenant: str | None, task: str | None, history: bool) -> list[AdapterRecord]:
         where: list[str] = []
         params: list[str] = []
         if tenant is not None:
             where.append("a.tenant = ?")
-            params.append(validate_tenant(tenant))
+            params.append(tenant)
         if task is not None:
             where.append("a.task = ?")
-            params.append(validate_task(task))
+            params.append(task)
         # Only fixed SQL fragments are interpolated; every value is a bound parameter.
         sql = f"SELECT {_COLUMNS} FROM {'adapters AS a' if history else _ACTIVE_JOIN}"
         if where:
@@ -322,7 +279,7 @@ class SQLiteRegistry(Closing):
                 digest=digest,
             )
         except ValidationError as exc:
-            reason = _summarise(exc)
+            reason = summarise(exc)
             cause: Exception = exc
         except (TypeError, ValueError) as exc:  # bad JSON, bad timestamp
             reason, cause = str(exc), exc

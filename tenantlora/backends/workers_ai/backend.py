@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from tenantlora._cloudflare import cloudflare_key
 from tenantlora._env import build_from_env
 from tenantlora._http.secrets import safe_url
 from tenantlora._http.transports import AsyncTransportKind
@@ -22,24 +23,9 @@ from tenantlora.backends.workers_ai.finetunes import Finetunes
 from tenantlora.backends.workers_ai.wire import DEFAULT_BASE_URL, DEFAULT_MODEL
 from tenantlora.errors import ConfigurationError
 
-__all__ = ["WorkersAI", "cloudflare_key"]
+__all__ = ["WorkersAI"]
 
 ENV_VARIABLES = {"CLOUDFLARE_ACCOUNT_ID": "account_id", "CLOUDFLARE_API_TOKEN": "api_key"}
-
-
-def cloudflare_key(
-    owner: str, api_key: SecretStr | str | None, api_token: SecretStr | str | None
-) -> SecretStr | str:
-    """The Cloudflare API token, given as ``api_key`` (the name every backend and registry
-    uses) or ``api_token`` (Cloudflare's name for it); ConfigurationError for both or neither."""
-    if api_key is not None and api_token is not None:
-        raise ConfigurationError(f"{owner}: pass api_key or api_token (the same token), not both")
-    key = api_key if api_key is not None else api_token
-    if key is None or not (key.get_secret_value() if isinstance(key, SecretStr) else key):
-        raise ConfigurationError(
-            f"{owner}: api_key (or api_token) must be a non-empty Cloudflare API token"
-        )
-    return key
 
 
 class WorkersAI(HTTPBackend):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tenantlora._cloudflare import DEFAULT_BASE_URL
 from tenantlora._http.errors import CallContext, ErrorInfo, default_status_error, describe_status
 from tenantlora.backends.wire import add_sampling, parse_usage
 from tenantlora.errors import (
@@ -62,7 +63,6 @@ __all__ = [
     "status_error",
 ]
 
-DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
 
 # Body keys the backend owns: request.extra may not set them (``prompt`` is read from extra).
