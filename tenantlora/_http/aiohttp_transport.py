@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from tenantlora._http.config import HTTPConfig, HTTPResponse
-from tenantlora._http.errors import Boundary, CallContext, closed_error, decode_json
-from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader
+from tenantlora._http.errors import Boundary, CallContext, closed_error
+from tenantlora._http.sse import DrainBudget, SSEEvent, SSEReader, aevents
 from tenantlora._http.sync import ERROR_READ_LIMIT
+from tenantlora._http.transports import AsyncTransport, Exchange
 
 __all__ = ["WIRE_ERRORS", "AiohttpTransport"]
 
@@ -45,7 +45,7 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
 
 
-class AiohttpTransport:
+class AiohttpTransport(AsyncTransport):
     """Async HTTP on one ``aiohttp.ClientSession`` per event loop, behind the error boundary."""
 
     def __init__(self, config: HTTPConfig) -> None:
@@ -83,16 +83,8 @@ class AiohttpTransport:
     def _timeout_for(self, timeout: float | None) -> aiohttp.ClientTimeout:
         return self._timeout if timeout is None else _timeout(timeout)
 
-    async def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        ctx: CallContext,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> HTTPResponse:
-        """One request, body read in full; a non-2xx raises the mapped error."""
+    async def _send(self, exchange: Exchange) -> HTTPResponse:
+        method, path, ctx, content, timeout = exchange
         session = self._http(ctx)
         started = time.perf_counter()
         with Boundary(self.config, ctx, WIRE_ERRORS, started):
@@ -104,29 +96,10 @@ class AiohttpTransport:
         self.config.check(response.status, response.headers, body, ctx)
         return HTTPResponse(response.status, response.headers, body)
 
-    async def send_json(
-        self,
-        method: str,
-        path: str,
-        *,
-        ctx: CallContext,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> tuple[Any, Mapping[str, str]]:
-        """:meth:`send`, then the body decoded as JSON: ``(data, headers)``."""
-        response = await self.send(method, path, ctx=ctx, content=content, timeout=timeout)
-        return decode_json(response.content, ctx), response.headers
-
-    async def stream_sse(
-        self,
-        path: str,
-        content: bytes,
-        *,
-        ctx: CallContext,
-        timeout: float | None = None,
-        marker: str | None = DONE,
+    async def _stream(
+        self, exchange: Exchange, marker: str | None
     ) -> AsyncGenerator[SSEEvent, None]:
-        """POST and iterate the SSE data until ``marker``; drained and released however it ends."""
+        _, path, ctx, content, timeout = exchange
         session = self._http(ctx)
         started = time.perf_counter()
         with Boundary(self.config, ctx, WIRE_ERRORS, started):
@@ -143,15 +116,14 @@ class AiohttpTransport:
                 if not 200 <= response.status < 300:
                     body = await _read_some(response)
                     self.config.check(response.status, response.headers, body, ctx)
-                reader = SSEReader(response.headers, marker)
-                async for chunk in response.content.iter_any():
-                    for event in reader.feed(chunk):
+                stream = aevents(
+                    response.content.iter_any(), SSEReader(response.headers, marker), ctx
+                )
+                try:
+                    async for event in stream:
                         yield event
-                    if reader.done:
-                        break
-                else:
-                    for event in reader.finish(ctx):
-                        yield event
+                finally:
+                    await stream.aclose()
         except asyncio.CancelledError:
             drain = False  # cancelled: let go of the connection now, do not read on
             raise

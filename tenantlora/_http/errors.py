@@ -32,6 +32,7 @@ from tenantlora._http.secrets import foreign, scrub
 from tenantlora.errors import (
     BackendConnectionError,
     BackendError,
+    BackendStatusError,
     BackendTimeoutError,
     ResponseValidationError,
     status_error_class,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Boundary",
     "Mapped",
+    "build_status_error",
     "CallContext",
     "ErrorInfo",
     "StatusMapper",
@@ -191,9 +193,16 @@ def describe_status(info: ErrorInfo, ctx: CallContext) -> str:
 
 def default_status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
     """The :func:`~tenantlora.errors.status_error_class` error for a status, fully populated."""
-    cls = status_error_class(info.status_code)
+    return build_status_error(status_error_class(info.status_code), info, ctx)
+
+
+def build_status_error(
+    cls: type[BackendStatusError], info: ErrorInfo, ctx: CallContext, hint: str = "", **fields: Any
+) -> BackendStatusError:
+    """``cls`` populated from a parsed error response; ``hint`` is appended to the message
+    (never the provider's words: see :func:`describe_status`)."""
     return cls(
-        describe_status(info, ctx),
+        describe_status(info, ctx) + hint,
         status_code=info.status_code,
         body=info.message,
         code=info.code,
@@ -201,6 +210,7 @@ def default_status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
         retry_after=info.retry_after,
         backend=ctx.backend,
         adapter=ctx.adapter,
+        **fields,
     )
 
 

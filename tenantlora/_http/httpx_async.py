@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 
 from tenantlora._http.config import HTTPConfig, HTTPResponse
-from tenantlora._http.errors import Boundary, CallContext, closed_error, decode_json
-from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader
+from tenantlora._http.errors import Boundary, CallContext, closed_error
+from tenantlora._http.sse import DrainBudget, SSEEvent, SSEReader, aevents
 from tenantlora._http.sync import ERROR_READ_LIMIT, URLCache, httpx_limits, stream_headers
+from tenantlora._http.transports import AsyncTransport, Exchange
 
 __all__ = ["HttpxAsyncTransport"]
 
 
-class HttpxAsyncTransport:
+class HttpxAsyncTransport(AsyncTransport):
     """Async HTTP on ``httpx.AsyncClient``, behind the error boundary.
 
     The client is created on first use, and again when called from another event loop: an
@@ -55,16 +55,8 @@ class HttpxAsyncTransport:
     def _timeout_for(self, timeout: float | None) -> httpx.Timeout:
         return self._timeout if timeout is None else httpx.Timeout(timeout)
 
-    async def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        ctx: CallContext,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> HTTPResponse:
-        """One request, body read in full; a non-2xx raises the mapped error."""
+    async def _send(self, exchange: Exchange) -> HTTPResponse:
+        method, path, ctx, content, timeout = exchange
         client = self._http(ctx)
         started = time.perf_counter()
         with Boundary(self.config, ctx, httpx.HTTPError, started):
@@ -75,29 +67,10 @@ class HttpxAsyncTransport:
         self.config.check(response.status_code, response.headers, response.content, ctx)
         return HTTPResponse(response.status_code, response.headers, response.content)
 
-    async def send_json(
-        self,
-        method: str,
-        path: str,
-        *,
-        ctx: CallContext,
-        content: bytes | None = None,
-        timeout: float | None = None,
-    ) -> tuple[Any, Mapping[str, str]]:
-        """:meth:`send`, then the body decoded as JSON: ``(data, headers)``."""
-        response = await self.send(method, path, ctx=ctx, content=content, timeout=timeout)
-        return decode_json(response.content, ctx), response.headers
-
-    async def stream_sse(
-        self,
-        path: str,
-        content: bytes,
-        *,
-        ctx: CallContext,
-        timeout: float | None = None,
-        marker: str | None = DONE,
+    async def _stream(
+        self, exchange: Exchange, marker: str | None
     ) -> AsyncGenerator[SSEEvent, None]:
-        """POST and iterate the SSE data until ``marker``; drained and closed however it ends."""
+        _, path, ctx, content, timeout = exchange
         client = self._http(ctx)
         request = client.build_request(
             "POST",
@@ -118,15 +91,12 @@ class HttpxAsyncTransport:
                     body = await _read_some(response.aiter_bytes())
                     self.config.check(response.status_code, response.headers, body, ctx)
                 chunks = response.aiter_bytes()
-                reader = SSEReader(response.headers, marker)
-                async for chunk in chunks:
-                    for event in reader.feed(chunk):
+                stream = aevents(chunks, SSEReader(response.headers, marker), ctx)
+                try:
+                    async for event in stream:
                         yield event
-                    if reader.done:
-                        break
-                else:
-                    for event in reader.finish(ctx):
-                        yield event
+                finally:
+                    await stream.aclose()
         except asyncio.CancelledError:
             drain = False  # cancelled: let go of the connection now, do not read on
             raise

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from tenantlora._http.errors import CallContext, invalid_response
 
 __all__ = [
     "DONE",
+    "aevents",
+    "events",
     "DRAIN_LIMIT_BYTES",
     "DRAIN_LIMIT_SECONDS",
     "DrainBudget",
@@ -181,3 +183,26 @@ class DrainBudget:
         """Count ``size`` bytes read; whether reading may go on."""
         self.bytes_left -= size
         return self.bytes_left > 0 and self.seconds_left() > 0
+
+
+def events(chunks: Iterable[bytes], reader: SSEReader, ctx: CallContext) -> Iterator[SSEEvent]:
+    """The drain-and-decode loop: ``reader``'s events from a body's chunks, until the end
+    marker (reading stops there; the caller drains the rest) or the end of the body."""
+    for chunk in chunks:
+        yield from reader.feed(chunk)
+        if reader.done:
+            return
+    yield from reader.finish(ctx)
+
+
+async def aevents(
+    chunks: AsyncIterator[bytes], reader: SSEReader, ctx: CallContext
+) -> AsyncGenerator[SSEEvent, None]:
+    """The async twin of :func:`events`, shared by the httpx and aiohttp transports."""
+    async for chunk in chunks:
+        for event in reader.feed(chunk):
+            yield event
+        if reader.done:
+            return
+    for event in reader.finish(ctx):
+        yield event

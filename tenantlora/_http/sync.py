@@ -17,7 +17,7 @@ import httpx
 
 from tenantlora._http.config import HTTPConfig, HTTPResponse
 from tenantlora._http.errors import Boundary, CallContext, closed_error, decode_json
-from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader
+from tenantlora._http.sse import DONE, DrainBudget, SSEEvent, SSEReader, events
 
 __all__ = ["ERROR_READ_LIMIT", "HTTPClient", "httpx_limits", "stream_headers"]
 
@@ -157,13 +157,7 @@ class HTTPClient:
                     body = read_some(response.iter_bytes())
                     self.config.check(response.status_code, response.headers, body, ctx)
                 chunks = response.iter_bytes()
-                reader = SSEReader(response.headers, marker)
-                for chunk in chunks:
-                    yield from reader.feed(chunk)
-                    if reader.done:
-                        break
-                else:
-                    yield from reader.finish(ctx)
+                yield from events(chunks, SSEReader(response.headers, marker), ctx)
         finally:
             drain_and_close(response, chunks)
 

@@ -9,24 +9,41 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple
 
 from tenantlora._http.config import HTTPConfig, HTTPResponse
-from tenantlora._http.errors import CallContext
-from tenantlora._http.httpx_async import HttpxAsyncTransport
+from tenantlora._http.errors import CallContext, decode_json
 from tenantlora._http.sse import DONE, SSEEvent
 from tenantlora.errors import ConfigurationError
 
 __all__ = [
     "AsyncTransport",
+    "Exchange",
     "AsyncTransportKind",
     "create_async_transport",
     "resolve_async_transport",
 ]
 
 
-class AsyncTransport(Protocol):
-    """What the async side of an HTTP backend needs; httpx and aiohttp implementations."""
+class Exchange(NamedTuple):
+    """One request as an async transport's hooks receive it."""
+
+    method: str
+    path: str
+    ctx: CallContext
+    content: bytes | None
+    timeout: float | None
+
+
+class AsyncTransport:
+    """The async side of an HTTP backend, registry or provider client, written once.
+
+    ``send`` (one request, body read in full; a non-2xx raises the mapped error), ``send_json``
+    (the same, decoded) and ``stream_sse`` (POST and iterate the SSE data until ``marker``;
+    drained and released however it ends) hand an :class:`Exchange` to the two hooks each
+    library implements: ``_send(exchange)`` and ``_stream(exchange, marker)`` (an async
+    generator). ``aclose`` closes the pool; later calls raise.
+    """
 
     config: HTTPConfig
 
@@ -38,7 +55,8 @@ class AsyncTransport(Protocol):
         ctx: CallContext,
         content: bytes | None = None,
         timeout: float | None = None,
-    ) -> HTTPResponse: ...
+    ) -> HTTPResponse:
+        return await self._send(Exchange(method, path, ctx, content, timeout))
 
     async def send_json(
         self,
@@ -48,7 +66,9 @@ class AsyncTransport(Protocol):
         ctx: CallContext,
         content: bytes | None = None,
         timeout: float | None = None,
-    ) -> tuple[Any, Mapping[str, str]]: ...
+    ) -> tuple[Any, Mapping[str, str]]:
+        response = await self._send(Exchange(method, path, ctx, content, timeout))
+        return decode_json(response.content, ctx), response.headers
 
     def stream_sse(
         self,
@@ -58,9 +78,17 @@ class AsyncTransport(Protocol):
         ctx: CallContext,
         timeout: float | None = None,
         marker: str | None = DONE,
-    ) -> AsyncGenerator[SSEEvent, None]: ...
+    ) -> AsyncGenerator[SSEEvent, None]:
+        return self._stream(Exchange("POST", path, ctx, content, timeout), marker)
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, exchange: Exchange) -> HTTPResponse:
+        raise NotImplementedError
+
+    def _stream(self, exchange: Exchange, marker: str | None) -> AsyncGenerator[SSEEvent, None]:
+        raise NotImplementedError
 
 
 AsyncTransportKind = Literal["auto", "httpx", "aiohttp"]
@@ -93,4 +121,6 @@ def create_async_transport(kind: Literal["httpx", "aiohttp"], config: HTTPConfig
         from tenantlora._http.aiohttp_transport import AiohttpTransport
 
         return AiohttpTransport(config)
+    from tenantlora._http.httpx_async import HttpxAsyncTransport
+
     return HttpxAsyncTransport(config)

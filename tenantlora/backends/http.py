@@ -54,9 +54,9 @@ from tenantlora._http.transports import (
 )
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.errors import BackendError, ConfigurationError, InvalidRequestError
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Usage
 
-__all__ = ["ChatCodec", "ChunkAssembler", "HTTPBackend", "check_options"]
+__all__ = ["AssemblerBase", "ChatCodec", "ChunkAssembler", "HTTPBackend", "check_options"]
 
 DEFAULT_TIMEOUT = 60.0
 # json.dumps builds a new encoder per call when given options; this one is built once.
@@ -74,6 +74,30 @@ class ChunkAssembler(Protocol):
     def finish(self) -> ChatChunk | None:
         """The last chunk at the end of a complete stream (finish reason, usage), or None."""
         ...
+
+
+class AssemblerBase:
+    """What stream assemblers share: the call's context, the model and request id the stream
+    reports, usage held for the last chunk, and building a :class:`ChatChunk` from them."""
+
+    __slots__ = ("_ctx", "_model", "_request_id", "_usage")
+
+    def __init__(self, ctx: CallContext, model: str | None = None) -> None:
+        self._ctx = ctx
+        self._model = model
+        self._usage: Usage | None = None
+        self._request_id: str | None = None
+
+    def _chunk(self, text: str, finish: str | None = None, usage: Usage | None = None) -> ChatChunk:
+        return ChatChunk(
+            text=text,
+            finish_reason=finish,
+            usage=usage,
+            model=self._model,
+            adapter=self._ctx.adapter,
+            backend=self._ctx.backend,
+            request_id=self._request_id,
+        )
 
 
 class ChatCodec(Protocol):

@@ -19,6 +19,7 @@ from tenantlora._env import build_from_env
 from tenantlora._http.errors import (
     CallContext,
     ErrorInfo,
+    build_status_error,
     default_status_error,
     describe_status,
     error_info,
@@ -28,7 +29,7 @@ from tenantlora._http.errors import (
 from tenantlora._http.secrets import foreign
 from tenantlora._http.sse import SSEEvent
 from tenantlora._http.transports import AsyncTransportKind
-from tenantlora.backends.http import DEFAULT_TIMEOUT, HTTPBackend
+from tenantlora.backends.http import DEFAULT_TIMEOUT, AssemblerBase, HTTPBackend
 from tenantlora.backends.wire import add_sampling, parse_usage
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -183,16 +184,11 @@ def _status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
     AdapterNotAvailableError (fallback); a 404 for the route itself is EndpointNotFoundError
     (a configuration error: no fallback, no retry)."""
     if info.status_code == 404 and _route_missing(info):
-        return EndpointNotFoundError(
-            f"{describe_status(info, ctx)}: the server has no such route; check base_url "
-            "(an OpenAI-compatible server's usually ends in /v1)",
-            status_code=404,
-            body=info.message,
-            code=info.code,
-            request_id=info.request_id,
-            backend=ctx.backend,
-            adapter=ctx.adapter,
+        hint = (
+            ": the server has no such route; check base_url "
+            "(an OpenAI-compatible server's usually ends in /v1)"
         )
+        return build_status_error(EndpointNotFoundError, info, ctx, hint)
     if ctx.adapter is not None and (
         info.status_code == 404 or (info.status_code == 400 and _names_the_model(info))
     ):
@@ -259,21 +255,18 @@ def _parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -
     )
 
 
-class ChunkAssembler:
+class ChunkAssembler(AssemblerBase):
     """chat.completion.chunk payloads -> ChatChunk deltas, shared by stream and astream.
 
     Text deltas are emitted as they come; finish_reason (which OpenAI sends before the separate
     usage chunk) and usage are held back and emitted together on one last chunk.
     """
 
-    __slots__ = ("_ctx", "_finish", "_model", "_request_id", "_tail", "_usage")
+    __slots__ = ("_finish", "_tail")
 
     def __init__(self, ctx: CallContext) -> None:
-        self._ctx = ctx
+        super().__init__(ctx)
         self._finish: str | None = None
-        self._usage: Usage | None = None
-        self._model: str | None = None
-        self._request_id: str | None = None
         self._tail = ""
 
     def _payload(self, event: SSEEvent) -> dict[str, Any]:
@@ -314,17 +307,6 @@ class ChunkAssembler:
         if self._finish is None and self._usage is None and not self._tail:
             return None
         return self._chunk(self._tail, self._finish, self._usage)
-
-    def _chunk(self, text: str, finish: str | None = None, usage: Usage | None = None) -> ChatChunk:
-        return ChatChunk(
-            text=text,
-            finish_reason=finish,
-            usage=usage,
-            model=self._model,
-            adapter=self._ctx.adapter,
-            backend=self._ctx.backend,
-            request_id=self._request_id,
-        )
 
 
 def _stream_error(

@@ -14,6 +14,7 @@ from typing import Any
 from tenantlora._http.errors import CallContext, ErrorInfo, error_info, invalid_response, load_json
 from tenantlora._http.secrets import foreign
 from tenantlora._http.sse import SSEEvent
+from tenantlora.backends.http import AssemblerBase
 from tenantlora.backends.workers_ai.wire import (
     CODE_STATUS,
     build_run_body,
@@ -79,7 +80,7 @@ def _envelope_error(data: Any, headers: Mapping[str, str], ctx: CallContext) -> 
     return status_error(error_info(status, headers, b"", payload=data), ctx)
 
 
-class StreamAssembler:
+class StreamAssembler(AssemblerBase):
     """``data: {"response": ...}`` frames -> ChatChunk deltas, shared by stream and astream.
 
     Frames may carry extra keys (``p`` padding, ``tool_calls``) or be empty keep-alives; usage
@@ -87,13 +88,7 @@ class StreamAssembler:
     generation stopped, so a stream that reaches ``[DONE]`` ends with finish_reason "stop".
     """
 
-    __slots__ = ("_ctx", "_model", "_request_id", "_usage")
-
-    def __init__(self, ctx: CallContext, model: str) -> None:
-        self._ctx = ctx
-        self._model = model
-        self._usage: Usage | None = None
-        self._request_id: str | None = None
+    __slots__ = ()
 
     def feed(self, event: SSEEvent) -> ChatChunk | None:
         """The delta for one frame, or None (keep-alive, usage-only or empty frames)."""
@@ -120,14 +115,3 @@ class StreamAssembler:
     def finish(self) -> ChatChunk:
         """The last chunk, after ``[DONE]``: finish_reason "stop" and the usage, if sent."""
         return self._chunk("", "stop", self._usage)
-
-    def _chunk(self, text: str, finish: str | None = None, usage: Usage | None = None) -> ChatChunk:
-        return ChatChunk(
-            text=text,
-            finish_reason=finish,
-            usage=usage,
-            model=self._model,
-            adapter=self._ctx.adapter,
-            backend=self._ctx.backend,
-            request_id=self._request_id,
-        )

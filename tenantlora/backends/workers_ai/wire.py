@@ -28,7 +28,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tenantlora._cloudflare import DEFAULT_BASE_URL
-from tenantlora._http.errors import CallContext, ErrorInfo, default_status_error, describe_status
+from tenantlora._http.errors import (
+    CallContext,
+    ErrorInfo,
+    build_status_error,
+    default_status_error,
+    describe_status,
+)
 from tenantlora.backends.wire import add_sampling, parse_usage
 from tenantlora.errors import (
     AdapterNotAvailableError,
@@ -234,17 +240,7 @@ def status_error(info: ErrorInfo, ctx: CallContext) -> BackendError:
         cls, hint = ModelConfigurationError, " (check the backend's model)"
     else:
         return default_status_error(info, ctx)
-    return cls(
-        describe_status(info, ctx) + hint,
-        status_code=info.status_code,
-        body=info.message,
-        code=info.code,
-        request_id=info.request_id,
-        retry_after=info.retry_after,
-        backend=ctx.backend,
-        adapter=ctx.adapter,
-        **fields,
-    )
+    return build_status_error(cls, info, ctx, hint, **fields)
 
 
 # -- results ------------------------------------------------------------------------------------
