@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
+from tenantlora._http.async_base import Opened, StreamingTransport
 from tenantlora._http.config import HTTPConfig, HTTPResponse
 from tenantlora._http.errors import Boundary, CallContext, closed_error
-from tenantlora._http.sse import DrainBudget, SSEEvent, SSEReader, aevents
+from tenantlora._http.sse import DrainBudget
 from tenantlora._http.sync import ERROR_READ_LIMIT
-from tenantlora._http.transports import AsyncTransport, Exchange
+from tenantlora._http.transports import Exchange
 
 __all__ = ["WIRE_ERRORS", "AiohttpTransport"]
 
@@ -45,8 +46,10 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
 
 
-class AiohttpTransport(AsyncTransport):
+class AiohttpTransport(StreamingTransport):
     """Async HTTP on one ``aiohttp.ClientSession`` per event loop, behind the error boundary."""
+
+    wire_errors = WIRE_ERRORS
 
     def __init__(self, config: HTTPConfig) -> None:
         self.config = config
@@ -96,9 +99,7 @@ class AiohttpTransport(AsyncTransport):
         self.config.check(response.status, response.headers, body, ctx)
         return HTTPResponse(response.status, response.headers, body)
 
-    async def _stream(
-        self, exchange: Exchange, marker: str | None
-    ) -> AsyncGenerator[SSEEvent, None]:
+    async def _open(self, exchange: Exchange) -> Opened:
         _, path, ctx, content, timeout = exchange
         session = self._http(ctx)
         started = time.perf_counter()
@@ -110,25 +111,7 @@ class AiohttpTransport(AsyncTransport):
                 timeout=self._timeout_for(timeout),
             )
         self.config.log(ctx, response.status, started)
-        drain = True
-        try:
-            with Boundary(self.config, ctx, WIRE_ERRORS):
-                if not 200 <= response.status < 300:
-                    body = await _read_some(response)
-                    self.config.check(response.status, response.headers, body, ctx)
-                stream = aevents(
-                    response.content.iter_any(), SSEReader(response.headers, marker), ctx
-                )
-                try:
-                    async for event in stream:
-                        yield event
-                finally:
-                    await stream.aclose()
-        except asyncio.CancelledError:
-            drain = False  # cancelled: let go of the connection now, do not read on
-            raise
-        finally:
-            await _release(response, drain)
+        return _Opened(response)
 
     async def aclose(self) -> None:
         """Close the session and its connections; later calls raise."""
@@ -138,6 +121,24 @@ class AiohttpTransport(AsyncTransport):
             await session.close()
         elif session is not None:
             session.detach()
+
+
+class _Opened:
+    __slots__ = ("headers", "response", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
+
+    async def read_error(self) -> bytes:
+        return await _read_some(self.response)
+
+    async def release(self, drain: bool) -> None:
+        await _release(self.response, drain)
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> bytes:

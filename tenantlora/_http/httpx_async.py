@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
+from tenantlora._http.async_base import Opened, StreamingTransport
 from tenantlora._http.config import HTTPConfig, HTTPResponse
 from tenantlora._http.errors import Boundary, CallContext, closed_error
-from tenantlora._http.sse import DrainBudget, SSEEvent, SSEReader, aevents
+from tenantlora._http.sse import DrainBudget
 from tenantlora._http.sync import ERROR_READ_LIMIT, URLCache, httpx_limits, stream_headers
-from tenantlora._http.transports import AsyncTransport, Exchange
+from tenantlora._http.transports import Exchange
 
 __all__ = ["HttpxAsyncTransport"]
 
 
-class HttpxAsyncTransport(AsyncTransport):
+class HttpxAsyncTransport(StreamingTransport):
     """Async HTTP on ``httpx.AsyncClient``, behind the error boundary.
 
     The client is created on first use, and again when called from another event loop: an
@@ -29,6 +30,8 @@ class HttpxAsyncTransport(AsyncTransport):
     a second ``asyncio.run`` (notebooks, test suites) fails with "Event loop is closed". The old
     client is dropped, not awaited (its loop is gone).
     """
+
+    wire_errors = httpx.HTTPError
 
     def __init__(self, config: HTTPConfig) -> None:
         self.config = config
@@ -67,9 +70,7 @@ class HttpxAsyncTransport(AsyncTransport):
         self.config.check(response.status_code, response.headers, response.content, ctx)
         return HTTPResponse(response.status_code, response.headers, response.content)
 
-    async def _stream(
-        self, exchange: Exchange, marker: str | None
-    ) -> AsyncGenerator[SSEEvent, None]:
+    async def _open(self, exchange: Exchange) -> Opened:
         _, path, ctx, content, timeout = exchange
         client = self._http(ctx)
         request = client.build_request(
@@ -83,25 +84,7 @@ class HttpxAsyncTransport(AsyncTransport):
         with Boundary(self.config, ctx, httpx.HTTPError, started):
             response = await client.send(request, stream=True)
         self.config.log(ctx, response.status_code, started)
-        chunks: AsyncIterator[bytes] | None = None
-        drain = True
-        try:
-            with Boundary(self.config, ctx, httpx.HTTPError):
-                if not response.is_success:
-                    body = await _read_some(response.aiter_bytes())
-                    self.config.check(response.status_code, response.headers, body, ctx)
-                chunks = response.aiter_bytes()
-                stream = aevents(chunks, SSEReader(response.headers, marker), ctx)
-                try:
-                    async for event in stream:
-                        yield event
-                finally:
-                    await stream.aclose()
-        except asyncio.CancelledError:
-            drain = False  # cancelled: let go of the connection now, do not read on
-            raise
-        finally:
-            await _drain_and_close(response, chunks, drain)
+        return _Opened(response)
 
     async def aclose(self) -> None:
         """Close the pool; later calls raise."""
@@ -109,6 +92,26 @@ class HttpxAsyncTransport(AsyncTransport):
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
+
+
+class _Opened:
+    __slots__ = ("_chunks", "headers", "response", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        self._chunks = self.response.aiter_bytes()
+        return self._chunks
+
+    async def read_error(self) -> bytes:
+        return await _read_some(self.response.aiter_bytes())
+
+    async def release(self, drain: bool) -> None:
+        await _drain_and_close(self.response, self._chunks, drain)
 
 
 async def _read_some(chunks: AsyncIterator[bytes]) -> bytes:
