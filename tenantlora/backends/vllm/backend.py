@@ -18,13 +18,11 @@ A vLLM fleet serves per-tenant adapters with no manual adapter management:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, NamedTuple
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 
@@ -34,7 +32,19 @@ from tenantlora._http.transports import AsyncTransportKind
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
-from tenantlora.backends.vllm.flow import Load, Step, call_flow, preload_flow
+from tenantlora.backends.vllm.calls import (
+    ano_send,
+    aperformer,
+    apull_first,
+    check_urls,
+    failed_event,
+    named,
+    no_send,
+    performer,
+    pull_first,
+    server_root,
+)
+from tenantlora.backends.vllm.flow import Step, call_flow, preload_flow
 from tenantlora.backends.vllm.preflight import Preflight, digest_problem, served_name
 from tenantlora.backends.vllm.replica import Replica
 from tenantlora.errors import (
@@ -55,12 +65,6 @@ class Preloaded(NamedTuple):
 
     loaded: dict[str, str]
     failed: dict[str, str]
-
-
-def _root(url: str) -> str:
-    """``http://host:8000/v1/`` -> ``http://host:8000``: the server root, whatever was given."""
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 class VLLM(BaseBackend):
@@ -106,7 +110,7 @@ class VLLM(BaseBackend):
         max_connections: int = 100,
         name: str = "vllm",
     ) -> None:
-        urls = _check_urls(base_url, base_urls)
+        urls = check_urls(base_url, base_urls)
         if max_loaded is not None and max_loaded < 1:
             raise ConfigurationError(f"max_loaded must be >= 1 or None, not {max_loaded!r}")
         if max_lora_rank is not None and max_lora_rank < 1:
@@ -201,7 +205,7 @@ class VLLM(BaseBackend):
             return
         mismatch = digest_problem(record, self._digests)
         if mismatch is not None:
-            self._hooks.emit(_failed_event("digest_mismatch", adapter, self.name))
+            self._hooks.emit(failed_event("digest_mismatch", adapter, self.name))
             raise AdapterNotAvailableError(
                 f"{self.name}: adapter {adapter!r} not loaded: {mismatch}",
                 backend=self.name,
@@ -216,7 +220,7 @@ class VLLM(BaseBackend):
                 self._refusals.clear()
             self._refusals[key] = reason
         if reason is not None:
-            self._hooks.emit(_failed_event("refused", adapter, self.name))
+            self._hooks.emit(failed_event("refused", adapter, self.name))
             raise AdapterNotAvailableError(
                 f"{self.name}: adapter {adapter!r} refused before loading: {reason}",
                 backend=self.name,
@@ -241,8 +245,8 @@ class VLLM(BaseBackend):
         def send(replica: Replica) -> ChatResponse:
             return replica.api.chat(request, adapter=name, timeout=timeout)
 
-        with _named(adapter, name):
-            reply: ChatResponse = drive(self._flow(adapter, name, record), _performer(send))
+        with named(adapter, name):
+            reply: ChatResponse = drive(self._flow(adapter, name, record), performer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     def _stream(self, call: Call) -> Iterator[ChatChunk]:
@@ -252,10 +256,10 @@ class VLLM(BaseBackend):
         name = self._name(adapter, record)
 
         def send(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
-            return _first(replica.api.stream(request, adapter=name, timeout=timeout))
+            return pull_first(replica.api.stream(request, adapter=name, timeout=timeout))
 
-        with _named(adapter, name):
-            first, rest = drive(self._flow(adapter, name, record), _performer(send))
+        with named(adapter, name):
+            first, rest = drive(self._flow(adapter, name, record), performer(send))
         restamp = name != adapter
         try:
             if first is not None:
@@ -280,7 +284,7 @@ class VLLM(BaseBackend):
             try:
                 self._refusal(adapter, name, record)
                 flow = preload_flow(self._health, self._order(adapter, record), name, record)
-                replica = drive(flow, _performer(_no_send))
+                replica = drive(flow, performer(no_send))
             except BackendError as exc:
                 failed[adapter] = str(exc)
             else:
@@ -314,9 +318,9 @@ class VLLM(BaseBackend):
         async def send(replica: Replica) -> ChatResponse:
             return await replica.api.achat(request, adapter=name, timeout=timeout)
 
-        with _named(adapter, name):
+        with named(adapter, name):
             flow = self._flow(adapter, name, record)
-            reply: ChatResponse = await adrive(flow, _aperformer(send))
+            reply: ChatResponse = await adrive(flow, aperformer(send))
         return reply if name == adapter else reply.model_copy(update={"adapter": adapter})
 
     async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
@@ -325,10 +329,10 @@ class VLLM(BaseBackend):
         name = self._name(adapter, record)
 
         async def send(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
-            return await _afirst(replica.api.astream(request, adapter=name, timeout=timeout))
+            return await apull_first(replica.api.astream(request, adapter=name, timeout=timeout))
 
-        with _named(adapter, name):
-            first, rest = await adrive(self._flow(adapter, name, record), _aperformer(send))
+        with named(adapter, name):
+            first, rest = await adrive(self._flow(adapter, name, record), aperformer(send))
         restamp = name != adapter
         try:
             if first is not None:
@@ -350,7 +354,7 @@ class VLLM(BaseBackend):
             try:
                 self._refusal(adapter, name, record)
                 flow = preload_flow(self._health, self._order(adapter, record), name, record)
-                replica = await adrive(flow, _aperformer(_ano_send))
+                replica = await adrive(flow, aperformer(ano_send))
             except BackendError as exc:
                 failed[adapter] = str(exc)
             else:
@@ -374,104 +378,7 @@ class VLLM(BaseBackend):
             await replica.api.aclose()
 
     def _replica(self, url: str) -> Replica:
-        replica = self._replicas.get(_root(url))
+        replica = self._replicas.get(server_root(url))
         if replica is None:
             raise ConfigurationError(f"{url!r} is not one of this backend's base_urls")
         return replica
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _check_urls(base_url: str | None, base_urls: Sequence[str] | None) -> list[str]:
-    if (base_url is None) == (base_urls is None):
-        raise ConfigurationError("give exactly one of base_url= and base_urls=")
-    given = [base_url] if base_url is not None else list(base_urls or ())
-    if not given:
-        raise ConfigurationError("base_urls must name at least one server")
-    roots: list[str] = []
-    for url in given:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigurationError(f"base URLs must be http(s) URLs, not {url!r}")
-        root = _root(url)
-        if root in roots:
-            raise ConfigurationError(f"{url!r} is listed twice")
-        roots.append(root)
-    return roots
-
-
-@contextlib.contextmanager
-def _named(adapter: str | None, name: str | None) -> Iterator[None]:
-    """Errors name the adapter by its id, not the server-side content name it was sent as."""
-    try:
-        yield
-    except BackendError as exc:
-        if name is not None and exc.adapter == name:
-            exc.adapter = adapter
-        raise
-
-
-def _failed_event(
-    kind: Literal["refused", "digest_mismatch"], adapter: str, backend: str
-) -> AdapterEvent:
-    return AdapterEvent(kind, adapter, backend, 0.0, "AdapterNotAvailableError")
-
-
-def _performer(send: Callable[[Replica], Any]) -> Callable[[Step], Any]:
-    """Performs a flow's steps from sync code: ``send`` a call, or load (single-flight)."""
-
-    def perform(step: Step) -> Any:
-        if isinstance(step, Load):
-            step.replica.ensure_loaded(step.name, step.uri)
-            return None
-        return send(step.replica)
-
-    return perform
-
-
-def _aperformer(send: Callable[[Replica], Awaitable[Any]]) -> Callable[[Step], Awaitable[Any]]:
-    """The async twin of :func:`_performer`."""
-
-    async def perform(step: Step) -> Any:
-        if isinstance(step, Load):
-            await step.replica.aensure_loaded(step.name, step.uri)
-            return None
-        return await send(step.replica)
-
-    return perform
-
-
-def _no_send(replica: Replica) -> None:
-    raise AssertionError("preload never sends a call")  # pragma: no cover
-
-
-async def _ano_send(replica: Replica) -> None:
-    raise AssertionError("preload never sends a call")  # pragma: no cover
-
-
-def _first(chunks: Iterator[ChatChunk]) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
-    """Pull the first chunk, so errors before it (404, refused connection) surface here."""
-    try:
-        return next(chunks), chunks
-    except StopIteration:
-        return None, chunks
-    except BaseException:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-        raise
-
-
-async def _afirst(
-    chunks: AsyncIterator[ChatChunk],
-) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
-    try:
-        return await chunks.__anext__(), chunks
-    except StopAsyncIteration:
-        return None, chunks
-    except BaseException:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        raise
