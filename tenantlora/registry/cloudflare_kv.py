@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from tenantlora._cloudflare import DEFAULT_BASE_URL, cloudflare_key
 from tenantlora._env import build_from_env
 from tenantlora._http.errors import Mapped, error_info
-from tenantlora._http.secrets import as_secret, sensitive_values
+from tenantlora._http.secrets import as_secret, auth_headers, check_secret, sensitive_values
 from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
@@ -45,6 +45,9 @@ __all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
 
 _log = logging.getLogger("tenantlora")
 T = TypeVar("T")
+REGISTRY_TIMEOUT = 10.0
+"""Seconds for one registry request (connect and each read): a registry read sits on the
+request path of a cache miss, so it is bounded tighter than a chat call."""
 
 DEFAULT_PREFIX = "lora_adapters:"
 ENV_VARIABLES = {
@@ -65,6 +68,7 @@ class _KVConfig:
         prefix: str,
         base_url: str,
         timeout: float,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         for name, value in (("account_id", account_id), ("namespace_id", namespace_id)):
             if not isinstance(value, str) or not value or "/" in value:
@@ -83,7 +87,9 @@ class _KVConfig:
         self.root = (
             f"{base_url.rstrip('/')}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}"
         )
-        self.headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+        self.headers = {**(headers or {}), **auth_headers(token)}
+        for header, value in self.headers.items():
+            check_secret(f"header {header!r}", value)
         self.secrets = sensitive_values(self.headers)
         self.timeout = httpx.Timeout(timeout)
 
@@ -133,7 +139,9 @@ class CloudflareKV(WritableBase):
     module docstring for the single-writer caveat); ``list`` without a tenant pages through
     ``GET .../keys?prefix=``. ``api_key`` (or ``api_token``, Cloudflare's name for it) is a
     :class:`~pydantic.SecretStr` kept out of repr,
-    logs and errors.
+    logs and errors. ``headers`` are sent with every request; ``http_client`` replaces the
+    client (proxies, mTLS) and is not closed by :meth:`close`. ``timeout`` bounds connecting and
+    each read of one request (:data:`REGISTRY_TIMEOUT` by default).
 
     Example::
 
@@ -149,13 +157,14 @@ class CloudflareKV(WritableBase):
         api_key: SecretStr | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 10.0,
+        timeout: float = REGISTRY_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
         store_root: str | os.PathLike[str] | None = None,
         api_token: SecretStr | str | None = None,
     ) -> None:
         key = cloudflare_key(type(self).__name__, api_key, api_token)
-        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout)
+        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout, headers)
         self.store_root = store_root
         self._client = http_client
         self._owns_client = http_client is None
@@ -312,7 +321,8 @@ class CloudflareKV(WritableBase):
 
 class AsyncCloudflareKV(AsyncClosing):
     """The async twin of :meth:`CloudflareKV.get` (an :class:`AsyncAdapterRegistry`), for
-    :class:`~tenantlora.AsyncTenantLoRA`. Writes are admin operations: use the sync class."""
+    :class:`~tenantlora.AsyncTenantLoRA`. Writes are admin operations: use the sync class.
+    Options as :class:`CloudflareKV`'s; ``http_client`` is an ``httpx.AsyncClient``."""
 
     def __init__(
         self,
@@ -322,12 +332,15 @@ class AsyncCloudflareKV(AsyncClosing):
         api_key: SecretStr | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 10.0,
+        timeout: float = REGISTRY_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
         api_token: SecretStr | str | None = None,
     ) -> None:
         key = cloudflare_key(type(self).__name__, api_key, api_token)
-        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout)
-        self._client: httpx.AsyncClient | None = None
+        self._config = _KVConfig(account_id, namespace_id, key, prefix, base_url, timeout, headers)
+        self._client: httpx.AsyncClient | None = http_client
+        self._owns_client = http_client is None
         self._closed = False
 
     @classmethod
@@ -348,8 +361,9 @@ class AsyncCloudflareKV(AsyncClosing):
             self._client = httpx.AsyncClient(
                 headers=self._config.headers, timeout=self._config.timeout, trust_env=False
             )
+        headers = None if self._owns_client else self._config.headers
         with self._config.boundary("read", key, tenant):
-            response = await self._client.get(self._config.value_url(key))
+            response = await self._client.get(self._config.value_url(key), headers=headers)
         if response.status_code == 404:
             return None
         self._config.check(response, "read", key, tenant)
@@ -359,7 +373,7 @@ class AsyncCloudflareKV(AsyncClosing):
         """Close the HTTP client; later calls raise RegistryError."""
         self._closed = True
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._owns_client:
             await client.aclose()
 
 

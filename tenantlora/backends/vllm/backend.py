@@ -21,15 +21,18 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import httpx
 from pydantic import SecretStr
 
 from tenantlora._digests import DigestMemo
+from tenantlora._env import options_from_env
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora.backends.base import BaseBackend, Call
+from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.backends.openai_compat import OpenAICompatible
 from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
 from tenantlora.backends.vllm.calls import (
@@ -80,7 +83,9 @@ class VLLM(BaseBackend):
     an unload removes the adapter's name only; vLLM's own caches (``--max-cpu-loras``) bound
     its memory.
     ``load_timeout`` bounds one load or unload call; ``timeout`` every chat call (connect and
-    each read). A load the server refused is not tried again on that replica for
+    each read). ``headers`` are sent with every request; ``http_client`` (one ``httpx.Client``
+    shared by every replica: proxies, mTLS) replaces the sync clients and is not closed by
+    :meth:`close`. A load the server refused is not tried again on that replica for
     ``load_failure_ttl`` seconds: meanwhile requests for that adapter fall back at once, with no
     request to the server (0 retries every time). ``clock`` is injected for tests.
 
@@ -98,7 +103,9 @@ class VLLM(BaseBackend):
         base_url: str | None = None,
         base_urls: Sequence[str] | None = None,
         api_key: SecretStr | str | None = None,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
         max_loaded: int | None = None,
         max_lora_rank: int | None = 16,
         base_model: str | None = None,
@@ -134,6 +141,8 @@ class VLLM(BaseBackend):
                 model=model,
                 api_key=api_key,
                 timeout=timeout,
+                headers=headers,
+                http_client=http_client,
                 async_transport=async_transport,
                 max_connections=max_connections,
                 name=name,
@@ -151,6 +160,28 @@ class VLLM(BaseBackend):
         self._urls = tuple(urls)
         self._health = ReplicaHealth(failover_cooldown, clock)
         self._turn = itertools.count()
+
+    @classmethod
+    def from_env(cls, prefix: str = "TENANTLORA_VLLM_", **overrides: Any) -> VLLM:
+        """Build from ``{prefix}BASE_URL`` (one server, or several separated by commas),
+        ``{prefix}MODEL`` and ``{prefix}API_KEY``; keyword ``overrides`` win. This is the only
+        place tenantlora reads these variables."""
+        variables = {
+            prefix + "BASE_URL": "base_url",
+            prefix + "MODEL": "model",
+            prefix + "API_KEY": "api_key",
+        }
+        several = "base_urls" in overrides  # given directly: no BASE_URL needed
+        required = (prefix + "MODEL",) if several else (prefix + "BASE_URL", prefix + "MODEL")
+        options = options_from_env(cls.__name__, variables, required=required, overrides=overrides)
+        if several:
+            options.pop("base_url", None)
+        elif "," in options["base_url"]:
+            options["base_urls"] = [u.strip() for u in options.pop("base_url").split(",")]
+        try:
+            return cls(**options)
+        except TypeError as exc:
+            raise ConfigurationError(f"{cls.__name__}.from_env: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"VLLM(name={self.name!r}, base_urls={list(self._urls)!r}, model={self.model!r})"
