@@ -129,7 +129,7 @@ def server() -> Iterator[OpenAIServer]:
 def test_vllm_sends_headers_and_uses_a_supplied_client_without_closing_it(
     server: OpenAIServer,
 ) -> None:
-    from backend_contract import REQUEST
+    from tenantlora.testing.backends import REQUEST
 
     client = httpx.Client()
     with VLLM(

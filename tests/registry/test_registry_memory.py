@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from registry_contract import TASK, RegistryContract
 
 from tenantlora.errors import ConfigurationError, InvalidTaskError, InvalidTenantError
 from tenantlora.registry import MemoryRegistry
+from tenantlora.testing.registries import TASK, RegistryContract
 from tenantlora.types import AdapterRecord
 
 

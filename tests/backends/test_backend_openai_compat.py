@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from backend_contract import BackendContract, ContractHarness
 from openai_server import (
     ADAPTER,
     BASE_MODEL,
@@ -40,6 +39,7 @@ from tenantlora.errors import (
     ResponseValidationError,
     ServerError,
 )
+from tenantlora.testing.backends import BackendContract, ContractHarness
 from tenantlora.types import ChatRequest, Message
 
 SECRET = "sk-test-0123456789abcdef"

@@ -25,6 +25,7 @@ from tenantlora.errors import (
     RegistryError,
 )
 from tenantlora.registry import WritableRegistry
+from tenantlora.testing.files import write_adapter
 from tenantlora.types import AdapterRecord
 
 TASK = "icp_classifier"
@@ -347,11 +348,9 @@ class RegistryContract:
     ) -> None:
         """A local adapter directory gets its content digest recorded; get, list and rollback
         return it; a remote uri keeps the digest given (or None)."""
-        from test_adapters import make_adapter
-
         from tenantlora.adapters import digest
 
-        path = make_adapter(tmp_path / "acme")
+        path = write_adapter(tmp_path / "acme")
         record = registry.publish("acme", TASK, adapter_id="a1", uri=str(path))
         assert record.digest == digest(path)
         remote = "sha256:" + "d" * 64
@@ -363,9 +362,7 @@ class RegistryContract:
     def test_a_digest_that_does_not_match_the_files_writes_nothing(
         self, registry: WritableRegistry, tmp_path: Path
     ) -> None:
-        from test_adapters import make_adapter
-
-        path = make_adapter(tmp_path / "acme")
+        path = write_adapter(tmp_path / "acme")
         with pytest.raises(AdapterValidationError, match="content digest is sha256:"):
             registry.publish(
                 "acme", TASK, adapter_id="a1", uri=str(path), digest="sha256:" + "0" * 64
@@ -377,12 +374,10 @@ class RegistryContract:
     ) -> None:
         """With a store root, a uri outside {root}/{tenant}/ (another tenant, a prefix twin,
         '..', a symlink, a remote scheme) is refused before anything is written."""
-        from test_adapters import make_adapter
-
         root = tmp_path / "store"
-        own = make_adapter(root / "acme" / "adapters" / TASK / "v1")
-        other = make_adapter(root / "globex" / "adapters" / TASK / "v1")
-        twin = make_adapter(root / "acme-evil" / "v1")
+        own = write_adapter(root / "acme" / "adapters" / TASK / "v1")
+        other = write_adapter(root / "globex" / "adapters" / TASK / "v1")
+        twin = write_adapter(root / "acme-evil" / "v1")
         link = root / "acme" / "link"
         link.symlink_to(other, target_is_directory=True)
         registry.store_root = root  # type: ignore[attr-defined]

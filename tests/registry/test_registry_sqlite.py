@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_contract import TASK, RegistryContract, active_version, publish_n
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.registry import SQLiteRegistry
+from tenantlora.testing.registries import TASK, RegistryContract, active_version, publish_n
 
 
 class TestSQLiteRegistryContract(RegistryContract):

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from backend_contract import BackendContract, ContractHarness
 from cloudflare_fake import (
     ACCOUNT,
     BASE_URL,
@@ -41,6 +40,7 @@ from tenantlora.errors import (
     ServerError,
 )
 from tenantlora.retry import is_retryable
+from tenantlora.testing.backends import BackendContract, ContractHarness
 from tenantlora.types import ChatRequest, Message
 
 REQUEST = ChatRequest(messages=(Message(role="user", content="Acme Corp, 400 staff"),))

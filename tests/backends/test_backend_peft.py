@@ -25,7 +25,6 @@ for _extra in ("torch", "transformers", "peft"):  # the 'peft' extra
     pytest.importorskip(_extra)
 
 import torch  # noqa: E402
-from backend_contract import REQUEST, BackendContract, ContractHarness  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from tokenizers import Tokenizer, decoders, pre_tokenizers  # noqa: E402
 from tokenizers.models import WordLevel  # noqa: E402
@@ -54,6 +53,7 @@ from tenantlora.errors import (  # noqa: E402
 )
 from tenantlora.events import AdapterEvent  # noqa: E402
 from tenantlora.registry import MemoryRegistry  # noqa: E402
+from tenantlora.testing.backends import REQUEST, BackendContract, ContractHarness  # noqa: E402
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse, Message  # noqa: E402
 
 WAIT = 30.0  # the bound on every wait; tests never sleep to synchronise

@@ -10,6 +10,12 @@ client = TenantLoRA(backend=backend, registry=MemoryRegistry(), clock=ManualCloc
 assert client.chat(tenant="acme", task="t", messages=[...]).text == "served by base"
 assert backend.calls[0].adapter is None
 ```
+
+The conformance suites every bundled backend and registry passes ship here too, for yours:
+:mod:`tenantlora.testing.backends` (``BackendContract``) and
+:mod:`tenantlora.testing.registries` (``RegistryContract``); they import pytest, so they load
+only when imported. :func:`tenantlora.testing.files.write_adapter` writes a tiny valid adapter
+directory without torch.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from backend_contract import BackendContract, ContractHarness
 from openai_server import ADAPTER, BASE_MODEL, Reply, chat_chunk, refused_url
 from test_adapters import lora_tensors, make_adapter, make_base
 from vllm_fake import ALIASES, VLLMFake, alias
@@ -32,6 +31,7 @@ from tenantlora.errors import (
 from tenantlora.events import AdapterEvent, RequestEvent
 from tenantlora.registry import MemoryRegistry
 from tenantlora.testing import ManualClock
+from tenantlora.testing.backends import BackendContract, ContractHarness
 from tenantlora.types import AdapterRecord, ChatRequest, Message
 
 SECRET = "sk-vllm-test-0123456789abcdef"

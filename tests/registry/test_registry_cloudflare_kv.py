@@ -10,12 +10,12 @@ import httpx
 import pytest
 import respx
 from cloudflare_fake import ACCOUNT, BASE_URL, NAMESPACE, TOKEN, FakeCloudflare, error_reply
-from registry_contract import TASK, RegistryContract
 
 from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
 from tenantlora.registry import AsyncCloudflareKV, CloudflareKV
 from tenantlora.resolver import AdapterResolver
 from tenantlora.testing import ManualClock
+from tenantlora.testing.registries import TASK, RegistryContract
 
 KEY = "lora_adapters:acme"
 
