@@ -7,9 +7,7 @@ only add the awaits (or not) around it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -25,6 +23,7 @@ from typing import Any, Literal
 from cachetools import TTLCache
 from pydantic import ValidationError
 
+from tenantlora._ownership import lease, release
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -54,7 +53,14 @@ from tenantlora.types import (
     replace,
 )
 
-__all__ = ["MessagesInput", "Policy"]
+__all__ = [
+    "BaseClient",
+    "CallState",
+    "MessagesInput",
+    "Policy",
+    "as_agenerator",
+    "as_generator",
+]
 
 logger = logging.getLogger("tenantlora")
 _ARMS = (None, ARM_ADAPTER, ARM_CONTROL)
@@ -115,7 +121,7 @@ def _refusal_key(route: Route) -> tuple[object, ...] | None:
     )
 
 
-class _Call:
+class CallState:
     """The state of one request as it moves through the flow (never shared between requests)."""
 
     __slots__ = (
@@ -142,7 +148,7 @@ class _Call:
         self.failed = False
 
 
-def _generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
+def as_generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
     """A closable generator over a backend's stream (backends usually return one already)."""
     if isinstance(chunks, Generator):
         return chunks
@@ -158,8 +164,8 @@ def _generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
     return wrapped()
 
 
-def _agenerator(chunks: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
-    """The async twin of :func:`_generator`."""
+def as_agenerator(chunks: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
+    """The async twin of :func:`as_generator`."""
     if isinstance(chunks, AsyncGenerator):
         return chunks
 
@@ -210,7 +216,7 @@ def _invalid_messages(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError("invalid chat request: " + "; ".join(problems))
 
 
-class _BaseClient:
+class BaseClient:
     """Everything the twins share: validation, routing, fallback decisions, stamping, events."""
 
     def __init__(
@@ -286,11 +292,11 @@ class _BaseClient:
         except ValidationError as exc:
             raise _invalid_messages(exc) from None
 
-    def _start(self, tenant: str, task: str, *, stream: bool) -> _Call:
-        return _Call(tenant, task, self._clock(), stream=stream)
+    def _start(self, tenant: str, task: str, *, stream: bool) -> CallState:
+        return CallState(tenant, task, self._clock(), stream=stream)
 
     def _route(
-        self, call: _Call, resolution: Resolution, ab: tuple[str | None, str | None]
+        self, call: CallState, resolution: Resolution, ab: tuple[str | None, str | None]
     ) -> Route:
         call.cache = resolution.outcome
         experiment = (
@@ -339,7 +345,7 @@ class _BaseClient:
             raise InvalidRequestError(f"timeout={timeout!r}: {problem}")
         return timeout
 
-    def _fallback(self, call: _Call, exc: AdapterNotAvailableError) -> Route:
+    def _fallback(self, call: CallState, exc: AdapterNotAvailableError) -> Route:
         """After AdapterNotAvailableError: raise per policy, or switch the call to base."""
         assert call.route is not None
         if call.route.adapter is None or self._policy.on_adapter_unavailable == "raise":
@@ -356,10 +362,10 @@ class _BaseClient:
         call.route = fallback_route(call.route)
         return call.route
 
-    def _invalidate(self, call: _Call) -> None:
+    def _invalidate(self, call: CallState) -> None:
         raise NotImplementedError
 
-    def _stamp(self, call: _Call, **more: Any) -> dict[str, Any]:
+    def _stamp(self, call: CallState, **more: Any) -> dict[str, Any]:
         route = call.route
         assert route is not None
         return {
@@ -372,13 +378,13 @@ class _BaseClient:
             **more,
         }
 
-    def _succeeded(self, call: _Call, response: ChatResponse) -> ChatResponse:
+    def _succeeded(self, call: CallState, response: ChatResponse) -> ChatResponse:
         latency_ms = (self._clock() - call.started) * 1000.0
         stamped = replace(response, self._stamp(call, latency_ms=latency_ms, retries=call.retries))
         self._emit(call, latency_ms, error=None, usage=stamped)
         return stamped
 
-    def _cancelled(self, call: _Call, partial: ChatResponse) -> ChatResponse:
+    def _cancelled(self, call: CallState, partial: ChatResponse) -> ChatResponse:
         """A stream that stopped before its end: recorded as cancelled, never as a success; the
         handle's response says so (``finish_reason="cancelled"``, the text received so far)."""
         latency_ms = (self._clock() - call.started) * 1000.0
@@ -392,7 +398,7 @@ class _BaseClient:
         self._emit(call, latency_ms, error=None, usage=None, cancelled=True)
         return stamped
 
-    def _failed(self, call: _Call, exc: BaseException) -> None:
+    def _failed(self, call: CallState, exc: BaseException) -> None:
         call.failed = True
         if isinstance(exc, (BackendError, RegistryError)):
             exc.tenant, exc.task = call.tenant, call.task
@@ -402,7 +408,7 @@ class _BaseClient:
 
     def _emit(
         self,
-        call: _Call,
+        call: CallState,
         latency_ms: float,
         *,
         error: BaseException | None,
@@ -428,75 +434,5 @@ class _BaseClient:
         )
         emit(self._hooks, event)
 
-    def _stamp_chunk(self, call: _Call, chunk: ChatChunk) -> ChatChunk:
+    def _stamp_chunk(self, call: CallState, chunk: ChatChunk) -> ChatChunk:
         return replace(chunk, self._stamp(call))
-
-
-# -- who closes what: backends shared by several clients ------------------------------------
-
-_LEASES: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
-_LEASE_LOCK = threading.Lock()
-
-
-def lease(backend: object) -> None:
-    """A client starts using ``backend`` (see :func:`release`)."""
-    with _LEASE_LOCK:
-        _LEASES[backend] = _LEASES.get(backend, 0) + 1
-
-
-def release(backend: object) -> bool:
-    """A client is done with ``backend``: True when it was the last client holding it (the
-    caller then closes the backend). A backend shared by a sync and an async client is closed
-    by whichever of them is closed last, never under the other's feet."""
-    with _LEASE_LOCK:
-        held = _LEASES.get(backend, 1) - 1
-        if held > 0:
-            _LEASES[backend] = held
-            return False
-        _LEASES.pop(backend, None)
-        return True
-
-
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-
-
-def registry_from(registry: object | None) -> tuple[object | None, bool]:
-    """``registry=`` as given, or an SQLiteRegistry for a path (``"adapters.db"``,
-    ``Path("x.sqlite")``, ``":memory:"``); True when the client created it (and closes it)."""
-    if isinstance(registry, (str, os.PathLike)):
-        path = os.fspath(registry)
-        if path == ":memory:" or str(path).endswith(_SQLITE_SUFFIXES):
-            from tenantlora.registry.sqlite import SQLiteRegistry
-
-            return SQLiteRegistry(path), True
-        raise ConfigurationError(
-            f"registry={path!r}: a path must name an SQLite file (ending in .db, .sqlite or "
-            ".sqlite3) or be ':memory:'; otherwise pass a registry object "
-            "(MemoryRegistry, SQLiteRegistry, CloudflareKV, ...)"
-        )
-    if registry is not None and not callable(getattr(registry, "get", None)):
-        raise ConfigurationError(
-            f"registry= must be a registry (an object with get(tenant)) or an SQLite path, "
-            f"not a {type(registry).__name__}"
-        )
-    return registry, False
-
-
-def _resolver_from(
-    resolver_cls: type[Any],
-    registry: object | None,
-    resolver: object | None,
-    *,
-    ttl: float,
-    policy: Policy,
-    clock: Callable[[], float],
-) -> Any:
-    if resolver is not None:
-        if registry is not None:
-            raise ConfigurationError("pass either registry= or resolver=, not both")
-        if not isinstance(resolver, resolver_cls):
-            raise ConfigurationError(f"resolver= must be a {resolver_cls.__name__}")
-        return resolver
-    if registry is None:
-        raise ConfigurationError("a client needs registry= (or resolver=) to find adapters")
-    return resolver_cls(registry, ttl=ttl, on_error=policy.on_registry_error, clock=clock)

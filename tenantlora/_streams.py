@@ -10,7 +10,7 @@ from tenantlora.types import ChatChunk, ChatResponse, Usage
 __all__ = ["AsyncChatStream", "ChatStream"]
 
 
-class _Accumulator:
+class Accumulator:
     """Builds the final :class:`ChatResponse` of a stream from its chunks."""
 
     __slots__ = ("finish_reason", "model", "parts", "request_id", "usage")
@@ -39,7 +39,7 @@ class _Accumulator:
         )
 
 
-class _Outcome:
+class Outcome:
     """Where the client leaves the final response of a stream for its handle to read."""
 
     __slots__ = ("response",)
@@ -56,7 +56,7 @@ class ChatStream(Closing):
     whole answer stamped like ``client.chat``'s (text, usage, adapter, latency, retries).
     """
 
-    def __init__(self, chunks: Generator[ChatChunk, None, None], outcome: _Outcome) -> None:
+    def __init__(self, chunks: Generator[ChatChunk, None, None], outcome: Outcome) -> None:
         self._chunks = chunks
         self._outcome = outcome
 
@@ -83,7 +83,7 @@ class ChatStream(Closing):
 class AsyncChatStream(AsyncClosing):
     """The async twin of :class:`ChatStream`: ``async for`` / ``async with`` / :meth:`aclose`."""
 
-    def __init__(self, chunks: AsyncGenerator[ChatChunk, None], outcome: _Outcome) -> None:
+    def __init__(self, chunks: AsyncGenerator[ChatChunk, None], outcome: Outcome) -> None:
         self._chunks = chunks
         self._outcome = outcome
 

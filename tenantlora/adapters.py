@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import os
 from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from tenantlora._adapter_config import (
+    optional_str,
+    rank_and_alpha,
+    read_json_object,
+    read_peft_type,
+    read_target_modules,
+)
 from tenantlora._adapter_rules import PatternTable, check_config, lora_tensors
 from tenantlora._adapter_rules import fail as _fail
 from tenantlora._safetensors import TensorInfo, read_header, show_name
@@ -52,7 +57,6 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_MAX_JSON_BYTES = 16 * 1024 * 1024
 _SHOWN = 5  # how many mismatches an error lists before "and N more"
 
 
@@ -147,13 +151,13 @@ def inspect(path: str | os.PathLike[str]) -> AdapterInfo:
         hint = " (found adapter_model.bin: re-save with safe_serialization=True)"
         found_bin = os.path.exists(os.path.join(root, "adapter_model.bin"))
         raise _fail(root, f"missing {ADAPTER_WEIGHTS}{hint if found_bin else ''}")
-    config = _read_json_object(config_path)
+    config = read_json_object(config_path)
     check_config(config, config_path)
-    rank, alpha = _rank_and_alpha(config, config_path)
-    target_modules = _target_modules(config.get("target_modules"), config_path)
-    base_model = _optional_str(config, "base_model_name_or_path", config_path)
-    model_type = _optional_str(config, "model_type", config_path)
-    peft_type = _peft_type(config, config_path)
+    rank, alpha = rank_and_alpha(config, config_path)
+    target_modules = read_target_modules(config.get("target_modules"), config_path)
+    base_model = optional_str(config, "base_model_name_or_path", config_path)
+    model_type = optional_str(config, "model_type", config_path)
+    peft_type = read_peft_type(config, config_path)
     tensors = read_header(weights_path).tensors
     _check_ranks(_pairs(tensors, weights_path), config, weights_path)
     return AdapterInfo(
@@ -258,100 +262,6 @@ def digest_contents(contents: Mapping[str, bytes]) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-# -- adapter_config.json -------------------------------------------------------------------
-
-
-def _read_json_object(path: str) -> dict[str, Any]:
-    try:
-        if os.path.getsize(path) > _MAX_JSON_BYTES:
-            raise _fail(path, f"over {_MAX_JSON_BYTES} bytes; not a config file")
-        with open(path, "rb") as fh:
-            value = json.loads(fh.read())
-    except OSError as exc:
-        raise _fail(path, f"cannot read: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise _fail(path, "not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"not JSON ({exc.msg} at char {exc.pos})") from None
-    except RecursionError:
-        raise _fail(path, "JSON nested too deeply") from None
-    if not isinstance(value, dict):
-        raise _fail(path, f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _rank_and_alpha(config: Mapping[str, Any], path: str) -> tuple[int, float]:
-    """Effective rank (``r`` and every ``rank_pattern`` value) and ``lora_alpha`` (default 8)."""
-    if "r" not in config:
-        raise _fail(path, "missing 'r' (the LoRA rank)")
-    r = config["r"]
-    if not _is_int(r) or r < 1:
-        raise _fail(path, f"'r' must be a positive integer, got {_describe(r)}")
-    alpha = config.get("lora_alpha", 8)  # PEFT's LoraConfig default
-    if not _is_number(alpha) or not math.isfinite(alpha):
-        raise _fail(path, f"'lora_alpha' must be a number, got {_describe(alpha)}")
-    ranks = _pattern(config, "rank_pattern", path, positive_int=True)
-    _pattern(config, "alpha_pattern", path, positive_int=False)
-    return max([r, *ranks.values()]), float(alpha)
-
-
-def _pattern(
-    config: Mapping[str, Any], key: str, path: str, *, positive_int: bool
-) -> dict[str, Any]:
-    value = config.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(path, f"{key!r} must be an object, got {_describe(value)}")
-    for pattern, item in value.items():
-        ok = _is_int(item) and item >= 1 if positive_int else _is_number(item)
-        if not ok:
-            kind = "a positive integer" if positive_int else "a number"
-            raise _fail(path, f"{key}[{show_name(pattern)}] must be {kind}, got {_describe(item)}")
-    PatternTable(value, key, path)  # keys must be plain module names: no regex is ever run
-    return value
-
-
-def _describe(value: object) -> str:
-    if _is_number(value):
-        return repr(value)
-    return "null" if value is None else f"a {type(value).__name__}"
-
-
-def _target_modules(value: object, path: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise _fail(
-        path, f"'target_modules' must be a list of names or a string, got {_describe(value)}"
-    )
-
-
-def _optional_str(config: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = config.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise _fail(path, f"{key!r} must be a string, got {_describe(value)}")
-
-
-def _peft_type(config: Mapping[str, Any], path: str) -> str | None:
-    peft_type = _optional_str(config, "peft_type", path)
-    if peft_type is not None and peft_type != "LORA":
-        raise _fail(path, f"peft_type is {show_name(peft_type)}; only LORA adapters are supported")
-    return peft_type
-
-
 # -- adapter_model.safetensors ------------------------------------------------------------
 
 
@@ -442,14 +352,14 @@ def _base_model_type(base_dir: str) -> str | None:
     config_path = os.path.join(base_dir, "config.json")
     if not os.path.isfile(config_path):
         return None
-    return _optional_str(_read_json_object(config_path), "model_type", config_path)
+    return optional_str(read_json_object(config_path), "model_type", config_path)
 
 
 def _base_shapes(base_dir: str) -> dict[str, tuple[int, ...]]:
     """Every weight shape in the base model's safetensors files (sharded or not)."""
     index_path = os.path.join(base_dir, "model.safetensors.index.json")
     if os.path.isfile(index_path):
-        weight_map = _read_json_object(index_path).get("weight_map")
+        weight_map = read_json_object(index_path).get("weight_map")
         if not isinstance(weight_map, dict) or not all(
             isinstance(v, str) for v in weight_map.values()
         ):

@@ -1,7 +1,7 @@
 """The clients: :class:`TenantLoRA` and its async twin :class:`AsyncTenantLoRA`.
 
 Both do only I/O around pure decisions (``naming``, ``routing``, ``retry``) that live in
-:class:`_BaseClient`; the two request paths are kept line for line parallel, and a test checks
+:class:`BaseClient`; the two request paths are kept line for line parallel, and a test checks
 that their public signatures match.
 
 Request flow::
@@ -22,17 +22,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapp
 from typing import Any, Literal
 
 from tenantlora._base_client import (
+    BaseClient,
+    CallState,
     MessagesInput,
     Policy,
-    _agenerator,
-    _BaseClient,
-    _Call,
-    _generator,
-    _resolver_from,
-    registry_from,
+    as_agenerator,
+    as_generator,
 )
 from tenantlora._lifecycle import AsyncClosing, Closing
-from tenantlora._streams import AsyncChatStream, ChatStream, _Accumulator, _Outcome
+from tenantlora._ownership import registry_from, resolver_from
+from tenantlora._streams import Accumulator, AsyncChatStream, ChatStream, Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
 from tenantlora.errors import AdapterNotAvailableError, BackendError, ConfigurationError
 from tenantlora.events import Hook
@@ -45,7 +44,7 @@ from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
 __all__ = ["AsyncTenantLoRA", "Policy", "TenantLoRA"]
 
 
-class TenantLoRA(_BaseClient, Closing):
+class TenantLoRA(BaseClient, Closing):
     """The synchronous client. Thread-safe; reuse one per process.
 
     ``backend`` serves the calls (it must implement :class:`~tenantlora.backends.Backend`);
@@ -86,7 +85,7 @@ class TenantLoRA(_BaseClient, Closing):
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
-        self.resolver: AdapterResolver = _resolver_from(
+        self.resolver: AdapterResolver = resolver_from(
             AdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
         self._owned_registry = chosen if owned else None
@@ -162,7 +161,7 @@ class TenantLoRA(_BaseClient, Closing):
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True)
-        outcome = _Outcome()
+        outcome = Outcome()
         return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     def close(self) -> None:
@@ -172,10 +171,10 @@ class TenantLoRA(_BaseClient, Closing):
         if self._release():
             self.backend.close()
 
-    def _invalidate(self, call: _Call) -> None:
+    def _invalidate(self, call: CallState) -> None:
         self.resolver.invalidate(call.tenant, call.task)
 
-    def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
+    def _send(self, call: CallState, request: ChatRequest, timeout: float | None) -> ChatResponse:
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
         record = call.route.record if adapter is not None else None
@@ -192,7 +191,7 @@ class TenantLoRA(_BaseClient, Closing):
         return response
 
     def _open(
-        self, call: _Call, request: ChatRequest, timeout: float | None
+        self, call: CallState, request: ChatRequest, timeout: float | None
     ) -> tuple[Generator[ChatChunk, None, None], ChatChunk | None]:
         """Start a backend stream and read its first chunk, retrying until one arrives."""
         assert call.route is not None
@@ -200,7 +199,7 @@ class TenantLoRA(_BaseClient, Closing):
         record = call.route.record if adapter is not None else None
 
         def attempt() -> tuple[Generator[ChatChunk, None, None], ChatChunk | None]:
-            chunks = _generator(
+            chunks = as_generator(
                 self.backend.stream(request, adapter=adapter, timeout=seconds, record=record)
             )
             try:
@@ -219,14 +218,14 @@ class TenantLoRA(_BaseClient, Closing):
 
     def _chunks(
         self,
-        call: _Call,
+        call: CallState,
         request: ChatRequest,
         ab: tuple[str | None, str | None],
         timeout: float | None,
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> Generator[ChatChunk, None, None]:
         chunks: Generator[ChatChunk, None, None] | None = None
-        acc = _Accumulator()
+        acc = Accumulator()
         ended = False  # the backend's stream reached its end (else: closed or abandoned early)
         try:
             self._route(call, self.resolver.resolve(call.tenant, call.task), ab)
@@ -252,7 +251,7 @@ class TenantLoRA(_BaseClient, Closing):
                 outcome.response = finish(call, acc.response())
 
 
-class AsyncTenantLoRA(_BaseClient, AsyncClosing):
+class AsyncTenantLoRA(BaseClient, AsyncClosing):
     """The asynchronous client: the twin of :class:`TenantLoRA`, with ``await`` / ``async for``.
 
     ``backend`` must implement :class:`~tenantlora.backends.AsyncBackend`; ``registry`` may be a
@@ -290,7 +289,7 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
-        self.resolver: AsyncAdapterResolver = _resolver_from(
+        self.resolver: AsyncAdapterResolver = resolver_from(
             AsyncAdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
         self._owned_registry = chosen if owned else None
@@ -361,7 +360,7 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True)
-        outcome = _Outcome()
+        outcome = Outcome()
         return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
 
     async def aclose(self) -> None:
@@ -370,10 +369,12 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
         if self._release():
             await self.backend.aclose()
 
-    def _invalidate(self, call: _Call) -> None:
+    def _invalidate(self, call: CallState) -> None:
         self.resolver.invalidate(call.tenant, call.task)
 
-    async def _send(self, call: _Call, request: ChatRequest, timeout: float | None) -> ChatResponse:
+    async def _send(
+        self, call: CallState, request: ChatRequest, timeout: float | None
+    ) -> ChatResponse:
         assert call.route is not None
         adapter, seconds = call.route.adapter, self._timeout_for(timeout)
         record = call.route.record if adapter is not None else None
@@ -392,7 +393,7 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
         return response
 
     async def _open(
-        self, call: _Call, request: ChatRequest, timeout: float | None
+        self, call: CallState, request: ChatRequest, timeout: float | None
     ) -> tuple[AsyncGenerator[ChatChunk, None], ChatChunk | None]:
         """Start a backend stream and read its first chunk, retrying until one arrives."""
         assert call.route is not None
@@ -400,7 +401,7 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
         record = call.route.record if adapter is not None else None
 
         async def attempt() -> tuple[AsyncGenerator[ChatChunk, None], ChatChunk | None]:
-            chunks = _agenerator(
+            chunks = as_agenerator(
                 self.backend.astream(request, adapter=adapter, timeout=seconds, record=record)
             )
             try:
@@ -419,14 +420,14 @@ class AsyncTenantLoRA(_BaseClient, AsyncClosing):
 
     async def _chunks(
         self,
-        call: _Call,
+        call: CallState,
         request: ChatRequest,
         ab: tuple[str | None, str | None],
         timeout: float | None,
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> AsyncGenerator[ChatChunk, None]:
         chunks: AsyncGenerator[ChatChunk, None] | None = None
-        acc = _Accumulator()
+        acc = Accumulator()
         ended = False  # the backend's stream reached its end (else: closed, cancelled early)
         try:
             self._route(call, await self.resolver.resolve(call.tenant, call.task), ab)

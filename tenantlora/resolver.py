@@ -29,16 +29,24 @@ load asyncio (about 15 ms with the ssl and concurrent.futures modules it brings)
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
 from tenantlora._read_pool import ReadPool
+from tenantlora._resolver_state import (
+    INTERRUPTED,
+    Entry,
+    Failure,
+    Flight,
+    check_options,
+    expires,
+    is_timeout,
+)
 from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
@@ -51,22 +59,6 @@ __all__ = ["AdapterResolver", "AsyncAdapterResolver", "Resolution", "ResolverSta
 logger = logging.getLogger("tenantlora")
 
 OnError = Literal["fallback", "raise"]
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    """Whether a failed registry read timed out.
-
-    On Python 3.10 ``concurrent.futures.TimeoutError`` and ``asyncio.TimeoutError`` are distinct
-    from the builtin (3.11 made them aliases). Neither module is imported for this check: an
-    instance of one of their classes can only exist once that module has been imported.
-    """
-    if isinstance(exc, TimeoutError):
-        return True
-    futures = sys.modules.get("concurrent.futures")
-    if futures is not None and isinstance(exc, futures.TimeoutError):
-        return True
-    aio = sys.modules.get("asyncio")
-    return aio is not None and isinstance(exc, aio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,58 +105,6 @@ class ResolverStats:
 _NO_RECORD = Resolution(None, "hit")
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A tenant's checked records from one good read, with the hit answers built in advance."""
-
-    records: Mapping[str, AdapterRecord]
-    hits: Mapping[str, Resolution]
-    ttl: float
-    drops: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """Why a registry read failed: a message safe to show, and the exception behind it."""
-
-    message: str
-    cause: BaseException | None
-    remember: bool = True
-
-
-@dataclass(slots=True)
-class _Flight:
-    """One registry read in progress for a tenant, shared by every caller that missed."""
-
-    loop: asyncio.AbstractEventLoop | None = None  # the event loop of an async read
-    task: asyncio.Task[None] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    discard: bool = False  # invalidated while in flight: answer the waiters, cache nothing
-    entry: _Entry | None = None
-    failure: _Failure | None = None
-
-
-_INTERRUPTED = _Failure("the registry read was interrupted", None, remember=False)
-
-
-def _expires(_tenant: str, entry: _Entry, now: float) -> float:
-    return now + entry.ttl
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    for name in ("ttl", "negative_ttl", "max_stale", "error_ttl"):
-        if not options[name] >= 0:
-            raise ConfigurationError(f"{name} must be >= 0, got {options[name]!r}")
-    if not (isinstance(options["maxsize"], int) and options["maxsize"] >= 1):
-        raise ConfigurationError(f"maxsize must be an int >= 1, got {options['maxsize']!r}")
-    if options["registry_timeout"] is not None and not options["registry_timeout"] > 0:
-        raise ConfigurationError("registry_timeout must be > 0 seconds, or None")
-    if options["on_error"] not in ("fallback", "raise"):
-        raise ConfigurationError(
-            f"on_error must be 'fallback' or 'raise', not {options['on_error']!r}"
-        )
-
-
 class _ResolverCore:
     """State and decisions shared by the sync and async resolvers; no I/O happens here."""
 
@@ -182,18 +122,18 @@ class _ResolverCore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         negative = ttl if negative_ttl is None else negative_ttl
-        _check_options({**locals(), "negative_ttl": negative})
+        check_options({**locals(), "negative_ttl": negative})
         self._registry = registry
         self._ttl, self._negative_ttl = ttl, negative
         self._on_error: OnError = on_error
         self._timeout = registry_timeout
         self._pool = ReadPool()  # blocking reads: one thread per tenant, bounded in all
         self._lock = threading.Lock()
-        self._fresh: TLRUCache[str, _Entry, float] = TLRUCache(maxsize, _expires, timer=clock)
+        self._fresh: TLRUCache[str, Entry, float] = TLRUCache(maxsize, expires, timer=clock)
         self._clock, self._max_stale = clock, max_stale
-        self._last_good: LRUCache[str, tuple[float, _Entry]] = LRUCache(maxsize)
-        self._failed: TTLCache[str, _Failure, float] = TTLCache(maxsize, error_ttl, timer=clock)
-        self._flights: dict[str, _Flight] = {}
+        self._last_good: LRUCache[str, tuple[float, Entry]] = LRUCache(maxsize)
+        self._failed: TTLCache[str, Failure, float] = TTLCache(maxsize, error_ttl, timer=clock)
+        self._flights: dict[str, Flight] = {}
         self._hits = self._misses = self._stale = self._errors = 0
         self._reads = self._drops = self._coalesced = 0
 
@@ -235,7 +175,7 @@ class _ResolverCore:
                 coalesced=self._coalesced,
             )
 
-    def _lookup(self, tenant: str, task: str) -> Resolution | _Failure | None:
+    def _lookup(self, tenant: str, task: str) -> Resolution | Failure | None:
         """Under the lock: a fresh answer, a remembered failure, or None (a read is needed)."""
         entry = self._fresh.get(tenant)
         if entry is not None:
@@ -243,10 +183,10 @@ class _ResolverCore:
             return entry.hits.get(task, _NO_RECORD)
         return self._failed.get(tenant)
 
-    def _entry_from(self, tenant: str, result: object) -> _Entry:
+    def _entry_from(self, tenant: str, result: object) -> Entry:
         """Check what the registry returned; keep only records that are the tenant's own."""
         if result is None:
-            return _Entry({}, {}, self._negative_ttl, 0)
+            return Entry({}, {}, self._negative_ttl, 0)
         if not isinstance(result, TenantAdapters):
             raise RegistryError(
                 f"registry returned a {type(result).__name__}, not TenantAdapters", tenant=tenant
@@ -269,10 +209,10 @@ class _ResolverCore:
                 )
         hits = {task: Resolution(record, "hit") for task, record in records.items()}
         ttl = self._ttl if records else self._negative_ttl
-        return _Entry(records, hits, ttl, len(result.adapters) - len(records))
+        return Entry(records, hits, ttl, len(result.adapters) - len(records))
 
-    def _failure_from(self, tenant: str, exc: Exception) -> _Failure:
-        if _is_timeout(exc):
+    def _failure_from(self, tenant: str, exc: Exception) -> Failure:
+        if is_timeout(exc):
             detail = f"no answer within {self._timeout:g} s" if self._timeout else "timed out"
         elif isinstance(exc, RegistryError):
             detail = str(exc)
@@ -280,16 +220,16 @@ class _ResolverCore:
             detail = type(exc).__name__
         message = f"adapter registry read failed for tenant {tenant!r}: {detail}"
         logger.warning("%s; not retrying it for %g s", message, self._failed.ttl)
-        return _Failure(message, exc)
+        return Failure(message, exc)
 
-    def _join(self, tenant: str, loop: asyncio.AbstractEventLoop | None) -> tuple[_Flight, bool]:
+    def _join(self, tenant: str, loop: asyncio.AbstractEventLoop | None) -> tuple[Flight, bool]:
         """Under the lock: the read in flight for ``tenant`` (leader=False), or a new one."""
         flight = self._flights.get(tenant)
         if flight is not None and flight.loop is loop:
             self._coalesced += 1
             return flight, False
         stranded = flight is not None and flight.loop is not None and flight.loop.is_closed()
-        flight = _Flight(loop=loop)
+        flight = Flight(loop=loop)
         # A read on another live event loop keeps its slot; one whose loop closed mid-read will
         # never settle, so the new read takes its slot (else single-flight is lost for good).
         if tenant not in self._flights or stranded:
@@ -298,7 +238,7 @@ class _ResolverCore:
         return flight, True
 
     def _settle(
-        self, tenant: str, flight: _Flight, entry: _Entry | None, failure: _Failure | None
+        self, tenant: str, flight: Flight, entry: Entry | None, failure: Failure | None
     ) -> None:
         """Record a finished read, cache it unless invalidated meanwhile, wake the waiters."""
         with self._lock:
@@ -315,15 +255,15 @@ class _ResolverCore:
                 self._failed[tenant] = failure
         flight.done.set()
 
-    def _answer(self, tenant: str, task: str, flight: _Flight) -> Resolution:
+    def _answer(self, tenant: str, task: str, flight: Flight) -> Resolution:
         """The answer a finished read gives one caller."""
         if flight.entry is not None:
             with self._lock:
                 self._misses += 1
             return Resolution(flight.entry.records.get(task), "miss")
-        return self._failed_answer(tenant, task, flight.failure or _INTERRUPTED)
+        return self._failed_answer(tenant, task, flight.failure or INTERRUPTED)
 
-    def _failed_answer(self, tenant: str, task: str, failure: _Failure) -> Resolution:
+    def _failed_answer(self, tenant: str, task: str, failure: Failure) -> Resolution:
         """Serve the last good entry if recent enough, else fail open or raise, by policy."""
         with self._lock:
             found = self._last_good.get(tenant)
@@ -422,13 +362,13 @@ class AdapterResolver(_ResolverCore):
             flight.done.wait()
         return self._answer(tenant, task, flight)
 
-    def _lead(self, tenant: str, flight: _Flight) -> None:
+    def _lead(self, tenant: str, flight: Flight) -> None:
         try:
             entry = self._entry_from(tenant, self._read(tenant))
         except Exception as exc:
             self._settle(tenant, flight, None, self._failure_from(tenant, exc))
         except BaseException:
-            self._settle(tenant, flight, None, _INTERRUPTED)
+            self._settle(tenant, flight, None, INTERRUPTED)
             raise
         else:
             self._settle(tenant, flight, entry, None)
@@ -512,13 +452,13 @@ class AsyncAdapterResolver(_ResolverCore):
         await asyncio.shield(flight.task)
         return self._answer(tenant, task, flight)
 
-    async def _lead(self, tenant: str, flight: _Flight) -> None:
+    async def _lead(self, tenant: str, flight: Flight) -> None:
         try:
             entry = self._entry_from(tenant, await self._read(tenant))
         except Exception as exc:
             self._settle(tenant, flight, None, self._failure_from(tenant, exc))
         except BaseException:
-            self._settle(tenant, flight, None, _INTERRUPTED)
+            self._settle(tenant, flight, None, INTERRUPTED)
             raise
         else:
             self._settle(tenant, flight, entry, None)

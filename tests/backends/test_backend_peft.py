@@ -42,8 +42,8 @@ from tenantlora.backends import create_backend  # noqa: E402
 from tenantlora.backends import peft as peft_backend  # noqa: E402
 from tenantlora.backends.peft import LocalPeft  # noqa: E402
 from tenantlora.backends.peft import loader as _peft_loader  # noqa: E402
-from tenantlora.backends.peft.engine import _ANCHOR  # noqa: E402
 from tenantlora.backends.peft.generate import count_adapter_hooks  # noqa: E402
+from tenantlora.backends.peft.model import ANCHOR as _ANCHOR  # noqa: E402
 from tenantlora.errors import (  # noqa: E402
     AdapterNotAvailableError,
     BackendError,

@@ -14,7 +14,7 @@ model computes exactly the base model's outputs (it adds 0.0 to one layer).
 Routing rows to adapters: a batch that mixes targets passes ``adapter_names`` (a tenant adapter
 or ``"__base__"`` per row), which PEFT implements with forward hooks installed and removed on
 every ``generate`` and a per-row split in every LoRA layer (that split is replaced, on this model
-instance only, by the same arithmetic with its bookkeeping done once per call: ``_peft_mixed``).
+instance only, by the same arithmetic with its bookkeeping done once per call: ``mixed``).
 A batch whose rows all use one target (the common case at low load, and every streamed request)
 instead makes that adapter, or the anchor for base rows, the *active* adapter and runs a plain
 ``generate``: no hooks, no split. The active adapter is model-global state, which is exactly why
@@ -28,7 +28,7 @@ by *content*, never by ``adapter_id``: :func:`tenantlora.naming.loaded_adapter_n
 record's tenant and the files' content digest (the record's digest, verified at load; or, for a
 record without one, the files' digest, recomputed whenever a file changes). Two tenants with the
 same ``adapter_id`` never share weights, and new files under an old id are loaded fresh. Adapters
-are installed by ``_peft_loader``, which writes only the new adapter's own LoRA parameters.
+are installed by ``loader``, which writes only the new adapter's own LoRA parameters.
 """
 
 from __future__ import annotations
@@ -45,12 +45,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from peft import PeftModel
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from tenantlora._digests import DigestMemo, read_files
-from tenantlora._hf import quiet
 from tenantlora.backends.peft.generate import (
     BASE,
     Row,
@@ -63,13 +61,13 @@ from tenantlora.backends.peft.generate import (
 )
 from tenantlora.backends.peft.loader import DigestMismatch, Prepared, install, prepare
 from tenantlora.backends.peft.mixed import install as install_mixed_forward
+from tenantlora.backends.peft.model import ANCHOR, load_model, load_tokenizer
 from tenantlora.backends.peft.worker import Job, LocalPeftStats, find_stop
 from tenantlora.errors import (
     AdapterNotAvailableError,
     AdapterValidationError,
     BackendError,
     BadRequestError,
-    ConfigurationError,
 )
 from tenantlora.events import AdapterEvent
 from tenantlora.naming import loaded_adapter_name
@@ -79,7 +77,6 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("tenantlora")
 
-_ANCHOR = "tenantlora_anchor"
 _Kind = Literal["load", "hit", "evict", "load_failed", "refused", "digest_mismatch"]
 MAX_ADAPTER_BYTES = 2 * 1024**3  # both files together; a LoRA adapter this size is not one
 
@@ -87,42 +84,6 @@ MAX_ADAPTER_BYTES = 2 * 1024**3  # both files together; a LoRA adapter this size
 def _chained(error: BackendError, cause: BaseException) -> BackendError:
     error.__cause__ = cause  # `raise ... from cause`, for an error delivered through a future
     return error
-
-
-def _load_tokenizer(base_dir: str) -> PreTrainedTokenizerBase:
-    try:
-        with quiet():
-            tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"cannot load the tokenizer from {base_dir}: {type(exc).__name__}"
-        ) from exc
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _load_model(base_dir: str) -> PeftModel:
-    try:
-        with quiet():
-            model = AutoModelForCausalLM.from_pretrained(base_dir)
-    except Exception as exc:
-        raise ConfigurationError(
-            f"cannot load a causal LM from {base_dir}: {type(exc).__name__}"
-        ) from exc
-    model.eval()  # type: ignore[no-untyped-call]
-    target = next(
-        (n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"),
-        None,
-    )
-    if target is None:
-        raise ConfigurationError(f"the model in {base_dir} has no linear layer to adapt")
-    config = LoraConfig(r=1, target_modules=[target], inference_mode=True)
-    with quiet():
-        peft_model = get_peft_model(model, config, adapter_name=_ANCHOR)
-    peft_model.eval()
-    assert isinstance(peft_model, PeftModel)
-    return peft_model
 
 
 class Engine:
@@ -141,8 +102,8 @@ class Engine:
         self._model_name = Path(base_dir).name
         self._max_loaded = max_loaded
         self._emit = emit
-        self.tokenizer = _load_tokenizer(base_dir)
-        self.model: PeftModel | None = _load_model(base_dir)
+        self.tokenizer = load_tokenizer(base_dir)
+        self.model: PeftModel | None = load_model(base_dir)
         # content key -> (adapter id, PEFT name), least recently used first
         self._slots: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._digests = DigestMemo()
@@ -155,7 +116,7 @@ class Engine:
         self._max_positions: int | None = getattr(
             self.model.config, "max_position_embeddings", None
         )
-        self._active = _ANCHOR  # the PEFT adapter `generate` applies without adapter_names
+        self._active = ANCHOR  # the PEFT adapter `generate` applies without adapter_names
 
     # -- what other threads may read ---------------------------------------------------------
 
@@ -303,14 +264,14 @@ class Engine:
         if len(slots) > 1:
             return {"adapter_names": [row.slot for row in rows]}
         only = slots.pop()
-        self._activate(_ANCHOR if only == BASE else only)
+        self._activate(ANCHOR if only == BASE else only)
         return {}
 
     def _activate(self, slot: str) -> None:
         """Make ``slot`` the active adapter (worker thread only; a no-op when it already is)."""
         if self._active != slot:
             assert self.model is not None
-            self._active = _ANCHOR  # if set_adapter fails halfway, _recover re-activates it
+            self._active = ANCHOR  # if set_adapter fails halfway, _recover re-activates it
             self.model.set_adapter(slot, inference_mode=True)
             self._active = slot
 
@@ -392,8 +353,8 @@ class Engine:
             self._rebuild()
             return
         try:
-            self.model.set_adapter(_ANCHOR, inference_mode=True)
-            self._active = _ANCHOR
+            self.model.set_adapter(ANCHOR, inference_mode=True)
+            self._active = ANCHOR
         except Exception:
             logger.exception("%s: could not re-activate the anchor adapter", self._name)
             self._rebuild()
@@ -498,8 +459,8 @@ class Engine:
         assert self.model is not None
         try:
             if self._active == slot:  # never leave the active adapter pointing at a deleted one
-                self.model.set_adapter(_ANCHOR, inference_mode=True)
-                self._active = _ANCHOR
+                self.model.set_adapter(ANCHOR, inference_mode=True)
+                self._active = ANCHOR
             if slot in self.model.peft_config:
                 self.model.delete_adapter(slot)
         except Exception:
@@ -513,9 +474,9 @@ class Engine:
             dropped = [adapter for adapter, _ in self._slots.values()]
             self._slots.clear()
         self.model = None
-        self._active = _ANCHOR
+        self._active = ANCHOR
         gc.collect()
-        self.model = _load_model(self._base_dir)
+        self.model = load_model(self._base_dir)
         self._count(rebuilds=1, evictions=len(dropped))
         for adapter in dropped:
             self._event("evict", adapter)

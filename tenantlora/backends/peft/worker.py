@@ -11,7 +11,7 @@ Micro-batching: the worker takes the first job, then keeps gathering jobs for up
 compatible rows in one ``generate`` call. Streaming jobs are never gathered into a batch: each
 runs as its own batch of one, after the batch it arrived during.
 
-This module is torch-free; the engine (``_peft_engine``) does the model work.
+This module is torch-free; the engine (``engine``) does the model work.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def stream_safe_text(text: str, stops: tuple[str, ...]) -> str:
 
 
 class Engine(Protocol):
-    """What the worker needs from the model side (see ``_peft_engine.Engine``)."""
+    """What the worker needs from the model side (see ``engine.Engine``)."""
 
     def serve(self, jobs: list[Job], closing: threading.Event) -> None: ...
 

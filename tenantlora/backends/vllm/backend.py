@@ -9,7 +9,7 @@ A vLLM fleet serves per-tenant adapters with no manual adapter management:
   :class:`~tenantlora.errors.AdapterNotAvailableError` with the server's message, so the client
   falls back to the base model and the failure shows in the events.
 * **Preflight.** An adapter whose rank is over ``max_lora_rank`` or whose base model is not the
-  served one is refused before the server is asked (see ``_vllm_preflight``).
+  served one is refused before the server is asked (see ``preflight``).
 * **Bounded replicas.** With ``max_loaded``, loading past it unloads the least recently used.
 * **Affinity.** With several ``base_urls``, each tenant goes to a replica chosen by rendezvous
   hashing, so its adapter stays warm on one replica; a replica that refuses connections is

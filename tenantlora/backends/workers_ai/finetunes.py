@@ -7,7 +7,7 @@ Assets cannot be replaced once uploaded, so every adapter version is a new fine-
 
 These calls are rare (publishing, not serving), so they use their own small httpx clients,
 created on first use, with the same error boundary as the run calls
-(:mod:`tenantlora.backends._http`).
+(:mod:`tenantlora._http`).
 """
 
 from __future__ import annotations
