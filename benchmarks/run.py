@@ -153,7 +153,10 @@ def bench_sync(url: str, sizes: Sizes) -> dict[str, Any]:
 # --- 2. async throughput at concurrency N ----------------------------------------------------
 
 
-async def _drive(call: Callable[[], Awaitable[object]], total: int, concurrency: int) -> float:
+async def _drive(
+    call: Callable[[], Awaitable[object]], total: int, concurrency: int
+) -> tuple[float, float]:
+    """(requests per second, client CPU microseconds per request) for ``total`` calls."""
     remaining = total
 
     async def worker() -> None:
@@ -162,12 +165,15 @@ async def _drive(call: Callable[[], Awaitable[object]], total: int, concurrency:
             remaining -= 1
             await call()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - start)
+    cpu_us = (time.process_time() - cpu) / total * 1e6
+    return total / (time.perf_counter() - start), cpu_us
 
 
-async def _async_variants(url: str, sizes: Sizes) -> dict[str, list[float]]:
+async def _async_variants(
+    url: str, sizes: Sizes
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     import aiohttp
     import httpx
 
@@ -205,27 +211,88 @@ async def _async_variants(url: str, sizes: Sizes) -> dict[str, list[float]]:
         "tenantlora_httpx": sdk(slow),
     }
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for call in variants.values():  # warm-up: open the connections
         await _drive(call, sizes.concurrency * 2, sizes.concurrency)
     for _ in range(sizes.async_rounds):
         for name, call in variants.items():
-            rates[name].append(await _drive(call, sizes.async_requests, sizes.concurrency))
+            rate, cpu_us = await _drive(call, sizes.async_requests, sizes.concurrency)
+            rates[name].append(rate)
+            cpu[name].append(cpu_us)
     await raw_httpx.aclose()
     await raw_aio.close()
     await fast.aclose()
     await slow.aclose()
-    return rates
+    return rates, cpu
 
 
 def bench_async(url: str, sizes: Sizes) -> dict[str, Any]:
     """AsyncTenantLoRA req/s at concurrency N against raw httpx.AsyncClient and raw aiohttp."""
-    rates = asyncio.run(_async_variants(url, sizes))
+    rates, cpu = asyncio.run(_async_variants(url, sizes))
     med = {name: statistics.median(v) for name, v in rates.items()}
+    cpu_med = {name: statistics.median(v) for name, v in cpu.items()}
     return {
         "concurrency": sizes.concurrency,
         "median_req_per_s": med,
+        "median_cpu_us": cpu_med,
+        "fast_path_cpu_vs_raw_aiohttp": cpu_med["tenantlora_aiohttp"] / cpu_med["raw_aiohttp"],
         "fast_path_vs_raw_aiohttp": med["tenantlora_aiohttp"] / med["raw_aiohttp"],
         "httpx_path_vs_raw_httpx": med["tenantlora_httpx"] / med["raw_httpx"],
+    }
+
+
+# --- 2b. streaming ---------------------------------------------------------------------------
+
+
+def bench_stream(url: str, sizes: Sizes) -> dict[str, Any]:
+    """TenantLoRA.stream drained to the end vs a raw httpx stream drained line by line, and
+    the connections each streamed call opens (0: the pool's connection is reused)."""
+    import httpx
+
+    from tenantlora import TenantLoRA
+    from tenantlora.backends import OpenAICompatible
+
+    body = json.dumps(
+        {"model": "acme-icp-v1", "messages": MESSAGES, "max_tokens": 16, "stream": True}
+    ).encode()
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    raw = httpx.Client()
+    client = TenantLoRA(backend=OpenAICompatible(base_url=url, model="base"), registry=_registry())
+
+    def raw_stream() -> object:
+        with raw.stream("POST", f"{url}/chat/completions", content=body, headers=headers) as r:
+            for _ in r.iter_lines():
+                pass
+        return None
+
+    def sdk() -> object:
+        with client.stream(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16) as s:
+            for _ in s:
+                pass
+        return None
+
+    def connections() -> int:
+        return int(raw.get(f"{url}/connections").json()["connections"])
+
+    variants = {"raw_stream": raw_stream, "tenantlora": sdk}
+    rounds: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up: open the connections
+        _per_call_us(fn, max(5, sizes.sync_calls // 10))
+    before, calls = connections(), 0
+    order = list(variants)
+    for _ in range(sizes.sync_rounds):
+        for name in order:
+            rounds[name].append(_per_call_us(variants[name], sizes.sync_calls))
+        calls += sizes.sync_calls
+        order.reverse()
+    opened = connections() - before
+    client.close()
+    raw.close()
+    ratios = [x / y for x, y in zip(rounds["tenantlora"], rounds["raw_stream"], strict=True)]
+    return {
+        "median_us": {name: statistics.median(v) for name, v in rounds.items()},
+        "ratio_vs_raw_stream": statistics.median(ratios),
+        "new_connections_per_streamed_call": opened / (2 * calls),
     }
 
 
@@ -342,6 +409,7 @@ def bench_import(sizes: Sizes) -> dict[str, Any]:
 def report(results: dict[str, Any], command: str) -> str:
     s, a, r, i = results["sync"], results["async"], results["resolver"], results["import"]
     us, rps, ms = s["median_us"], a["median_req_per_s"], i["median_ms"]
+    cpu, st = a["median_cpu_us"], results["stream"]
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {results['cores']} cores, "
@@ -362,6 +430,18 @@ def report(results: dict[str, Any], command: str) -> str:
         f"| AsyncTenantLoRA, httpx transport | {rps['tenantlora_httpx']:.0f} req/s | |",
         f"| **fast path / raw aiohttp** | **{a['fast_path_vs_raw_aiohttp']:.2f}x** | >= 0.5x |",
         f"| **httpx path / raw httpx** | **{a['httpx_path_vs_raw_httpx']:.2f}x** | >= 0.9x |",
+        f"| client CPU per request, raw aiohttp | {cpu['raw_aiohttp']:.0f} µs | |",
+        f"| client CPU per request, AsyncTenantLoRA fast path "
+        f"| {cpu['tenantlora_aiohttp']:.0f} µs | |",
+        f"| **client CPU per request, fast path / raw aiohttp** "
+        f"| **{a['fast_path_cpu_vs_raw_aiohttp']:.2f}x** | |",
+        f"| sync `TenantLoRA.stream` drained (16 deltas) per call "
+        f"| {st['median_us']['tenantlora']:.0f} µs | |",
+        f"| raw `httpx.Client.stream` drained per call "
+        f"| {st['median_us']['raw_stream']:.0f} µs | |",
+        f"| **ratio stream / raw stream** | **{st['ratio_vs_raw_stream']:.3f}** | <= 1.3 |",
+        f"| **new connections per streamed call** "
+        f"| **{st['new_connections_per_streamed_call']:.3f}** | 0 |",
         f"| **resolver cache-hit lookup, median** | **{r['hit_median_us']:.2f} µs** | <= 2 µs |",
         f"| **1,000 concurrent async misses -> registry reads** "
         f"| **{r['async_1000_concurrent_misses_reads']}** | 1 |",
@@ -390,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     with loopback_server() as url:
         results["sync"] = bench_sync(url, sizes)
         results["async"] = bench_async(url, sizes)
+        results["stream"] = bench_stream(url, sizes)
     results["resolver"] = bench_resolver(sizes)
     results["import"] = bench_import(sizes)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")

@@ -1,8 +1,10 @@
 """A minimal, fast OpenAI-compatible loopback server for benchmarks (raw asyncio, keep-alive).
 
 Run as ``python -m benchmarks.server``; it prints its port on the first line of stdout and
-serves until stdin closes or it is killed. Every POST gets the same small chat completion, so
-what differs between measured clients is the client side only. It binds 127.0.0.1 only.
+serves until stdin closes or it is killed. Every POST gets the same small chat completion (or,
+when the body asks for ``"stream": true``, the same 16-delta SSE stream), so what differs
+between measured clients is the client side only; ``GET /connections`` says how many
+connections it has accepted. It binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -35,6 +37,40 @@ RESPONSE = (
 )
 
 
+def _event(payload: dict[str, object]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _sse_body(deltas: int = 16) -> bytes:
+    """A chat.completion.chunk stream: ``deltas`` text deltas, a finish, usage, [DONE]."""
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "base"}
+    events = [
+        _event({**base, "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]})
+        for i in range(deltas)
+    ]
+    events.append(_event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    usage = {"prompt_tokens": 12, "completion_tokens": deltas, "total_tokens": 12 + deltas}
+    events.append(_event({**base, "choices": [], "usage": usage}))
+    return b"".join(events) + b"data: [DONE]\n\n"
+
+
+SSE_BODY = _sse_body()
+STREAM_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    + b"content-length: "
+    + str(len(SSE_BODY)).encode()
+    + b"\r\n\r\n"
+    + SSE_BODY
+)
+CONNECTIONS = 0  # connections accepted so far; GET /connections answers it
+
+
+def _counted() -> bytes:
+    body = json.dumps({"connections": CONNECTIONS}).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    return head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
 class _Protocol(asyncio.Protocol):
     """Parses pipelined HTTP/1.1 requests with Content-Length bodies; answers each one."""
 
@@ -43,8 +79,10 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        global CONNECTIONS
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        CONNECTIONS += 1
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -60,9 +98,14 @@ class _Protocol(asyncio.Protocol):
             end = head_end + 4 + length
             if len(self.buffer) < end:
                 return
-            self.buffer = self.buffer[end:]
+            request, self.buffer = self.buffer[:end], self.buffer[end:]
             assert self.transport is not None
-            self.transport.write(RESPONSE)
+            if request.startswith(b"GET ") and b"/connections " in request.split(b"\r\n", 1)[0]:
+                self.transport.write(_counted())
+            elif b'"stream": true' in request or b'"stream":true' in request:
+                self.transport.write(STREAM_RESPONSE)
+            else:
+                self.transport.write(RESPONSE)
 
 
 async def _serve() -> None:
