@@ -41,8 +41,8 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 vllm: $(VLLM_STAMP)
 
 lint: install
-	$(BIN)/ruff check tenantlora tests benchmarks examples
-	$(BIN)/ruff format --check tenantlora tests benchmarks examples
+	$(BIN)/ruff check tenantlora tests benchmarks examples scripts
+	$(BIN)/ruff format --check tenantlora tests benchmarks examples scripts
 
 typecheck: install
 	$(BIN)/mypy --strict tenantlora

@@ -296,6 +296,74 @@ def bench_stream(url: str, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+# --- 2c. function calls per request (deterministic) ------------------------------------------
+
+
+def bench_calls(url: str, sizes: Sizes) -> dict[str, float]:
+    """Python function calls per request, counted by cProfile: a figure without timing noise,
+    for comparing two versions of the client side (the server is the same)."""
+    import cProfile
+    import pstats
+
+    import httpx
+
+    from tenantlora import AsyncTenantLoRA, TenantLoRA
+    from tenantlora.backends import OpenAICompatible
+
+    body = json.dumps({"model": "acme-icp-v1", "messages": MESSAGES, "max_tokens": 16}).encode()
+    headers = {"content-type": "application/json"}
+    raw = httpx.Client()
+    client = TenantLoRA(backend=OpenAICompatible(base_url=url, model="base"), registry=_registry())
+    n = max(10, sizes.sync_calls)
+
+    def count(fn: Callable[[], object]) -> float:
+        for _ in range(10):
+            fn()
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(n):
+            fn()
+        profile.disable()
+        return pstats.Stats(profile).total_calls / n  # type: ignore[attr-defined,no-any-return]
+
+    def stream() -> object:
+        with client.stream(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16) as s:
+            for _ in s:
+                pass
+        return None
+
+    counts = {
+        "raw_post": count(
+            lambda: raw.post(f"{url}/chat/completions", content=body, headers=headers)
+        ),
+        "tenantlora_chat": count(
+            lambda: client.chat(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16)
+        ),
+        "tenantlora_stream": count(stream),
+    }
+    client.close()
+    raw.close()
+
+    async def async_count() -> float:
+        backend = OpenAICompatible(base_url=url, model="base", async_transport="aiohttp")
+        aclient = AsyncTenantLoRA(backend=backend, registry=_registry())
+
+        async def some(k: int) -> None:
+            for _ in range(k):
+                await aclient.chat(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16)
+
+        await some(10)
+        profile = cProfile.Profile()
+        profile.enable()
+        await some(n)
+        profile.disable()
+        await aclient.aclose()
+        return pstats.Stats(profile).total_calls / n  # type: ignore[attr-defined,no-any-return]
+
+    counts["tenantlora_achat_aiohttp"] = asyncio.run(async_count())
+    return counts
+
+
 # --- 3. resolver -----------------------------------------------------------------------------
 
 
@@ -409,7 +477,7 @@ def bench_import(sizes: Sizes) -> dict[str, Any]:
 def report(results: dict[str, Any], command: str) -> str:
     s, a, r, i = results["sync"], results["async"], results["resolver"], results["import"]
     us, rps, ms = s["median_us"], a["median_req_per_s"], i["median_ms"]
-    cpu, st = a["median_cpu_us"], results["stream"]
+    cpu, st, c = a["median_cpu_us"], results["stream"], results["calls"]
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {results['cores']} cores, "
@@ -442,6 +510,9 @@ def report(results: dict[str, Any], command: str) -> str:
         f"| **ratio stream / raw stream** | **{st['ratio_vs_raw_stream']:.3f}** | <= 1.3 |",
         f"| **new connections per streamed call** "
         f"| **{st['new_connections_per_streamed_call']:.3f}** | 0 |",
+        f"| function calls per request: raw post / chat / stream / async chat "
+        f"| {c['raw_post']:.0f} / {c['tenantlora_chat']:.0f} / {c['tenantlora_stream']:.0f} / "
+        f"{c['tenantlora_achat_aiohttp']:.0f} | |",
         f"| **resolver cache-hit lookup, median** | **{r['hit_median_us']:.2f} µs** | <= 2 µs |",
         f"| **1,000 concurrent async misses -> registry reads** "
         f"| **{r['async_1000_concurrent_misses_reads']}** | 1 |",
@@ -471,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         results["sync"] = bench_sync(url, sizes)
         results["async"] = bench_async(url, sizes)
         results["stream"] = bench_stream(url, sizes)
+        results["calls"] = bench_calls(url, sizes)
     results["resolver"] = bench_resolver(sizes)
     results["import"] = bench_import(sizes)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "")

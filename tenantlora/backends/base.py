@@ -6,8 +6,8 @@ be handed to :class:`tenantlora.TenantLoRA` and :class:`tenantlora.AsyncTenantLo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from tenantlora._lifecycle import ContextManaged
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
@@ -150,16 +150,17 @@ class BaseBackend(ContextManaged):
         iterator if you stop early: the backend releases what the call holds either way."""
         return self._stream(Call(request, adapter, timeout, record))
 
-    async def achat(
+    def achat(
         self,
         request: ChatRequest,
         *,
         adapter: str | None,
         timeout: float | None = None,
         record: AdapterRecord | None = None,
-    ) -> ChatResponse:
-        """The async twin of :meth:`chat`."""
-        return await self._achat(Call(request, adapter, timeout, record))
+    ) -> Coroutine[Any, Any, ChatResponse]:
+        """The async twin of :meth:`chat` (``await backend.achat(...)``). It returns the hook's
+        coroutine itself rather than awaiting it in one of its own: one frame less per call."""
+        return self._achat(Call(request, adapter, timeout, record))
 
     def astream(
         self,
