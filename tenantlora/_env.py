@@ -7,7 +7,7 @@ all read, override and report missing variables the same way.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from tenantlora.errors import ConfigurationError
@@ -45,9 +45,13 @@ def build_from_env(
     *,
     required: tuple[str, ...],
     overrides: Mapping[str, Any],
+    adjust: Callable[[dict[str, Any]], None] | None = None,
 ) -> T:
-    """``cls(**options_from_env(...))``; an unknown override is a ConfigurationError."""
+    """``cls(**options_from_env(...))``, after ``adjust(options)`` when given (a class that
+    reads one variable into several options); an unknown override is a ConfigurationError."""
     options = options_from_env(cls.__name__, variables, required=required, overrides=overrides)
+    if adjust is not None:
+        adjust(options)
     try:
         return cls(**options)
     except TypeError as exc:

@@ -28,7 +28,7 @@ import httpx
 from pydantic import SecretStr
 
 from tenantlora._digests import DigestMemo
-from tenantlora._env import options_from_env
+from tenantlora._env import build_from_env
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora.backends.base import BaseBackend, Call
@@ -173,15 +173,14 @@ class VLLM(BaseBackend):
         }
         several = "base_urls" in overrides  # given directly: no BASE_URL needed
         required = (prefix + "MODEL",) if several else (prefix + "BASE_URL", prefix + "MODEL")
-        options = options_from_env(cls.__name__, variables, required=required, overrides=overrides)
-        if several:
-            options.pop("base_url", None)
-        elif "," in options["base_url"]:
-            options["base_urls"] = [u.strip() for u in options.pop("base_url").split(",")]
-        try:
-            return cls(**options)
-        except TypeError as exc:
-            raise ConfigurationError(f"{cls.__name__}.from_env: {exc}") from exc
+
+        def adjust(options: dict[str, Any]) -> None:
+            if several:
+                options.pop("base_url", None)
+            elif "," in options["base_url"]:
+                options["base_urls"] = [u.strip() for u in options.pop("base_url").split(",")]
+
+        return build_from_env(cls, variables, required=required, overrides=overrides, adjust=adjust)
 
     def __repr__(self) -> str:
         return f"VLLM(name={self.name!r}, base_urls={list(self._urls)!r}, model={self.model!r})"
