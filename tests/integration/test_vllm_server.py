@@ -313,9 +313,9 @@ def test_two_tenants_with_one_adapter_id_get_their_own_weights(
     """kahuna and goliath both publish adapter_id "icp-v1" with their own files: the real server
     loads two adapters under two content names, and every answer is the tenant's own (the
     finding: goliath was served kahuna's weights, 12 of 12)."""
-    records = {
-        tenant: AdapterRecord(
-            tenant=tenant, task="icp", adapter_id="icp-v1", uri=str(vllm_models.adapters[tenant])
+    records = {  # each tenant's own copy (unique to this test), published under one id
+        tenant: _record(vllm_models, tenant, f"sameid-{tenant}").model_copy(
+            update={"adapter_id": "icp-v1"}
         )
         for tenant in ("kahuna", "goliath")
     }
