@@ -16,7 +16,11 @@ VLLM_VENV  ?= $(CACHE_DIR)/venv-$(subst ==,-,$(VLLM))
 VLLM_STAMP := $(VLLM_VENV)/.installed
 export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 
-.PHONY: install vllm lint typecheck pytest docs test bench demo clean
+# Debian packages the tests run for real (real servers, not mocks), installed when missing.
+DEBIAN_PACKAGES ?= redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install vllm system lint typecheck pytest docs test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +44,10 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 
 vllm: $(VLLM_STAMP)
 
+system:
+	@command -v redis-server >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DEBIAN_PACKAGES); }
+
 lint: install
 	$(BIN)/ruff check tenantlora tests benchmarks examples scripts
 	$(BIN)/ruff format --check tenantlora tests benchmarks examples scripts
@@ -47,7 +55,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict tenantlora
 
-pytest: install vllm
+pytest: install vllm system
 	$(BIN)/pytest -q
 
 docs: install

@@ -24,18 +24,34 @@ from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.errors import ConfigurationError
 from tenantlora.registry import (
     AsyncCloudflareKV,
+    AsyncRedisRegistry,
     CloudflareKV,
     MemoryRegistry,
+    RedisRegistry,
     SQLiteRegistry,
 )
 from tenantlora.registry.cloudflare_kv import REGISTRY_TIMEOUT
 
 HTTP_BACKENDS = (OpenAICompatible, WorkersAI, VLLM)
 HTTP_REGISTRIES = (CloudflareKV, AsyncCloudflareKV)
-ALL = (*HTTP_BACKENDS, LocalPeft, MemoryRegistry, SQLiteRegistry, *HTTP_REGISTRIES)
+ALL = (
+    *HTTP_BACKENDS,
+    LocalPeft,
+    MemoryRegistry,
+    SQLiteRegistry,
+    RedisRegistry,
+    AsyncRedisRegistry,
+    *HTTP_REGISTRIES,
+)
 
 # The one positional parameter a class may take: what it is built from.
-POSITIONAL = {LocalPeft: "base", MemoryRegistry: "records", SQLiteRegistry: "path"}
+POSITIONAL = {
+    LocalPeft: "base",
+    MemoryRegistry: "records",
+    SQLiteRegistry: "path",
+    RedisRegistry: "url",
+    AsyncRedisRegistry: "url",
+}
 # Names every HTTP class takes for the concepts every HTTP class has.
 HTTP_NAMES = ("api_key", "base_url", "timeout", "headers", "http_client")
 # Spellings of those concepts that must not appear (one concept, one name).
@@ -111,7 +127,7 @@ def test_http_registries_share_defaults(cls: type) -> None:
     assert defaults["timeout"] == REGISTRY_TIMEOUT
 
 
-@pytest.mark.parametrize("cls", [MemoryRegistry, SQLiteRegistry, CloudflareKV])
+@pytest.mark.parametrize("cls", [MemoryRegistry, SQLiteRegistry, CloudflareKV, RedisRegistry])
 def test_writable_registries_take_store_root(cls: type) -> None:
     defaults = {p.name: p.default for p in parameters(cls)}
     assert defaults["store_root"] is None

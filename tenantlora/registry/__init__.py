@@ -16,6 +16,7 @@ from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, Writ
 if TYPE_CHECKING:
     from tenantlora.registry.cloudflare_kv import AsyncCloudflareKV, CloudflareKV
     from tenantlora.registry.memory import MemoryRegistry
+    from tenantlora.registry.redis import AsyncRedisRegistry, RedisRegistry
     from tenantlora.registry.sqlite import SQLiteRegistry
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "AsyncAdapterRegistry",
     "AsyncCloudflareKV",
     "CloudflareKV",
+    "AsyncRedisRegistry",
     "MemoryRegistry",
+    "RedisRegistry",
     "SQLiteRegistry",
     "WritableRegistry",
 ]
@@ -31,7 +34,9 @@ __all__ = [
 _LAZY = {
     "AsyncCloudflareKV": "tenantlora.registry.cloudflare_kv",
     "CloudflareKV": "tenantlora.registry.cloudflare_kv",
+    "AsyncRedisRegistry": "tenantlora.registry.redis",
     "MemoryRegistry": "tenantlora.registry.memory",
+    "RedisRegistry": "tenantlora.registry.redis",
     "SQLiteRegistry": "tenantlora.registry.sqlite",
 }
 

@@ -1,0 +1,338 @@
+"""A registry in Redis, shared by every process and host of a fleet (redis-py, extra ``redis``).
+
+Key layout, version 1 (``{p}`` is the prefix, default ``tenantlora:``; the tenant sits in a
+hash tag so one tenant's keys share a Redis Cluster slot)::
+
+    {p}schema                 "1" (a prefix holding another layout version is refused)
+    {p}{<tenant>}:versions    hash  "<task>:<version>" -> the AdapterRecord as JSON
+    {p}{<tenant>}:active      hash  "<task>" -> the active version
+    {p}tenants                set   tenants with at least one record
+
+A read takes one round trip (the two hashes of the tenant in one MULTI/EXEC, a consistent
+snapshot). Every write is optimistic: ``WATCH`` the tenant's two hashes, read them, decide in
+Python (the shared rules of :class:`~tenantlora.registry.writable.WritableBase`), then apply
+everything in one ``MULTI/EXEC``; if another client changed the tenant in between, the write is
+retried from the start. So concurrent publishers from any number of processes get contiguous
+versions, and a write that fails (or a client killed mid-write) changes nothing.
+
+A stored value that does not parse, or that claims another tenant, task or version than its key,
+raises :class:`~tenantlora.errors.RegistryError` naming the key and field (never the value).
+Every redis-py and socket error becomes a RegistryError. Migration: a future layout version
+will read version 1 and rewrite a tenant at a time; version 1 is the first.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from tenantlora._http.errors import Mapped
+from tenantlora._lifecycle import AsyncClosing
+from tenantlora.errors import ConfigurationError, RegistryError
+from tenantlora.naming import validate_tenant
+from tenantlora.registry.writable import Choose, WritableBase, summarise
+from tenantlora.types import AdapterRecord, TenantAdapters
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+__all__ = ["LAYOUT_VERSION", "AsyncRedisRegistry", "RedisRegistry"]
+
+LAYOUT_VERSION = "1"
+DEFAULT_PREFIX = "tenantlora:"
+REGISTRY_TIMEOUT = 10.0
+_MAX_ATTEMPTS = 1000  # optimistic retries of one write under contention
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the extra is installed in every test environment
+        raise ConfigurationError(
+            "RedisRegistry needs redis-py: pip install 'tenantlora[redis]'"
+        ) from None
+    return redis
+
+
+class _Layout:
+    """Key names and value parsing for one prefix (pure; shared by the sync and async twins)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigurationError("prefix must be a string without '{' or '}'")
+        self.url = url
+        self.prefix = prefix
+        self.schema = f"{prefix}schema"
+        self.tenants = f"{prefix}tenants"
+
+    def versions(self, tenant: str) -> str:
+        return f"{self.prefix}{{{tenant}}}:versions"
+
+    def active(self, tenant: str) -> str:
+        return f"{self.prefix}{{{tenant}}}:active"
+
+    def fail(self, action: str, reason: str, tenant: str | None = None) -> RegistryError:
+        return RegistryError(f"Redis registry: {action} failed: {reason}", tenant=tenant)
+
+    def boundary(self, action: str, tenant: str | None = None) -> Mapped:
+        """redis-py and socket errors -> RegistryError (the type only: messages may hold the
+        URL with its password)."""
+        redis = _import_redis()
+
+        def convert(exc: BaseException) -> Exception:
+            return self.fail(action, f"{type(exc).__name__} from the server", tenant)
+
+        return Mapped((redis.RedisError, OSError), convert, detail=False)
+
+    def check_schema(self, stored: bytes | None) -> None:
+        if stored is not None and stored != LAYOUT_VERSION.encode():
+            shown = stored[:20].decode("utf-8", "replace")
+            reason = (
+                f"{self.schema!r} says layout version {shown!r}, this client reads "
+                f"{LAYOUT_VERSION!r}; migrate first"
+            )
+            raise self.fail("open", reason)
+
+    def record(self, tenant: str, field: bytes, value: bytes) -> AdapterRecord:
+        """One stored version, checked against the key it is stored under."""
+        key = self.versions(tenant)
+        try:
+            task, _, version = field.decode().rpartition(":")
+            record = AdapterRecord.model_validate_json(value)
+        except UnicodeDecodeError:
+            raise self._malformed(key, field, "not UTF-8", tenant) from None
+        except ValidationError as exc:
+            raise self._malformed(key, field, summarise(exc), tenant) from None
+        if (record.tenant, record.task, str(record.version)) != (tenant, task, version):
+            reason = "the record names another tenant, task or version"
+            raise self._malformed(key, field, reason, tenant)
+        return record
+
+    def _malformed(self, key: str, field: bytes, reason: str, tenant: str) -> RegistryError:
+        shown = field[:80].decode("utf-8", "replace")
+        return RegistryError(
+            f"Redis registry: malformed value in {key!r} field {shown!r}: {reason}",
+            tenant=tenant,
+        )
+
+    def records(self, tenant: str, versions: Mapping[bytes, bytes]) -> list[AdapterRecord]:
+        found = [self.record(tenant, field, value) for field, value in versions.items()]
+        return sorted(found, key=lambda r: (r.task, r.version))
+
+    def active_versions(self, tenant: str, active: Mapping[bytes, bytes]) -> dict[str, int]:
+        parsed: dict[str, int] = {}
+        for task, version in active.items():
+            try:
+                parsed[task.decode()] = int(version)
+            except (UnicodeDecodeError, ValueError):
+                raise self._malformed(self.active(tenant), task, "not a version", tenant) from None
+        return parsed
+
+    def adapters(
+        self, tenant: str, active: Mapping[bytes, bytes], versions: Mapping[bytes, bytes]
+    ) -> TenantAdapters | None:
+        """What ``get`` returns: the active record per task."""
+        if not active:
+            return None
+        records = {(r.task, r.version): r for r in self.records(tenant, versions)}
+        chosen: dict[str, AdapterRecord] = {}
+        for task, version in sorted(self.active_versions(tenant, active).items()):
+            record = records.get((task, version))
+            if record is None:
+                raise self._malformed(
+                    self.active(tenant), task.encode(), f"version {version} is not stored", tenant
+                )
+            chosen[task] = record
+        return TenantAdapters(tenant=tenant, adapters=chosen)
+
+
+class RedisRegistry(WritableBase):
+    """A :class:`~tenantlora.registry.WritableRegistry` in Redis; see the module docstring.
+
+    ``url`` is a redis-py URL (``redis://[:password@]host:6379/0``, ``rediss://`` for TLS);
+    ``timeout`` bounds connecting and every command; ``redis_client`` is an existing ``redis.Redis``
+    (your pool, TLS or Sentinel setup), used as is and not closed by :meth:`close`.
+
+    Example::
+
+        registry = RedisRegistry("redis://cache:6379/0")
+        registry.publish("acme", "icp_classifier", adapter_id="acme-icp-v1")
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = REGISTRY_TIMEOUT,
+        redis_client: redis.Redis | None = None,
+        store_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._layout = _Layout(url, prefix)
+        self.store_root = store_root
+        redis = _import_redis()
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        with self._layout.boundary("open"):
+            self._client: Any = redis_client or redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        self._owns_client = redis_client is None
+        self._watch_error = redis.WatchError
+
+    @property
+    def prefix(self) -> str:
+        return self._layout.prefix
+
+    def __repr__(self) -> str:
+        return f"RedisRegistry(prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        """Close the connection pool (unless the client was supplied)."""
+        if self._owns_client:
+            self._client.close()
+
+    def get(self, tenant: str) -> TenantAdapters | None:
+        """The tenant's active record per task, or None when it has none."""
+        validate_tenant(tenant)
+        layout = self._layout
+        with layout.boundary("read", tenant):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(layout.active(tenant)).hgetall(layout.versions(tenant))
+            active, versions = pipe.execute()
+        return layout.adapters(tenant, active, versions)
+
+    # -- storage (WritableBase hooks): WATCH, read, decide, MULTI/EXEC -------------------------
+
+    def _write(self, action: str, tenant: str, apply: Any) -> Any:
+        """Run ``apply(pipe, active, versions)`` optimistically until no one raced it."""
+        layout = self._layout
+        keys = (layout.active(tenant), layout.versions(tenant))
+        with layout.boundary(action, tenant):
+            for _ in range(_MAX_ATTEMPTS):
+                with self._client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(*keys, layout.schema)
+                        layout.check_schema(pipe.get(layout.schema))
+                        active, versions = pipe.hgetall(keys[0]), pipe.hgetall(keys[1])
+                        pipe.multi()
+                        result = apply(pipe, active, versions)
+                        pipe.execute()
+                    except self._watch_error:
+                        continue
+                    return result
+        raise layout.fail(action, "too much contention on this tenant", tenant)
+
+    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
+        layout, tenant, task = self._layout, draft.tenant, draft.task
+
+        def apply(pipe: Any, active: Mapping[bytes, bytes], versions: Any) -> AdapterRecord:
+            mine = [r.version for r in layout.records(tenant, versions) if r.task == task]
+            record = draft.model_copy(update={"version": max(mine, default=0) + 1})
+            field = f"{task}:{record.version}"
+            pipe.hset(layout.versions(tenant), field, record.model_dump_json())
+            pipe.hset(layout.active(tenant), task, record.version)
+            pipe.sadd(layout.tenants, tenant)
+            pipe.setnx(layout.schema, LAYOUT_VERSION)
+            return record
+
+        result: AdapterRecord = self._write("publish", tenant, apply)
+        return result
+
+    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
+        layout = self._layout
+
+        def apply(pipe: Any, active: Mapping[bytes, bytes], versions: Any) -> AdapterRecord:
+            mine = {r.version: r for r in layout.records(tenant, versions) if r.task == task}
+            target = choose(sorted(mine), layout.active_versions(tenant, active).get(task))
+            pipe.hset(layout.active(tenant), task, target)
+            return mine[target]
+
+        result: AdapterRecord = self._write("roll back", tenant, apply)
+        return result
+
+    def _erase(self, tenant: str) -> builtins.list[AdapterRecord]:
+        layout = self._layout
+
+        def apply(pipe: Any, active: Any, versions: Any) -> builtins.list[AdapterRecord]:
+            # Parsed before deleting: a malformed value aborts the erasure, so nothing is lost
+            # without the caller learning which adapter files to delete.
+            deleted = layout.records(tenant, versions)
+            pipe.delete(layout.active(tenant), layout.versions(tenant))
+            pipe.srem(layout.tenants, tenant)
+            return deleted
+
+        result: builtins.list[AdapterRecord] = self._write("delete tenant", tenant, apply)
+        return result
+
+    def _select(
+        self, tenant: str | None, task: str | None, history: bool
+    ) -> builtins.list[AdapterRecord]:
+        layout = self._layout
+        with layout.boundary("list", tenant):
+            if tenant is not None:
+                names: Iterable[str] = [tenant]
+            else:
+                names = sorted(t.decode() for t in self._client.smembers(layout.tenants))
+            found: builtins.list[AdapterRecord] = []
+            for name in names:
+                pipe = self._client.pipeline(transaction=True)
+                pipe.hgetall(layout.active(name)).hgetall(layout.versions(name))
+                active, versions = pipe.execute()
+                current = layout.active_versions(name, active)
+                found.extend(
+                    r
+                    for r in layout.records(name, versions)
+                    if (task is None or r.task == task)
+                    and (history or current.get(r.task) == r.version)
+                )
+        return found
+
+
+class AsyncRedisRegistry(AsyncClosing):
+    """The async reader of a :class:`RedisRegistry` (an ``AsyncAdapterRegistry``), for
+    :class:`~tenantlora.AsyncTenantLoRA`: ``await registry.get(tenant)``, on
+    ``redis.asyncio``. Writes are admin operations: use the sync class."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = REGISTRY_TIMEOUT,
+        redis_client: redis.asyncio.Redis | None = None,
+    ) -> None:
+        self._layout = _Layout(url, prefix)
+        _import_redis()
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        import redis.asyncio as aioredis
+
+        with self._layout.boundary("open"):
+            self._client: Any = redis_client or aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        self._owns_client = redis_client is None
+
+    def __repr__(self) -> str:
+        return f"AsyncRedisRegistry(prefix={self._layout.prefix!r})"
+
+    async def get(self, tenant: str) -> TenantAdapters | None:
+        """The async twin of :meth:`RedisRegistry.get`."""
+        validate_tenant(tenant)
+        layout = self._layout
+        with layout.boundary("read", tenant):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(layout.active(tenant)).hgetall(layout.versions(tenant))
+            active, versions = await pipe.execute()
+        return layout.adapters(tenant, active, versions)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (unless the client was supplied)."""
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,143 @@
+"""RedisRegistry against a real redis-server: the shared contract, the layout, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer
+
+redis = pytest.importorskip("redis")
+
+from tenantlora.errors import RegistryError  # noqa: E402
+from tenantlora.registry import AsyncRedisRegistry, RedisRegistry  # noqa: E402
+from tenantlora.testing.registries import TASK, RegistryContract  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}:"  # a fresh, empty registry per test on one server
+
+
+@pytest.fixture
+def registry(server: RedisServer, prefix: str) -> Iterator[RedisRegistry]:
+    with RedisRegistry(server.url, prefix=prefix) as registry:
+        yield registry
+
+
+class TestRedisContract(RegistryContract):
+    """RedisRegistry passes the shared WritableRegistry contract against a real server."""
+
+    @pytest.fixture
+    def registry(self, server: RedisServer, prefix: str) -> Iterator[RedisRegistry]:
+        with RedisRegistry(server.url, prefix=prefix) as registry:
+            yield registry
+
+
+def _publish_many(url: str, prefix: str, worker: int, each: int) -> list[int]:
+    with RedisRegistry(url, prefix=prefix) as registry:
+        return [
+            registry.publish("acme", TASK, adapter_id=f"p{worker}-{i}").version for i in range(each)
+        ]
+
+
+def test_publishers_in_several_processes_get_contiguous_versions(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    processes, each = 4, 15
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.starmap(
+            _publish_many, [(server.url, prefix, w, each) for w in range(processes)]
+        )
+    versions = sorted(v for result in results for v in result)
+    assert versions == list(range(1, processes * each + 1))
+    assert registry.get("acme").adapters[TASK].version == processes * each  # type: ignore[union-attr]
+
+
+def test_the_layout_is_as_documented(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    registry.publish("acme", TASK, adapter_id="a1")
+    raw = redis.Redis.from_url(server.url)
+    assert raw.get(f"{prefix}schema") == b"1"
+    assert raw.smembers(f"{prefix}tenants") == {b"acme"}
+    assert raw.hget(f"{prefix}{{acme}}:active", TASK) == b"1"
+    stored = json.loads(raw.hget(f"{prefix}{{acme}}:versions", f"{TASK}:1"))
+    assert (stored["tenant"], stored["task"], stored["adapter_id"]) == ("acme", TASK, "a1")
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b"{}", b'{"tenant": "other", "task": "icp", "version": 1, "adapter_id": "x"}',
+     b"\xff\xfe"],
+    ids=["not-json", "missing-fields", "another-tenant", "not-utf8"],
+)  # fmt: skip
+def test_a_malformed_stored_value_is_a_registry_error_naming_the_key(
+    registry: RedisRegistry, server: RedisServer, prefix: str, value: bytes
+) -> None:
+    registry.publish("acme", TASK, adapter_id="a1")
+    raw = redis.Redis.from_url(server.url)
+    raw.hset(f"{prefix}{{acme}}:versions", f"{TASK}:1", value)
+    raw.close()
+    for read in (lambda: registry.get("acme"), lambda: registry.list(history=True)):
+        with pytest.raises(RegistryError, match=r"\{acme\}:versions") as raised:
+            read()
+        assert "not json" not in str(raised.value)  # the value itself is never quoted
+    with pytest.raises(RegistryError):
+        registry.delete_tenant("acme")  # a malformed value aborts the erasure...
+    assert redis.Redis.from_url(server.url).hlen(f"{prefix}{{acme}}:versions") == 1  # ...intact
+
+
+def test_another_layout_version_is_refused_before_writing(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    raw = redis.Redis.from_url(server.url)
+    raw.set(f"{prefix}schema", b"2")
+    with pytest.raises(RegistryError, match="layout version '2'"):
+        registry.publish("acme", TASK, adapter_id="a1")
+    assert raw.exists(f"{prefix}{{acme}}:versions") == 0
+    raw.close()
+
+
+def test_a_server_that_is_down_is_a_registry_error(tmp_path: Path) -> None:
+    down = RedisServer(tmp_path)  # never started: its port refuses connections
+    with RedisRegistry(down.url, timeout=1.0) as registry:
+        for call in (
+            lambda: registry.get("acme"),
+            lambda: registry.publish("acme", TASK, adapter_id="x"),
+        ):
+            with pytest.raises(RegistryError, match="ConnectionError") as raised:
+                call()
+            assert down.url not in str(raised.value)
+
+
+def test_async_get_reads_the_same_records(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    registry.publish("acme", TASK, adapter_id="a1")
+    registry.publish("acme", TASK, adapter_id="a2")
+    registry.rollback("acme", TASK)
+
+    async def read() -> tuple[str, int] | None:
+        async with AsyncRedisRegistry(server.url, prefix=prefix) as reader:
+            found = await reader.get("acme")
+            assert await reader.get("nobody") is None
+        return (
+            None
+            if found is None
+            else (found.adapters[TASK].adapter_id, found.adapters[TASK].version)
+        )
+
+    assert asyncio.run(read()) == ("a1", 1)
