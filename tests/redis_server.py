@@ -1,9 +1,10 @@
 """A throwaway real redis-server (Debian's ``redis-server``) on a free loopback port.
 
-``with RedisServer(tmp_path) as server: server.url`` starts it with no persistence in its own
-directory, waits until it answers PING, and stops it on exit. ``stop()`` / ``start()`` restart
-it on the same port (outage tests). Skips the calling test when redis-server is not installed
-(``make test`` installs it).
+``with RedisServer(tmp_path) as server: server.url`` starts it in its own directory, with no
+persistence unless ``persist=True`` (an append-only file synced on every write, so data survives
+``stop()`` / ``start()``), waits until it answers PING, and stops it on exit. ``stop()`` and
+``start()`` restart it on the same port (outage tests). Skips the calling test when
+redis-server is not installed (``make test`` installs it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persist: bool = False) -> None:
+        self.persist = persist
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             pytest.skip("redis-server is not installed (make test installs it)")
@@ -39,11 +41,11 @@ class RedisServer:
     def start(self) -> None:
         assert self.binary is not None
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        appendonly = "yes" if self.persist else "no"
+        args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--appendonly", appendonly, "--appendfsync", "always"]
+        args += ["--dir", str(self.directory), "--protected-mode", "yes"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

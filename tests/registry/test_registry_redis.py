@@ -141,3 +141,34 @@ def test_async_get_reads_the_same_records(
         )
 
     assert asyncio.run(read()) == ("a1", 1)
+
+
+def test_chats_keep_answering_through_an_outage_and_recover(tmp_path: Path) -> None:
+    """The server stops mid-traffic: a stale entry serves within max_stale, then the base model
+    with registry_error; once it is back (and error_ttl passed), the adapter serves again."""
+    from tenantlora import TenantLoRA
+    from tenantlora.testing import FakeBackend, ManualClock
+
+    messages = [{"role": "user", "content": "hi"}]
+    with (
+        RedisServer(tmp_path / "redis", persist=True) as server,
+        RedisRegistry(server.url, timeout=1.0) as registry,
+    ):
+        registry.publish("acme", TASK, adapter_id="acme-v1")
+        clock = ManualClock()
+        client = TenantLoRA(backend=FakeBackend(), registry=registry, ttl=1.0, clock=clock)
+        assert client.chat(tenant="acme", task=TASK, messages=messages).adapter == "acme-v1"
+        server.stop()
+        clock.advance(2.0)  # the entry expired: the next chat asks the (dead) server
+        stale = client.chat(tenant="acme", task=TASK, messages=messages)
+        assert stale.adapter == "acme-v1"
+        assert client.resolver.stats().stale == 1
+        clock.advance(400.0)  # past max_stale: no entry may serve any more
+        down = client.chat(tenant="acme", task=TASK, messages=messages)
+        assert (down.adapter, down.fallback_reason) == (None, "registry_error")
+        server.start()
+        clock.advance(2.0)  # past error_ttl: the server is asked again
+        back = client.chat(tenant="acme", task=TASK, messages=messages)
+        assert (back.adapter, back.fallback_reason) == ("acme-v1", None)
+        assert client.resolver.stats().misses == 2
+        client.close()
