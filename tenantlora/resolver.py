@@ -48,7 +48,7 @@ from tenantlora._resolver_state import (
     is_timeout,
 )
 from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
-from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
+from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, Change
 from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
 
 if TYPE_CHECKING:
@@ -136,6 +136,26 @@ class _ResolverCore:
         self._flights: dict[str, Flight] = {}
         self._hits = self._misses = self._stale = self._errors = 0
         self._reads = self._drops = self._coalesced = 0
+        # A registry with a change feed (Redis pub/sub, ...) tells us what changed, in every
+        # process at once; the TTL stays the backstop for a feed that is down.
+        watch = getattr(registry, "watch", None)
+        self._subscription = watch(self._on_change) if callable(watch) else None
+
+    def _on_change(self, change: Change | None) -> None:
+        """A write the registry announced: drop that tenant; None (the feed (re)subscribed and
+        may have missed changes): expire every entry, so each tenant's next resolve reads the
+        registry again (the last good entries stay, for stale-if-error only)."""
+        if change is None:
+            self.expire_all()
+        else:
+            self.invalidate(change.tenant)
+
+    def expire_all(self) -> None:
+        """Make every tenant's next resolve read the registry, keeping the last good entries
+        for ``max_stale`` (unlike :meth:`clear`)."""
+        with self._lock:
+            self._fresh.clear()
+            self._failed.clear()
 
     def invalidate(self, tenant: str, task: str | None = None) -> None:
         """Forget what is known about ``tenant``: the next resolve reads the registry.

@@ -7,12 +7,20 @@ publish adapters use the write side (:class:`WritableRegistry`).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
 
-__all__ = ["AdapterRegistry", "AsyncAdapterRegistry", "WritableRegistry"]
+__all__ = [
+    "AdapterRegistry",
+    "AsyncAdapterRegistry",
+    "Change",
+    "ChangeCallback",
+    "Subscription",
+    "WatchableRegistry",
+    "WritableRegistry",
+]
 
 
 @runtime_checkable
@@ -87,3 +95,36 @@ class WritableRegistry(AdapterRegistry, Protocol):
     ) -> builtins.list[AdapterRecord]: ...
 
     def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]: ...
+
+
+class Change(NamedTuple):
+    """One write a registry announced: ``task`` and ``version`` are None for a whole-tenant
+    change (an erasure)."""
+
+    tenant: str
+    task: str | None = None
+    version: int | None = None
+
+
+ChangeCallback = Callable[["Change | None"], None]
+"""Called with each :class:`Change`, or with None when changes may have been missed (the feed
+reconnected): the receiver then forgets everything it cached."""
+
+
+class Subscription(Protocol):
+    """A running change feed; ``close()`` stops it (idempotent)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class WatchableRegistry(Protocol):
+    """A registry with a change feed. ``watch(callback)`` starts delivering every write's
+    :class:`Change` (from any process) to ``callback``, on a thread of the registry's, until
+    the returned subscription or the registry is closed; after a reconnect it calls
+    ``callback(None)`` first, since changes sent while disconnected are lost. The callback must
+    be quick and must not raise (an exception is logged and the feed goes on).
+    :class:`~tenantlora.resolver.AdapterResolver` subscribes by itself when its registry has a
+    feed, and drops exactly the tenants that changed; its TTL stays the backstop."""
+
+    def watch(self, callback: ChangeCallback) -> Subscription: ...

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ from tenantlora._http.errors import Mapped
 from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
+from tenantlora.registry._redis_feed import Feed, Subscribed, encode_change
+from tenantlora.registry.base import Change, ChangeCallback
 from tenantlora.registry.writable import Choose, WritableBase, summarise
 from tenantlora.types import AdapterRecord, TenantAdapters
 
@@ -69,6 +72,7 @@ class _Layout:
         self.prefix = prefix
         self.schema = f"{prefix}schema"
         self.tenants = f"{prefix}tenants"
+        self.channel = f"{prefix}changes"
 
     def versions(self, tenant: str) -> str:
         return f"{self.prefix}{{{tenant}}}:versions"
@@ -184,6 +188,8 @@ class RedisRegistry(WritableBase):
             )
         self._owns_client = redis_client is None
         self._watch_error = redis.WatchError
+        self._feed: Feed | None = None
+        self._feed_lock = threading.Lock()
 
     @property
     def prefix(self) -> str:
@@ -192,8 +198,18 @@ class RedisRegistry(WritableBase):
     def __repr__(self) -> str:
         return f"RedisRegistry(prefix={self.prefix!r})"
 
+    def watch(self, callback: ChangeCallback) -> Subscribed:
+        """Deliver every write's :class:`~tenantlora.registry.base.Change` (from any process)
+        to ``callback``; see :class:`~tenantlora.registry.base.WatchableRegistry`."""
+        with self._feed_lock:
+            if self._feed is None:
+                self._feed = Feed(self._client, self._layout.channel)
+            return self._feed.add(callback)
+
     def close(self) -> None:
-        """Close the connection pool (unless the client was supplied)."""
+        """Stop the change feed and close the connection pool (unless it was supplied)."""
+        if self._feed is not None:
+            self._feed.close()
         if self._owns_client:
             self._client.close()
 
@@ -239,6 +255,7 @@ class RedisRegistry(WritableBase):
             pipe.hset(layout.active(tenant), task, record.version)
             pipe.sadd(layout.tenants, tenant)
             pipe.setnx(layout.schema, LAYOUT_VERSION)
+            pipe.publish(layout.channel, encode_change(Change(tenant, task, record.version)))
             return record
 
         result: AdapterRecord = self._write("publish", tenant, apply)
@@ -251,6 +268,7 @@ class RedisRegistry(WritableBase):
             mine = {r.version: r for r in layout.records(tenant, versions) if r.task == task}
             target = choose(sorted(mine), layout.active_versions(tenant, active).get(task))
             pipe.hset(layout.active(tenant), task, target)
+            pipe.publish(layout.channel, encode_change(Change(tenant, task, target)))
             return mine[target]
 
         result: AdapterRecord = self._write("roll back", tenant, apply)
@@ -265,6 +283,7 @@ class RedisRegistry(WritableBase):
             deleted = layout.records(tenant, versions)
             pipe.delete(layout.active(tenant), layout.versions(tenant))
             pipe.srem(layout.tenants, tenant)
+            pipe.publish(layout.channel, encode_change(Change(tenant)))
             return deleted
 
         result: builtins.list[AdapterRecord] = self._write("delete tenant", tenant, apply)
@@ -313,11 +332,16 @@ class AsyncRedisRegistry(AsyncClosing):
             raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
         import redis.asyncio as aioredis
 
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
         with self._layout.boundary("open"):
-            self._client: Any = redis_client or aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            self._client: Any = redis_client or aioredis.Redis.from_url(url, **self._options)
         self._owns_client = redis_client is None
+        self._feed: Feed | None = None
+        self._feed_client: Any = None
+        self._feed_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AsyncRedisRegistry(prefix={self._layout.prefix!r})"
@@ -332,7 +356,21 @@ class AsyncRedisRegistry(AsyncClosing):
             active, versions = await pipe.execute()
         return layout.adapters(tenant, active, versions)
 
+    def watch(self, callback: ChangeCallback) -> Subscribed:
+        """Like :meth:`RedisRegistry.watch` (the feed runs on a thread with a sync connection
+        of its own, opened from ``url``)."""
+        redis = _import_redis()
+        with self._feed_lock:
+            if self._feed is None:
+                self._feed_client = redis.Redis.from_url(self._layout.url, **self._options)
+                self._feed = Feed(self._feed_client, self._layout.channel)
+            return self._feed.add(callback)
+
     async def aclose(self) -> None:
-        """Close the connection pool (unless the client was supplied)."""
+        """Stop the change feeds and close the connection pools (unless supplied)."""
+        if self._feed is not None:
+            self._feed.close()
+        if self._feed_client is not None:
+            self._feed_client.close()
         if self._owns_client:
             await self._client.aclose()

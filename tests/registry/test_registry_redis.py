@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_server import RedisServer
@@ -157,6 +159,7 @@ def test_chats_keep_answering_through_an_outage_and_recover(tmp_path: Path) -> N
         registry.publish("acme", TASK, adapter_id="acme-v1")
         clock = ManualClock()
         client = TenantLoRA(backend=FakeBackend(), registry=registry, ttl=1.0, clock=clock)
+        assert registry.watch(lambda change: None).connected.wait(WAIT)  # the feed is up
         assert client.chat(tenant="acme", task=TASK, messages=messages).adapter == "acme-v1"
         server.stop()
         clock.advance(2.0)  # the entry expired: the next chat asks the (dead) server
@@ -172,3 +175,91 @@ def test_chats_keep_answering_through_an_outage_and_recover(tmp_path: Path) -> N
         assert (back.adapter, back.fallback_reason) == ("acme-v1", None)
         assert client.resolver.stats().misses == 2
         client.close()
+
+
+# -- the change feed ------------------------------------------------------------------------------
+
+
+def _watched(registry: RedisRegistry) -> tuple[list[object], threading.Event, Any]:
+    """A test subscriber after the resolver's: when it has seen a change, so has the resolver."""
+    seen: list[object] = []
+    arrived = threading.Event()
+
+    def note(change: object) -> None:
+        seen.append(change)
+        arrived.set()
+
+    feed = registry.watch(note)
+    assert feed.connected.wait(WAIT)  # set once the subscription's first None is delivered
+    seen.clear()
+    arrived.clear()
+    return seen, arrived, feed._feed
+
+
+WAIT = 10.0
+
+
+def test_a_rollback_in_another_process_reaches_every_resolver_at_once(
+    server: RedisServer, prefix: str
+) -> None:
+    """Process A's rollback is seen by B's resolver on its next resolve, with a 300 s TTL."""
+    from tenantlora.registry.base import Change
+    from tenantlora.resolver import AdapterResolver
+
+    with (
+        RedisRegistry(server.url, prefix=prefix) as writer,
+        RedisRegistry(server.url, prefix=prefix) as reader,
+    ):
+        writer.publish("acme", TASK, adapter_id="a1")
+        writer.publish("acme", TASK, adapter_id="a2")
+        writer.publish("other", TASK, adapter_id="o1")
+        resolver = AdapterResolver(reader, ttl=300.0)
+        seen, arrived, _ = _watched(reader)
+        assert resolver.resolve("acme", TASK).record.adapter_id == "a2"  # type: ignore[union-attr]
+        assert resolver.resolve("other", TASK).outcome == "miss"
+        writer.rollback("acme", TASK)
+        assert arrived.wait(WAIT)
+        assert seen == [Change("acme", TASK, 1)]
+        after = resolver.resolve("acme", TASK)
+        assert (after.record.adapter_id, after.outcome) == ("a1", "miss")  # type: ignore[union-attr]
+        assert resolver.resolve("other", TASK).outcome == "hit"  # only the changed tenant dropped
+
+
+def test_a_reconnect_flushes_the_cache(tmp_path: Path) -> None:
+    """After the server restarts, the feed resubscribes by itself and flushes every entry:
+    what was published while it was away is lost."""
+    from tenantlora.resolver import AdapterResolver
+
+    with (
+        RedisServer(tmp_path / "redis", persist=True) as server,
+        RedisRegistry(server.url, timeout=1.0) as registry,
+    ):
+        registry.publish("acme", TASK, adapter_id="a1")
+        resolver = AdapterResolver(registry, ttl=300.0)
+        seen, arrived, feed = _watched(registry)
+        assert resolver.resolve("acme", TASK).outcome == "miss"
+        assert resolver.resolve("acme", TASK).outcome == "hit"
+        server.stop()
+        server.start()
+        assert arrived.wait(WAIT)
+        assert seen == [None]
+        assert resolver.resolve("acme", TASK).outcome == "miss"
+        threads = threading.active_count()
+        for _ in range(3):  # restarts never add threads
+            arrived.clear()
+            server.stop()
+            server.start()
+            assert arrived.wait(WAIT)
+        assert threading.active_count() == threads
+    assert not feed._thread.is_alive()  # closing the registry stopped its feed
+
+
+def test_a_malformed_change_message_flushes_everything(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    seen, arrived, _ = _watched(registry)
+    raw = redis.Redis.from_url(server.url)
+    raw.publish(f"{prefix}changes", b'{"tenant": "../etc", "task": 1}')
+    raw.close()
+    assert arrived.wait(WAIT)
+    assert seen == [None]
