@@ -70,6 +70,7 @@ demo: install
 
 bench: install vllm
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.propagation
 	$(BIN)/python -m benchmarks.peft
 	$(BIN)/python -m benchmarks.vllm
 

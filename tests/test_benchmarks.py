@@ -33,3 +33,25 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path: Path) -> None:
     assert results["import"]["imports_torch"] is False
     for row in ("ratio chat / raw post", "fast path / raw aiohttp", "resolver cache-hit"):
         assert row in proc.stdout
+
+
+def test_quick_propagation_run_reports_its_figures() -> None:
+    """`python -m benchmarks.propagation --quick` (a real redis-server, subscriber processes)
+    completes, reports p50/p99, and no subscriber read an older version after the drop."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.propagation", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Redis feed: p99" in proc.stdout
+    assert "| resolves after the drop that saw an older version | 0 | 0 |" in proc.stdout
