@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import threading
 from typing import Any
 
 from tenantlora.naming import validate_tenant
-from tenantlora.registry.base import Change, ChangeCallback
+from tenantlora.registry._feeds import POLL_SECONDS, FanOut, Subscribed
+from tenantlora.registry.base import Change
 
-__all__ = ["Feed", "Subscribed", "encode_change"]
-
-logger = logging.getLogger("tenantlora")
-POLL_SECONDS = 0.5
+__all__ = ["Feed", "Subscribed", "encode_change"]  # Subscribed: from _feeds
 
 
 def encode_change(change: Change) -> str:
@@ -46,57 +42,18 @@ def decode_change(data: object) -> Change | None:
         return None
 
 
-class Subscribed:
-    """What :meth:`Feed.add` returns: ``close()`` stops deliveries to that callback."""
+class Feed(FanOut):
+    """The Redis registry's listener: SUBSCRIBE on the changes channel, on its own thread."""
 
-    def __init__(self, feed: Feed, callback: ChangeCallback) -> None:
-        self._feed = feed
-        self._callback = callback
-        self.connected = feed.connected
-
-    def close(self) -> None:
-        self._feed.remove(self._callback)
-
-
-class Feed:
-    """The registry's listener: a daemon thread delivering changes to its callbacks."""
+    name = "tenantlora-redis-feed"
 
     def __init__(self, client: Any, channel: str) -> None:
         import redis
 
         self._client = client
         self._channel = channel
-        self._callbacks: list[ChangeCallback] = []
-        self._lock = threading.Lock()
         self._errors = (redis.RedisError, OSError)
-        self._stop = threading.Event()
-        self.connected = threading.Event()  # set while subscribed (tests wait on it)
-        self._thread = threading.Thread(target=self._run, name="tenantlora-redis-feed", daemon=True)
-        self._thread.start()
-
-    def add(self, callback: ChangeCallback) -> Subscribed:
-        with self._lock:
-            self._callbacks.append(callback)
-        return Subscribed(self, callback)
-
-    def remove(self, callback: ChangeCallback) -> None:
-        with self._lock:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(POLL_SECONDS * 4)
-
-    def _deliver(self, change: Change | None) -> None:
-        with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            try:
-                callback(change)
-            except Exception:
-                logger.exception("registry change feed: a subscriber failed (the feed goes on)")
+        super().__init__()
 
     def _run(self) -> None:
         backoff = 0.05

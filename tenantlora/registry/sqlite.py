@@ -22,7 +22,10 @@ from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
+from tenantlora.registry._feeds import Subscribed
+from tenantlora.registry._sqlite_feed import NO_FEED, DataVersionFeed, NoFeed
 from tenantlora.registry._sqlite_schema import prepare
+from tenantlora.registry.base import ChangeCallback
 from tenantlora.registry.writable import Choose, WritableBase, summarise
 from tenantlora.types import AdapterRecord, TenantAdapters
 
@@ -65,6 +68,7 @@ class SQLiteRegistry(WritableBase):
         *,
         timeout: float = 5.0,
         store_root: str | os.PathLike[str] | None = None,
+        feed_interval: float = 0.05,
     ) -> None:
         self.store_root = store_root
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -90,6 +94,10 @@ class SQLiteRegistry(WritableBase):
                 raise
         self._conn: sqlite3.Connection | None = conn
         self._identity = _file_identity(self._path)  # to notice the file deleted or replaced
+        if not feed_interval > 0:
+            raise ConfigurationError(f"feed_interval must be > 0 seconds, not {feed_interval!r}")
+        self._feed_interval = float(feed_interval)
+        self._feed: DataVersionFeed | None = None
 
     @property
     def path(self) -> str:
@@ -99,8 +107,23 @@ class SQLiteRegistry(WritableBase):
     def __repr__(self) -> str:
         return f"SQLiteRegistry({self._path!r})"
 
+    def watch(self, callback: ChangeCallback) -> Subscribed | NoFeed:
+        """A change feed for resolvers on one host: ``callback(None)`` within ``feed_interval``
+        seconds of any other connection (this process's or another's) committing to the file
+        (``PRAGMA data_version``); see :class:`~tenantlora.registry.base.WatchableRegistry`.
+        An in-memory registry's feed never fires (no other connection can write to it)."""
+        if self._path == ":memory:":
+            return NO_FEED
+        with self._lock:
+            if self._feed is None:
+                self._feed = DataVersionFeed(self._path, self._feed_interval)
+            return self._feed.add(callback)
+
     def close(self) -> None:
-        """Close the connection. Idempotent; any later call raises RegistryError."""
+        """Close the connection and stop the change feed. Idempotent; any later call raises
+        RegistryError."""
+        if self._feed is not None:
+            self._feed.close()
         with self._lock, _mapped(self._path, "close"):
             if self._conn is not None:
                 self._conn.close()

@@ -437,3 +437,43 @@ def test_a_version_1_file_is_migrated_on_open_and_keeps_its_records(db: Path) ->
         ("a1", None),
         ("a2", "sha256:" + "c" * 64),
     ]
+
+
+# -- the change feed (PRAGMA data_version) ---------------------------------------------------------
+
+
+def test_a_commit_by_another_connection_reaches_the_resolver_without_the_ttl(
+    tmp_path: Path,
+) -> None:
+    """Two registries on one file stand for two processes: B's rollback expires A's resolver
+    cache (300 s TTL) within the feed's interval; A's next resolve reads the new version."""
+    import threading
+
+    from tenantlora.resolver import AdapterResolver
+
+    path = tmp_path / "adapters.db"
+    with SQLiteRegistry(path) as a, SQLiteRegistry(path) as b:
+        b.publish("acme", "icp", adapter_id="v1")
+        b.publish("acme", "icp", adapter_id="v2")
+        resolver = AdapterResolver(a, ttl=300.0)
+        arrived = threading.Event()
+        subscription = a.watch(lambda change: arrived.set())
+        assert subscription.connected.wait(10)  # its first poll (and first None) happened
+        arrived.clear()
+        assert resolver.resolve("acme", "icp").record.adapter_id == "v2"  # type: ignore[union-attr]
+        assert resolver.resolve("acme", "icp").outcome == "hit"
+        b.rollback("acme", "icp")
+        assert arrived.wait(10)  # the resolver, subscribed first, has expired its entries
+        after = resolver.resolve("acme", "icp")
+        assert (after.record.adapter_id, after.outcome) == ("v1", "miss")  # type: ignore[union-attr]
+    assert not a._feed._thread.is_alive()  # type: ignore[union-attr]  # closed with a
+
+
+def test_an_in_memory_registry_has_no_feed_thread() -> None:
+    import threading
+
+    before = threading.active_count()
+    with SQLiteRegistry(":memory:") as registry:
+        subscription = registry.watch(lambda change: None)
+        assert subscription.connected.is_set()
+        assert threading.active_count() == before
