@@ -55,3 +55,24 @@ def test_quick_propagation_run_reports_its_figures() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Redis feed: p99" in proc.stdout
     assert "| resolves after the drop that saw an older version | 0 | 0 |" in proc.stdout
+
+
+def test_quick_reads_run_reports_every_store() -> None:
+    """`python -m benchmarks.reads --quick` reads every store (a real redis-server included)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.reads", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for store in ("MemoryRegistry", "SQLiteRegistry", "RedisRegistry"):
+        assert f"| {store}" in proc.stdout
