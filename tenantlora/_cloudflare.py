@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 from pydantic import SecretStr
 
+from tenantlora._env import build_from_env
 from tenantlora.errors import ConfigurationError
 
-__all__ = ["DEFAULT_BASE_URL", "cloudflare_key"]
+__all__ = ["DEFAULT_BASE_URL", "cloudflare_from_env", "cloudflare_key"]
+
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 
@@ -24,3 +30,12 @@ def cloudflare_key(
             f"{owner}: api_key (or api_token) must be a non-empty Cloudflare API token"
         )
     return key
+
+
+def cloudflare_from_env(cls: type[T], variables: Mapping[str, str], overrides: dict[str, Any]) -> T:
+    """``build_from_env`` for a Cloudflare class: every variable is required, and an
+    ``api_token=`` override (Cloudflare's name for the key) overrides ``CLOUDFLARE_API_TOKEN``
+    like ``api_key=`` does."""
+    if "api_token" in overrides:
+        overrides = {**overrides, "api_key": overrides.pop("api_token")}
+    return build_from_env(cls, variables, required=tuple(variables), overrides=overrides)

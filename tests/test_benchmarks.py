@@ -35,9 +35,8 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path: Path) -> None:
         assert row in proc.stdout
 
 
-def test_quick_propagation_run_reports_its_figures() -> None:
-    """`python -m benchmarks.propagation --quick` (a real redis-server, subscriber processes)
-    completes, reports p50/p99, and no subscriber read an older version after the drop."""
+def _quick_with_redis(module: str) -> str:
+    """``python -m benchmarks.<module> --quick`` (it starts a real redis-server): its stdout."""
     import shutil
 
     import pytest
@@ -45,7 +44,7 @@ def test_quick_propagation_run_reports_its_figures() -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make test installs it)")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.propagation", "--quick"],
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -53,26 +52,19 @@ def test_quick_propagation_run_reports_its_figures() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Redis feed: p99" in proc.stdout
-    assert "| resolves after the drop that saw an older version | 0 | 0 |" in proc.stdout
+    return proc.stdout
+
+
+def test_quick_propagation_run_reports_its_figures() -> None:
+    """`python -m benchmarks.propagation --quick` (subscriber processes) completes, reports
+    p50/p99, and no subscriber read an older version after the drop."""
+    out = _quick_with_redis("propagation")
+    assert "Redis feed: p99" in out
+    assert "| resolves after the drop that saw an older version | 0 | 0 |" in out
 
 
 def test_quick_reads_run_reports_every_store() -> None:
     """`python -m benchmarks.reads --quick` reads every store (a real redis-server included)."""
-    import shutil
-
-    import pytest
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (make test installs it)")
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.reads", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = _quick_with_redis("reads")
     for store in ("MemoryRegistry", "SQLiteRegistry", "RedisRegistry"):
-        assert f"| {store}" in proc.stdout
+        assert f"| {store}" in out

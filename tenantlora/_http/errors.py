@@ -323,17 +323,20 @@ class Mapped:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None and isinstance(exc, self.errors):
-            raise self.convert(exc) from foreign(exc, self.secrets, detail=self.detail)
+            raise self._convert(exc) from foreign(exc, self.secrets, detail=self.detail)
+
+    def _convert(self, exc: BaseException) -> Exception:
+        return self.convert(exc)
 
 
-class Boundary:
+class Boundary(Mapped):
     """``with Boundary(config, ctx, errors, started):`` around one exchange of a backend or
     provider client: an exception of ``errors`` (the transport's wire exceptions) leaves as the
     tenantlora error :func:`transport_error` maps it to, chained to a scrubbed stand-in; when
     ``started`` (a ``perf_counter`` reading) is given, the failed attempt is logged first.
     Everything else passes through unchanged."""
 
-    __slots__ = ("config", "ctx", "errors", "started")
+    __slots__ = ("config", "ctx", "started")
 
     def __init__(
         self,
@@ -342,23 +345,14 @@ class Boundary:
         errors: type[BaseException] | tuple[type[BaseException], ...],
         started: float | None = None,
     ) -> None:
+        self.errors = errors
+        self.secrets = config.secrets
+        self.detail = True
         self.config = config
         self.ctx = ctx
-        self.errors = errors
         self.started = started
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or not isinstance(exc, self.errors):
-            return
-        secrets = self.config.secrets
+    def _convert(self, exc: BaseException) -> Exception:
         if self.started is not None:
             self.config.log(self.ctx, type(exc).__name__, self.started)
-        raise transport_error(exc, self.ctx, secrets) from foreign(exc, secrets)
+        return transport_error(exc, self.ctx, self.secrets)

@@ -18,14 +18,13 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from tenantlora._cloudflare import DEFAULT_BASE_URL, cloudflare_key
-from tenantlora._env import build_from_env
+from tenantlora._cloudflare import DEFAULT_BASE_URL, cloudflare_from_env, cloudflare_key
 from tenantlora._http.errors import Mapped, error_info
 from tenantlora._http.secrets import as_secret, auth_headers, check_secret, sensitive_values
 from tenantlora._lifecycle import AsyncClosing
@@ -44,7 +43,6 @@ from tenantlora.types import AdapterRecord, TenantAdapters
 __all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
 
 _log = logging.getLogger("tenantlora")
-T = TypeVar("T")
 REGISTRY_TIMEOUT = 10.0
 """Seconds for one registry request (connect and each read): a registry read sits on the
 request path of a cache miss, so it is bounded tighter than a chat call."""
@@ -175,7 +173,7 @@ class CloudflareKV(WritableBase):
     def from_env(cls, **overrides: Any) -> CloudflareKV:
         """Build from ``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_KV_NAMESPACE_ID`` and
         ``CLOUDFLARE_API_TOKEN``; keyword ``overrides`` win."""
-        return _from_env(cls, overrides)
+        return cloudflare_from_env(cls, ENV_VARIABLES, overrides)
 
     def __repr__(self) -> str:
         return f"CloudflareKV(namespace_id={self._config.namespace_id!r}, prefix={self.prefix!r})"
@@ -346,7 +344,7 @@ class AsyncCloudflareKV(AsyncClosing):
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncCloudflareKV:
         """Like :meth:`CloudflareKV.from_env`."""
-        return _from_env(cls, overrides)
+        return cloudflare_from_env(cls, ENV_VARIABLES, overrides)
 
     def __repr__(self) -> str:
         return f"AsyncCloudflareKV(namespace_id={self._config.namespace_id!r})"
@@ -378,12 +376,6 @@ class AsyncCloudflareKV(AsyncClosing):
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _from_env(cls: type[T], overrides: dict[str, Any]) -> T:
-    if "api_token" in overrides:  # Cloudflare's name for the key
-        overrides = {**overrides, "api_key": overrides.pop("api_token")}
-    return build_from_env(cls, ENV_VARIABLES, required=tuple(ENV_VARIABLES), overrides=overrides)
 
 
 def _all_records(

@@ -70,6 +70,7 @@ class _Layout:
             raise ConfigurationError("prefix must be a string without '{' or '}'")
         self.url = url
         self.prefix = prefix
+        self.errors = (_import_redis().RedisError, OSError)  # what a boundary maps
         self.schema = f"{prefix}schema"
         self.tenants = f"{prefix}tenants"
         self.channel = f"{prefix}changes"
@@ -86,12 +87,11 @@ class _Layout:
     def boundary(self, action: str, tenant: str | None = None) -> Mapped:
         """redis-py and socket errors -> RegistryError (the type only: messages may hold the
         URL with its password)."""
-        redis = _import_redis()
 
         def convert(exc: BaseException) -> Exception:
             return self.fail(action, f"{type(exc).__name__} from the server", tenant)
 
-        return Mapped((redis.RedisError, OSError), convert, detail=False)
+        return Mapped(self.errors, convert, detail=False)
 
     def check_schema(self, stored: bytes | None) -> None:
         if stored is not None and stored != LAYOUT_VERSION.encode():
@@ -327,7 +327,6 @@ class AsyncRedisRegistry(AsyncClosing):
         redis_client: redis.asyncio.Redis | None = None,
     ) -> None:
         self._layout = _Layout(url, prefix)
-        _import_redis()
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
         import redis.asyncio as aioredis

@@ -20,6 +20,14 @@ from tenantlora.errors import RegistryError  # noqa: E402
 from tenantlora.registry import AsyncRedisRegistry, RedisRegistry  # noqa: E402
 from tenantlora.testing.registries import TASK, RegistryContract  # noqa: E402
 
+# A value nested deeper than any JSON parser should follow (metadata 5,000 objects deep).
+DEEP = (
+    b'{"tenant": "acme", "task": "icp", "version": 1, "adapter_id": "x", "metadata": '
+    + b'{"a": ' * 5000
+    + b"1"
+    + b"}" * 5001
+)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
@@ -83,8 +91,8 @@ def test_the_layout_is_as_documented(
 @pytest.mark.parametrize(
     "value",
     [b"not json", b"{}", b'{"tenant": "other", "task": "icp", "version": 1, "adapter_id": "x"}',
-     b"\xff\xfe"],
-    ids=["not-json", "missing-fields", "another-tenant", "not-utf8"],
+     b"\xff\xfe", DEEP],
+    ids=["not-json", "missing-fields", "another-tenant", "not-utf8", "nested-5000-deep"],
 )  # fmt: skip
 def test_a_malformed_stored_value_is_a_registry_error_naming_the_key(
     registry: RedisRegistry, server: RedisServer, prefix: str, value: bytes

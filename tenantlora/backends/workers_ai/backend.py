@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from tenantlora._cloudflare import cloudflare_key
-from tenantlora._env import build_from_env
+from tenantlora._cloudflare import cloudflare_from_env, cloudflare_key
 from tenantlora._http.secrets import safe_url
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora.backends.http import DEFAULT_TIMEOUT, HTTPBackend
@@ -100,11 +99,7 @@ class WorkersAI(HTTPBackend):
         Keyword ``overrides`` win over the environment. This is the only place tenantlora reads
         these variables.
         """
-        if "api_token" in overrides:  # Cloudflare's name for the key
-            overrides = {**overrides, "api_key": overrides.pop("api_token")}
-        return build_from_env(
-            cls, ENV_VARIABLES, required=tuple(ENV_VARIABLES), overrides=overrides
-        )
+        return cloudflare_from_env(cls, ENV_VARIABLES, overrides)
 
     def __repr__(self) -> str:
         return (
