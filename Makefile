@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 
 # Debian packages the tests run for real (real servers, not mocks), installed when missing.
-DEBIAN_PACKAGES ?= redis-server
+DEBIAN_PACKAGES ?= redis-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install vllm system lint typecheck pytest docs test bench demo clean
@@ -45,7 +45,7 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 vllm: $(VLLM_STAMP)
 
 system:
-	@command -v redis-server >/dev/null 2>&1 || \
+	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/postgres; } >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
 lint: install

@@ -17,6 +17,8 @@ __all__ = [
     "AdapterKey",
     "AdapterRecord",
     "AdapterStatus",
+    "AuditAction",
+    "AuditEntry",
     "CacheOutcome",
     "ChatChunk",
     "ChatRequest",
@@ -40,6 +42,9 @@ FallbackReason = Literal[
 ]
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 """The form of :attr:`AdapterRecord.digest`."""
+
+AuditAction = Literal["publish", "rollback", "status", "erase"]
+"""What an :class:`AuditEntry` records."""
 
 CacheOutcome = Literal["hit", "miss", "stale", "error"]
 """How the resolver answered: fresh cache entry, registry read, stale entry, or no answer."""
@@ -231,3 +236,44 @@ class Route(NamedTuple):
     record: AdapterRecord | None = None
     fallback_reason: FallbackReason | None = None
     arm: str | None = None
+
+
+class AuditEntry(_Frozen):
+    """One write to a registry, as its audit trail keeps it (append-only).
+
+    ``action`` is ``publish`` (``to_version`` is the new version, ``from_version`` the version
+    active before), ``rollback`` (from the active version to the one re-activated), ``status``
+    (one version's status changed: ``details`` holds ``{"from": ..., "to": ...}``) or
+    ``erase`` (the tenant's adapters were erased: ``details`` holds only the count and the
+    erased versions per task, ``{"versions": 3, "tasks": {"icp": [1, 2, 3]}}``). ``digest`` is the
+    content digest of the version the write made active or changed. ``actor`` and
+    ``reason`` are what the caller passed (None when not given).
+    """
+
+    at: datetime
+    action: AuditAction
+    tenant: str
+    task: str | None = None
+    from_version: int | None = Field(default=None, ge=1)
+    to_version: int | None = Field(default=None, ge=1)
+    digest: str | None = Field(default=None, pattern=DIGEST_PATTERN)
+    actor: str | None = Field(default=None, max_length=256)
+    reason: str | None = Field(default=None, max_length=4096)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        return validate_tenant(value)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | None) -> str | None:
+        return None if value is None else validate_task(value)
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("at must carry a time zone")
+        return value.astimezone(timezone.utc)

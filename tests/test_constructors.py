@@ -24,9 +24,11 @@ from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.errors import ConfigurationError
 from tenantlora.registry import (
     AsyncCloudflareKV,
+    AsyncPostgresRegistry,
     AsyncRedisRegistry,
     CloudflareKV,
     MemoryRegistry,
+    PostgresRegistry,
     RedisRegistry,
     SQLiteRegistry,
 )
@@ -41,6 +43,8 @@ ALL = (
     SQLiteRegistry,
     RedisRegistry,
     AsyncRedisRegistry,
+    PostgresRegistry,
+    AsyncPostgresRegistry,
     *HTTP_REGISTRIES,
 )
 
@@ -51,6 +55,8 @@ POSITIONAL = {
     SQLiteRegistry: "path",
     RedisRegistry: "url",
     AsyncRedisRegistry: "url",
+    PostgresRegistry: "url",
+    AsyncPostgresRegistry: "url",
 }
 # Names every HTTP class takes for the concepts every HTTP class has.
 HTTP_NAMES = ("api_key", "base_url", "timeout", "headers", "http_client")
@@ -127,7 +133,9 @@ def test_http_registries_share_defaults(cls: type) -> None:
     assert defaults["timeout"] == REGISTRY_TIMEOUT
 
 
-@pytest.mark.parametrize("cls", [MemoryRegistry, SQLiteRegistry, CloudflareKV, RedisRegistry])
+@pytest.mark.parametrize(
+    "cls", [MemoryRegistry, SQLiteRegistry, CloudflareKV, RedisRegistry, PostgresRegistry]
+)
 def test_writable_registries_take_store_root(cls: type) -> None:
     defaults = {p.name: p.default for p in parameters(cls)}
     assert defaults["store_root"] is None

@@ -2,8 +2,9 @@
 
 ``SQLiteRegistry`` is the embedded default (versions, rollback, erasure); ``MemoryRegistry`` is
 for tests and single-process use; ``CloudflareKV`` (and its async reader ``AsyncCloudflareKV``)
-keeps each tenant's map in a Cloudflare KV namespace. All load on first use, so the client
-(which only needs the protocols) imports neither sqlite3 nor httpx for them.
+keeps each tenant's map in a Cloudflare KV namespace; ``RedisRegistry`` and
+``PostgresRegistry`` (and their async readers) serve a fleet, with change feeds. All load on
+first use, so the client (which only needs the protocols) imports none of their libraries.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, Writ
 if TYPE_CHECKING:
     from tenantlora.registry.cloudflare_kv import AsyncCloudflareKV, CloudflareKV
     from tenantlora.registry.memory import MemoryRegistry
+    from tenantlora.registry.postgres import AsyncPostgresRegistry, PostgresRegistry
     from tenantlora.registry.redis import AsyncRedisRegistry, RedisRegistry
     from tenantlora.registry.sqlite import SQLiteRegistry
 
@@ -24,8 +26,10 @@ __all__ = [
     "AsyncAdapterRegistry",
     "AsyncCloudflareKV",
     "CloudflareKV",
+    "AsyncPostgresRegistry",
     "AsyncRedisRegistry",
     "MemoryRegistry",
+    "PostgresRegistry",
     "RedisRegistry",
     "SQLiteRegistry",
     "WritableRegistry",
@@ -34,8 +38,10 @@ __all__ = [
 _LAZY = {
     "AsyncCloudflareKV": "tenantlora.registry.cloudflare_kv",
     "CloudflareKV": "tenantlora.registry.cloudflare_kv",
+    "AsyncPostgresRegistry": "tenantlora.registry.postgres",
     "AsyncRedisRegistry": "tenantlora.registry.redis",
     "MemoryRegistry": "tenantlora.registry.memory",
+    "PostgresRegistry": "tenantlora.registry.postgres",
     "RedisRegistry": "tenantlora.registry.redis",
     "SQLiteRegistry": "tenantlora.registry.sqlite",
 }

@@ -26,9 +26,17 @@ from pydantic import ValidationError
 
 from tenantlora.errors import AdapterResolutionError
 from tenantlora.naming import validate_task
-from tenantlora.types import AdapterRecord
+from tenantlora.types import AdapterRecord, AuditEntry
 
-__all__ = ["TaskVersions", "decode_value", "encode_value", "entry_of", "task_versions"]
+__all__ = [
+    "TaskVersions",
+    "decode_audit",
+    "decode_value",
+    "encode_audit",
+    "encode_value",
+    "entry_of",
+    "task_versions",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # created_at of a bare-string entry
 _FIELDS = (
@@ -72,6 +80,31 @@ def decode_value(raw: bytes, key: str, tenant: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _malformed(key, f"a JSON {type(value).__name__}, not an object", tenant)
     return value
+
+
+def decode_audit(raw: bytes, key: str, tenant: str) -> list[AuditEntry]:
+    """A tenant's audit trail (a JSON array of entries); AdapterResolutionError naming the key
+    and the index of the first entry that does not parse or names another tenant."""
+    try:
+        items = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _malformed(key, "not JSON", tenant) from None
+    if not isinstance(items, list):
+        raise _malformed(key, f"a JSON {type(items).__name__}, not an array", tenant)
+    entries = []
+    for index, item in enumerate(items):
+        try:
+            entry = AuditEntry.model_validate(item)
+        except ValidationError:
+            raise _malformed(key, f"audit entry {index} is not an audit entry", tenant) from None
+        if entry.tenant != tenant:
+            raise _malformed(key, f"audit entry {index} names another tenant", tenant)
+        entries.append(entry)
+    return entries
+
+
+def encode_audit(entries: list[AuditEntry]) -> bytes:
+    return json.dumps([e.model_dump(mode="json") for e in entries], separators=(",", ":")).encode()
 
 
 def encode_value(value: dict[str, Any]) -> bytes:

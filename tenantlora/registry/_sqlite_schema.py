@@ -1,6 +1,6 @@
 """The SQLite registry's file format: recognise our files, create the schema, refuse others.
 
-Schema version 2, marked by ``PRAGMA application_id`` (``"TLOR"``) and ``PRAGMA user_version``::
+Schema version 3, marked by ``PRAGMA application_id`` (``"TLOR"``) and ``PRAGMA user_version``::
 
     adapters(tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata,
              digest)
@@ -8,10 +8,14 @@ Schema version 2, marked by ``PRAGMA application_id`` (``"TLOR"``) and ``PRAGMA 
         adapter files' content digest (``sha256:<hex>``, NULL when unknown)
     active(tenant, task, version)
         which version of each (tenant, task) is served
+    audit(seq, tenant, task, action, at, entry)
+        the audit trail, in the order written (seq); entry is the AuditEntry as JSON
 
-Migrations run when a file is opened, in one write transaction: version 1 (no ``digest``
-column) becomes version 2 by ``ALTER TABLE adapters ADD COLUMN digest TEXT``; its records read
-back with ``digest=None``. A file of a newer version than this code knows is refused.
+Migrations run when a file is opened, in one write transaction, one version per step: version 1
+(no ``digest`` column) becomes version 2 by ``ALTER TABLE adapters ADD COLUMN digest TEXT``
+(its records read back with ``digest=None``); version 2 becomes version 3 by creating the
+``audit`` table (empty: writes before it were not audited). A file of a newer version than this
+code knows is refused.
 
 sqlite3 errors raised here are mapped by the caller, :class:`tenantlora.registry.SQLiteRegistry`.
 """
@@ -28,8 +32,19 @@ __all__ = ["prepare"]
 _log = logging.getLogger("tenantlora")
 
 _APPLICATION_ID = 0x544C4F52  # "TLOR": marks the file as a tenantlora registry
-_SCHEMA_VERSION = 2
-_TABLES = frozenset({"adapters", "active"})
+_SCHEMA_VERSION = 3
+_TABLES = frozenset({"adapters", "active", "audit"})
+_AUDIT = (
+    """CREATE TABLE audit (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT    NOT NULL,
+        task   TEXT,
+        action TEXT    NOT NULL,
+        at     TEXT    NOT NULL,
+        entry  TEXT    NOT NULL
+    )""",
+    "CREATE INDEX audit_by_tenant ON audit (tenant, seq)",
+)
 _WAL_ATTEMPTS = 20
 _SCHEMA = (
     """CREATE TABLE adapters (
@@ -52,6 +67,7 @@ _SCHEMA = (
         PRIMARY KEY (tenant, task),
         FOREIGN KEY (tenant, task, version) REFERENCES adapters (tenant, task, version)
     ) WITHOUT ROWID""",
+    *_AUDIT,
 )
 
 
@@ -91,6 +107,7 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
 #: schema version -> the statements that take a file from it to the next version
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE adapters ADD COLUMN digest TEXT",),
+    2: _AUDIT,
 }
 
 

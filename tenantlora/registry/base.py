@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from tenantlora.types import AdapterRecord, AdapterStatus, TenantAdapters
+from tenantlora.types import AdapterRecord, AdapterStatus, AuditEntry, TenantAdapters
 
 __all__ = [
     "AdapterRegistry",
@@ -71,6 +72,13 @@ class WritableRegistry(AdapterRegistry, Protocol):
     built with ``store_root`` refuses a ``uri`` outside ``{store_root}/{tenant}/`` (after
     resolving ``..`` and symlinks) with :class:`tenantlora.errors.AdapterLocationError`. Both
     are checked before anything is written.
+
+    Audit: every write (publish, rollback, ``set_status``, ``delete_tenant``) takes optional
+    ``actor`` and ``reason`` and appends an :class:`~tenantlora.types.AuditEntry` in the same
+    atomic step as the change (a write that fails appends nothing); ``audit(tenant, task,
+    since=, until=)`` returns the entries by time (ties in the order written).
+    ``delete_tenant`` also erases the tenant's earlier entries (but earlier erasures) and keeps
+    one ``erase`` entry holding only counts and the erased task names and version numbers.
     """
 
     def publish(
@@ -84,17 +92,48 @@ class WritableRegistry(AdapterRegistry, Protocol):
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
         digest: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> AdapterRecord: ...
 
     def rollback(
-        self, tenant: str, task: str, *, to_version: int | None = None
+        self,
+        tenant: str,
+        task: str,
+        *,
+        to_version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> AdapterRecord: ...
 
+    def set_status(
+        self,
+        tenant: str,
+        task: str,
+        status: AdapterStatus,
+        *,
+        version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord: ...
+
+    def audit(
+        self,
+        tenant: str | None = None,
+        task: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> builtins.list[AuditEntry]: ...
+
+    def delete_tenant(
+        self, tenant: str, *, actor: str | None = None, reason: str | None = None
+    ) -> builtins.list[AdapterRecord]: ...
+
+    # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
     def list(
         self, tenant: str | None = None, task: str | None = None, *, history: bool = False
     ) -> builtins.list[AdapterRecord]: ...
-
-    def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]: ...
 
 
 class Change(NamedTuple):

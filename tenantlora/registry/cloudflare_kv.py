@@ -2,7 +2,8 @@
 
 ``GET/PUT/DELETE {base}/accounts/{account_id}/storage/kv/namespaces/{namespace_id}/values/{key}``
 with ``key = {prefix}{tenant}`` (URL-encoded), and ``GET .../keys?prefix=`` to list tenants. The
-value layout is described in ``_kv_layout``. Every httpx exception and error status becomes a
+value layout is described in ``_kv_layout``. The audit trail of a tenant is a JSON array of
+entries under ``{prefix}{tenant}#audit``. Every httpx exception and error status becomes a
 :class:`~tenantlora.errors.RegistryError` in one place (:meth:`_KVClient.request`).
 
 KV has no compare-and-swap: writes are read-modify-write, serialised per registry object by a
@@ -17,8 +18,8 @@ import builtins
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -32,17 +33,21 @@ from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._kv_layout import (
     TaskVersions,
+    decode_audit,
     decode_value,
+    encode_audit,
     encode_value,
     entry_of,
     task_versions,
 )
-from tenantlora.registry.writable import Choose, WritableBase
-from tenantlora.types import AdapterRecord, TenantAdapters
+from tenantlora.registry.writable import Plan, TenantState, WritableBase
+from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
 __all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
 
 _log = logging.getLogger("tenantlora")
+_T = TypeVar("_T")
+_AUDIT_SUFFIX = "#audit"  # '#' is in no tenant ID, so no tenant's key ends with it
 REGISTRY_TIMEOUT = 10.0
 """Seconds for one registry request (connect and each read): a registry read sits on the
 request path of a cache miss, so it is bounded tighter than a chat call."""
@@ -200,45 +205,57 @@ class CloudflareKV(WritableBase):
 
     # -- storage (WritableBase hooks): read-modify-write of the tenant's key, under the lock --
 
-    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
-        """The previous active version moves to the task's ``history``."""
-        tenant, task = draft.tenant, draft.task
-        key = self._config.key(tenant)
-        with self._lock:
-            value = self._read(key, tenant) or {}
-            current = task_versions(value, key, tenant, task)
-            latest = max((r.version for r in current.all()), default=0) if current else 0
-            record = draft.model_copy(update={"version": latest + 1})
-            others = current.all() if current else []
-            value[task] = entry_of(TaskVersions(record, others))
-            self._write(key, value, tenant)
-        return record
-
-    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
-        key = self._config.key(tenant)
-        with self._lock:
-            value = self._read(key, tenant) or {}
-            current = task_versions(value, key, tenant, task)
-            records = current.all() if current else []
-            active = current.active.version if current else None
-            target = choose([r.version for r in records], active)
-            record = next(r for r in records if r.version == target)
-            if target != active:
-                others = [r for r in records if r.version != target]
-                value[task] = entry_of(TaskVersions(record, others))
-                self._write(key, value, tenant)
-        return record
-
-    def _erase(self, tenant: str) -> builtins.list[AdapterRecord]:
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
+        """Rewrites only the tasks the write touches (the previous active version moves to the
+        task's ``history``); then appends the audit entries to ``{prefix}{tenant}#audit``. KV
+        has no transactions: if that second write fails, the change stands and RegistryError
+        says its audit entry is missing."""
         key = self._config.key(tenant)
         with self._lock:
             value = self._read(key, tenant)
-            # Parsed before deleting: a malformed value aborts the erasure, so nothing is lost
-            # without the caller learning which fine-tunes to delete.
-            deleted = _all_records(value or {}, key, tenant)
-            if value is not None:
+            records = _all_records(value or {}, key, tenant)
+            active = {
+                r.task: r.version for r in _all_records(value or {}, key, tenant, active_only=True)
+            }
+            plan = decide(TenantState(records, active))
+            if plan.erase:
+                value, records, active = None, [], {}
+            if plan.put or plan.activate:
+                value = _rewritten(value or {}, records, active, plan)
+                self._write(key, value, tenant)
+            elif plan.erase:
                 self._request("DELETE", self._config.value_url(key), "delete", key, tenant)
-        return deleted
+            if plan.audit:
+                self._append_audit(tenant, plan.audit, replace=plan.erase)
+        return plan.result
+
+    def _audit_entries(self, tenant: str | None) -> builtins.list[AuditEntry]:
+        if tenant is not None:
+            return self._read_audit(tenant)
+        return [e for name in self._tenants(_AUDIT_SUFFIX) for e in self._read_audit(name)]
+
+    def _read_audit(self, tenant: str) -> builtins.list[AuditEntry]:
+        key = self._config.key(tenant) + _AUDIT_SUFFIX
+        response = self._request("GET", self._config.value_url(key), "read", key, tenant)
+        if response.status_code == 404:
+            return []
+        return decode_audit(response.content, key, tenant)
+
+    def _append_audit(
+        self, tenant: str, entries: builtins.list[AuditEntry], *, replace: bool
+    ) -> None:
+        key = self._config.key(tenant) + _AUDIT_SUFFIX
+        try:
+            kept = self._read_audit(tenant)
+            if replace:  # an erasure: only the earlier erasure entries stay
+                kept = [e for e in kept if e.action == "erase"]
+            self._write_raw(key, encode_audit([*kept, *entries]), tenant)
+        except RegistryError as exc:
+            raise RegistryError(
+                f"Cloudflare KV: the {entries[0].action} of {tenant} was written but its audit "
+                f"entry was not ({exc})",
+                tenant=tenant,
+            ) from exc
 
     def _select(
         self, tenant: str | None, task: str | None, history: bool
@@ -290,18 +307,21 @@ class CloudflareKV(WritableBase):
         return decode_value(response.content, key, tenant)
 
     def _write(self, key: str, value: dict[str, Any], tenant: str) -> None:
+        self._write_raw(key, encode_value(value), tenant)
+
+    def _write_raw(self, key: str, content: bytes, tenant: str) -> None:
         self._request(
             "PUT",
             self._config.value_url(key),
             "write",
             key,
             tenant,
-            content=encode_value(value),
+            content=content,
             extra_headers={"Content-Type": "text/plain; charset=utf-8"},
         )
 
-    def _tenants(self) -> builtins.list[str]:
-        """Tenants with a key under the prefix (pages through the cursor)."""
+    def _tenants(self, suffix: str = "") -> builtins.list[str]:
+        """Tenants with a key ``{prefix}{tenant}{suffix}`` (pages through the cursor)."""
         names: list[str] = []
         cursor = ""
         prefix = self._config.prefix
@@ -309,12 +329,16 @@ class CloudflareKV(WritableBase):
             params = {"prefix": prefix, "limit": "1000", **({"cursor": cursor} if cursor else {})}
             url = f"{self._config.root}/keys"
             data = _json(self._request("GET", url, "list", prefix, None, params=params), prefix)
-            names += [n for n in _key_names(data, prefix) if _is_tenant(n[len(prefix) :])]
+            for name in _key_names(data, prefix):
+                own = name[len(prefix) :]
+                is_audit = own.endswith(_AUDIT_SUFFIX)
+                if is_audit == bool(suffix) and _is_tenant(own.removesuffix(_AUDIT_SUFFIX)):
+                    names.append(own.removesuffix(_AUDIT_SUFFIX))
             info = data.get("result_info")
             next_cursor = info.get("cursor") if isinstance(info, dict) else None
             cursor = next_cursor if isinstance(next_cursor, str) else ""
             if not cursor:
-                return [n[len(prefix) :] for n in names]
+                return names
 
 
 class AsyncCloudflareKV(AsyncClosing):
@@ -387,6 +411,25 @@ def _all_records(
         if versions is not None:
             records.extend([versions.active] if active_only else versions.all())
     return sorted(records, key=lambda r: (r.task, r.version))
+
+
+def _rewritten(
+    value: dict[str, Any],
+    records: list[AdapterRecord],
+    active: dict[str, int],
+    plan: Plan[Any],
+) -> dict[str, Any]:
+    """The tenant's value after ``plan``: only the tasks it touches are rewritten."""
+    by_version = {(r.task, r.version): r for r in records}
+    by_version.update({(r.task, r.version): r for r in plan.put})
+    active = {**active, **plan.activate}
+    touched = {r.task for r in plan.put} | set(plan.activate)
+    value = dict(value)
+    for task in sorted(touched):
+        chosen = by_version[(task, active[task])]
+        others = [r for (t, v), r in sorted(by_version.items()) if t == task and r is not chosen]
+        value[task] = entry_of(TaskVersions(chosen, others))
+    return value
 
 
 def _adapters(value: dict[str, Any] | None, key: str, tenant: str) -> TenantAdapters | None:

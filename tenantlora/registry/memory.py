@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tenantlora.errors import ConfigurationError
 from tenantlora.naming import validate_tenant
-from tenantlora.registry.writable import Choose, WritableBase, make_record
-from tenantlora.types import AdapterRecord, TenantAdapters
+from tenantlora.registry.writable import Plan, TenantState, WritableBase, make_record
+from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
 __all__ = ["MemoryRegistry"]
 
 _log = logging.getLogger("tenantlora")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class MemoryRegistry(WritableBase):
         # One lock for everything: every operation is a few dict operations, never I/O.
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[str, _History]] = {}
+        self._audit: list[AuditEntry] = []
         for record in records:
             tasks = self._tenants.setdefault(record.tenant, {})
             history = tasks.setdefault(record.task, _History())
@@ -90,28 +93,31 @@ class MemoryRegistry(WritableBase):
 
     # -- storage (WritableBase hooks) -----------------------------------------------------------
 
-    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
         with self._lock:
-            history = self._tenants.get(draft.tenant, {}).get(draft.task, _History())
-            version = max(history.records, default=0) + 1
-            record = draft.model_copy(update={"version": version})
-            # Only mutate once the record is built: a failed publish changes nothing.
-            history.records[version] = record
-            history.active = version
-            self._tenants.setdefault(draft.tenant, {})[draft.task] = history
-        return record
+            tasks = self._tenants.get(tenant, {})
+            state = TenantState(
+                [r for h in tasks.values() for r in h.records.values()],
+                {task: h.active for task, h in tasks.items()},
+            )
+            plan = decide(state)
+            # Only mutated once the plan is built: a failed write changes nothing.
+            if plan.erase:
+                self._tenants.pop(tenant, None)
+                self._audit = [e for e in self._audit if e.tenant != tenant or e.action == "erase"]
+            tasks = self._tenants.setdefault(tenant, {})
+            for record in plan.put:
+                tasks.setdefault(record.task, _History()).records[record.version] = record
+            for task, version in plan.activate.items():
+                tasks[task].active = version
+            if not tasks:
+                del self._tenants[tenant]
+            self._audit.extend(plan.audit)
+        return plan.result
 
-    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
+    def _audit_entries(self, tenant: str | None) -> list[AuditEntry]:
         with self._lock:
-            history = self._tenants.get(tenant, {}).get(task, _History())
-            target = choose(sorted(history.records), history.active)
-            history.active = target
-            return history.records[target]
-
-    def _erase(self, tenant: str) -> list[AdapterRecord]:
-        with self._lock:
-            tasks = self._tenants.pop(tenant, {})
-        return [h.records[v] for _, h in sorted(tasks.items()) for v in sorted(h.records)]
+            return [e for e in self._audit if tenant is None or e.tenant == tenant]
 
     def _select(self, tenant: str | None, task: str | None, history: bool) -> list[AdapterRecord]:
         with self._lock:

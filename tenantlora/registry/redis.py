@@ -6,7 +6,10 @@ hash tag so one tenant's keys share a Redis Cluster slot)::
     {p}schema                 "1" (a prefix holding another layout version is refused)
     {p}{<tenant>}:versions    hash  "<task>:<version>" -> the AdapterRecord as JSON
     {p}{<tenant>}:active      hash  "<task>" -> the active version
+    {p}{<tenant>}:audit       list  the tenant's AuditEntry values as JSON, oldest first
+    {p}{<tenant>}:erasures    list  its erase entries (kept when the tenant is erased again)
     {p}tenants                set   tenants with at least one record
+    {p}audited                set   tenants with an audit trail (erased ones too)
 
 A read takes one round trip (the two hashes of the tenant in one MULTI/EXEC, a consistent
 snapshot). Every write is optimistic: ``WATCH`` the tenant's two hashes, read them, decide in
@@ -26,8 +29,8 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -36,9 +39,9 @@ from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._redis_feed import Feed, Subscribed, encode_change
-from tenantlora.registry.base import Change, ChangeCallback
-from tenantlora.registry.writable import Choose, WritableBase, summarise
-from tenantlora.types import AdapterRecord, TenantAdapters
+from tenantlora.registry.base import ChangeCallback
+from tenantlora.registry.writable import Plan, TenantState, WritableBase, summarise
+from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
 if TYPE_CHECKING:
     import redis
@@ -49,6 +52,7 @@ __all__ = ["LAYOUT_VERSION", "AsyncRedisRegistry", "RedisRegistry"]
 LAYOUT_VERSION = "1"
 DEFAULT_PREFIX = "tenantlora:"
 REGISTRY_TIMEOUT = 10.0
+_T = TypeVar("_T")
 _MAX_ATTEMPTS = 1000  # optimistic retries of one write under contention
 
 
@@ -73,6 +77,7 @@ class _Layout:
         self.errors = (_import_redis().RedisError, OSError)  # what a boundary maps
         self.schema = f"{prefix}schema"
         self.tenants = f"{prefix}tenants"
+        self.audited = f"{prefix}audited"
         self.channel = f"{prefix}changes"
 
     def versions(self, tenant: str) -> str:
@@ -80,6 +85,26 @@ class _Layout:
 
     def active(self, tenant: str) -> str:
         return f"{self.prefix}{{{tenant}}}:active"
+
+    def audit(self, tenant: str) -> str:
+        return f"{self.prefix}{{{tenant}}}:audit"
+
+    def erasures(self, tenant: str) -> str:
+        return f"{self.prefix}{{{tenant}}}:erasures"
+
+    def audit_entry(self, key: str, tenant: str, index: int, value: bytes) -> AuditEntry:
+        try:
+            entry = AuditEntry.model_validate_json(value)
+        except ValidationError as exc:
+            reason = summarise(exc)
+        else:
+            if entry.tenant == tenant:
+                return entry
+            reason = "the entry names another tenant"
+        raise RegistryError(
+            f"Redis registry: malformed value in {self.audit(tenant)!r} at index {index}: {reason}",
+            tenant=tenant,
+        )
 
     def fail(self, action: str, reason: str, tenant: str | None = None) -> RegistryError:
         return RegistryError(f"Redis registry: {action} failed: {reason}", tenant=tenant)
@@ -244,50 +269,50 @@ class RedisRegistry(WritableBase):
                     return result
         raise layout.fail(action, "too much contention on this tenant", tenant)
 
-    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
-        layout, tenant, task = self._layout, draft.tenant, draft.task
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
+        layout = self._layout
 
-        def apply(pipe: Any, active: Mapping[bytes, bytes], versions: Any) -> AdapterRecord:
-            mine = [r.version for r in layout.records(tenant, versions) if r.task == task]
-            record = draft.model_copy(update={"version": max(mine, default=0) + 1})
-            field = f"{task}:{record.version}"
-            pipe.hset(layout.versions(tenant), field, record.model_dump_json())
-            pipe.hset(layout.active(tenant), task, record.version)
-            pipe.sadd(layout.tenants, tenant)
+        def apply(pipe: Any, active: Mapping[bytes, bytes], versions: Any) -> _T:
+            state = TenantState(
+                layout.records(tenant, versions), layout.active_versions(tenant, active)
+            )
+            plan = decide(state)
+            if plan.erase:
+                keys = (layout.active(tenant), layout.versions(tenant), layout.audit(tenant))
+                pipe.delete(*keys)
+                pipe.srem(layout.tenants, tenant)
+            for record in plan.put:
+                field = f"{record.task}:{record.version}"
+                pipe.hset(layout.versions(tenant), field, record.model_dump_json())
+            if plan.activate:
+                pipe.hset(layout.active(tenant), mapping=plan.activate)
+            if plan.put or plan.activate:
+                pipe.sadd(layout.tenants, tenant)
+            for entry in plan.audit:
+                key = layout.erasures(tenant) if entry.action == "erase" else layout.audit(tenant)
+                pipe.rpush(key, entry.model_dump_json())
+                pipe.sadd(layout.audited, tenant)
             pipe.setnx(layout.schema, LAYOUT_VERSION)
-            pipe.publish(layout.channel, encode_change(Change(tenant, task, record.version)))
-            return record
+            for change in plan.changes:
+                pipe.publish(layout.channel, encode_change(change))
+            return plan.result
 
-        result: AdapterRecord = self._write("publish", tenant, apply)
+        result: _T = self._write(action, tenant, apply)
         return result
 
-    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
+    def _audit_entries(self, tenant: str | None) -> builtins.list[AuditEntry]:
         layout = self._layout
-
-        def apply(pipe: Any, active: Mapping[bytes, bytes], versions: Any) -> AdapterRecord:
-            mine = {r.version: r for r in layout.records(tenant, versions) if r.task == task}
-            target = choose(sorted(mine), layout.active_versions(tenant, active).get(task))
-            pipe.hset(layout.active(tenant), task, target)
-            pipe.publish(layout.channel, encode_change(Change(tenant, task, target)))
-            return mine[target]
-
-        result: AdapterRecord = self._write("roll back", tenant, apply)
-        return result
-
-    def _erase(self, tenant: str) -> builtins.list[AdapterRecord]:
-        layout = self._layout
-
-        def apply(pipe: Any, active: Any, versions: Any) -> builtins.list[AdapterRecord]:
-            # Parsed before deleting: a malformed value aborts the erasure, so nothing is lost
-            # without the caller learning which adapter files to delete.
-            deleted = layout.records(tenant, versions)
-            pipe.delete(layout.active(tenant), layout.versions(tenant))
-            pipe.srem(layout.tenants, tenant)
-            pipe.publish(layout.channel, encode_change(Change(tenant)))
-            return deleted
-
-        result: builtins.list[AdapterRecord] = self._write("delete tenant", tenant, apply)
-        return result
+        with layout.boundary("read the audit trail", tenant):
+            if tenant is not None:
+                names: Iterable[str] = [tenant]
+            else:
+                names = sorted(t.decode() for t in self._client.smembers(layout.audited))
+            found: builtins.list[AuditEntry] = []
+            for name in names:
+                for key in (layout.audit(name), layout.erasures(name)):
+                    values = self._client.lrange(key, 0, -1)
+                    found.extend(layout.audit_entry(key, name, i, v) for i, v in enumerate(values))
+        return found
 
     def _select(
         self, tenant: str | None, task: str | None, history: bool

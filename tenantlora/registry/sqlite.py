@@ -1,37 +1,44 @@
 """The embedded default registry: one SQLite file, with versions, rollback and erasure.
 
-The file format (two tables, ``adapters`` and ``active``) lives in ``_sqlite_schema``. Every
+The file format (tables ``adapters``, ``active`` and ``audit``) lives in ``_sqlite_schema``. Every
 ``sqlite3`` exception is turned into :class:`~tenantlora.errors.RegistryError` in
 :func:`_mapped`, the one boundary, and chained with ``from exc``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any
+from datetime import timezone
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._feeds import Subscribed
+from tenantlora.registry._rows import MalformedRow, describe_row, parse_row
 from tenantlora.registry._sqlite_feed import NO_FEED, DataVersionFeed, NoFeed
 from tenantlora.registry._sqlite_schema import prepare
 from tenantlora.registry.base import ChangeCallback
-from tenantlora.registry.writable import Choose, WritableBase, summarise
-from tenantlora.types import AdapterRecord, TenantAdapters
+from tenantlora.registry.writable import (
+    Plan,
+    TenantState,
+    WritableBase,
+    metadata_json,
+    summarise,
+)
+from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
 __all__ = ["SQLiteRegistry"]
 
 _log = logging.getLogger("tenantlora")
+_T = TypeVar("_T")
 
 _COLUMNS = (
     "a.tenant, a.task, a.version, a.adapter_id, a.base_model, a.status, a.uri, a.created_at, "
@@ -144,58 +151,63 @@ class SQLiteRegistry(WritableBase):
 
     # -- storage (WritableBase hooks) -----------------------------------------------------------
 
-    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
-        tenant, task = draft.tenant, draft.task
-        with self._transaction("publish", tenant, task) as conn:
-            (latest,) = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM adapters WHERE tenant = ? AND task = ?",
-                (tenant, task),
-            ).fetchone()
-            record = draft.model_copy(update={"version": int(latest) + 1})
-            _insert(conn, record, meta)
-            _activate(conn, tenant, task, record.version)
-        return record
-
-    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
-        with self._transaction("roll back", tenant, task) as conn:
-            versions = [
-                v
-                for (v,) in conn.execute(
-                    "SELECT version FROM adapters WHERE tenant = ? AND task = ? ORDER BY version",
-                    (tenant, task),
-                )
-            ]
-            row = conn.execute(
-                "SELECT version FROM active WHERE tenant = ? AND task = ?", (tenant, task)
-            ).fetchone()
-            target = choose(versions, row and row[0])
-            _activate(conn, tenant, task, target)
-            # Parsed inside the transaction: a malformed target row rolls the change back.
-            return self._record(
-                conn.execute(
-                    f"SELECT {_COLUMNS} FROM adapters AS a "
-                    "WHERE a.tenant = ? AND a.task = ? AND a.version = ?",
-                    (tenant, task, target),
-                ).fetchone()
-            )
-
-    def _erase(self, tenant: str) -> list[AdapterRecord]:
-        """``secure_delete`` is on, so the erased rows are overwritten in the file, and the WAL
-        is checkpointed and truncated afterwards when no other connection is reading."""
-        with self._transaction("delete tenant", tenant) as conn:
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
+        """``secure_delete`` is on, so erased rows are overwritten in the file, and after an
+        erasure the WAL is checkpointed and truncated when no other connection is reading."""
+        with self._transaction(action, tenant) as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM adapters AS a WHERE a.tenant = ? "
-                "ORDER BY a.task, a.version",
-                (tenant,),
+                f"SELECT {_COLUMNS} FROM adapters AS a WHERE a.tenant = ?", (tenant,)
             ).fetchall()
-            # Parsed before deleting: a malformed row aborts the erasure, so nothing is lost
-            # without the caller learning which adapter files to delete.
-            deleted = [self._record(row) for row in rows]
-            conn.execute("DELETE FROM active WHERE tenant = ?", (tenant,))
-            conn.execute("DELETE FROM adapters WHERE tenant = ?", (tenant,))
-        if deleted:
+            active = conn.execute(
+                "SELECT task, version FROM active WHERE tenant = ?", (tenant,)
+            ).fetchall()
+            # Parsed inside the transaction: a malformed row aborts the write (nothing lost).
+            plan = decide(TenantState([self._record(row) for row in rows], dict(active)))
+            if plan.erase:
+                conn.execute("DELETE FROM active WHERE tenant = ?", (tenant,))
+                conn.execute("DELETE FROM adapters WHERE tenant = ?", (tenant,))
+                conn.execute("DELETE FROM audit WHERE tenant = ? AND action != 'erase'", (tenant,))
+            for record in plan.put:
+                _upsert(conn, record)
+            for task, version in plan.activate.items():
+                conn.execute(
+                    "INSERT OR REPLACE INTO active (tenant, task, version) VALUES (?, ?, ?)",
+                    (tenant, task, version),
+                )
+            conn.executemany(
+                "INSERT INTO audit (tenant, task, action, at, entry) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (e.tenant, e.task, e.action, e.at.isoformat(), e.model_dump_json())
+                    for e in plan.audit
+                ],
+            )
+        if plan.erase and rows:
             self._truncate_wal()
-        return deleted
+        return plan.result
+
+    def _audit_entries(self, tenant: str | None) -> list[AuditEntry]:
+        sql = "SELECT seq, tenant, entry FROM audit"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = ?", (tenant,)
+        with self._connection("read the audit trail", tenant) as conn:
+            rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+        return [self._audit_entry(seq, name, entry) for seq, name, entry in rows]
+
+    def _audit_entry(self, seq: object, tenant: object, text: object) -> AuditEntry:
+        try:
+            entry = AuditEntry.model_validate_json(text)  # type: ignore[arg-type]
+            if entry.tenant != tenant:
+                raise ValueError("the entry names another tenant than its row")
+            return entry
+        except ValidationError as exc:
+            reason = summarise(exc)
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        raise RegistryError(
+            f"SQLite registry {self._path}: malformed audit row {_short(seq)}: {reason}",
+            tenant=tenant if isinstance(tenant, str) else None,
+        )
 
     def _select(self, tenant: str | None, task: str | None, history: bool) -> list[AdapterRecord]:
         where: list[str] = []
@@ -282,38 +294,15 @@ class SQLiteRegistry(WritableBase):
 
     def _record(self, row: Sequence[Any]) -> AdapterRecord:
         """A stored row as a record; RegistryError naming the tenant and task if malformed."""
-        tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata, digest = (
-            row
-        )
         try:
-            meta = json.loads(metadata)
-            if not isinstance(meta, dict):
-                raise ValueError(f"metadata is a JSON {type(meta).__name__}, not an object")
-            return AdapterRecord(
-                tenant=tenant,
-                task=task,
-                version=version,
-                adapter_id=adapter_id,
-                base_model=base_model,
-                status=status,
-                uri=uri,
-                created_at=_parse_time(created_at),
-                metadata=meta,
-                digest=digest,
-            )
-        except ValidationError as exc:
-            reason = summarise(exc)
-            cause: Exception = exc
-        except (TypeError, ValueError) as exc:  # bad JSON, bad timestamp
-            reason, cause = str(exc), exc
-        except RecursionError as exc:  # metadata nested deeper than the JSON parser goes
-            reason, cause = "metadata JSON nested too deeply", exc
-        raise RegistryError(
-            f"SQLite registry {self._path}: malformed row for tenant {_short(tenant)} "
-            f"task {_short(task)} version {_short(version)}: {reason}",
-            tenant=tenant if isinstance(tenant, str) else None,
-            task=task if isinstance(task, str) else None,
-        ) from cause
+            return parse_row(row)
+        except MalformedRow as exc:
+            raise RegistryError(
+                f"SQLite registry {self._path}: malformed row for {describe_row(row)}: "
+                f"{exc.reason}",
+                tenant=row[0] if isinstance(row[0], str) else None,
+                task=row[1] if isinstance(row[1], str) else None,
+            ) from exc.__cause__
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -351,11 +340,15 @@ def _explain(exc: sqlite3.Error) -> str:
     return text
 
 
-def _insert(conn: sqlite3.Connection, record: AdapterRecord, metadata_json: str) -> None:
-    created_at = record.created_at.astimezone(timezone.utc).isoformat()
+def _upsert(conn: sqlite3.Connection, record: AdapterRecord) -> None:
+    """Store a version, replacing the stored one of the same (tenant, task, version)."""
     conn.execute(
         "INSERT INTO adapters (tenant, task, version, adapter_id, base_model, status, uri, "
-        "created_at, metadata, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, metadata, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (tenant, task, version) DO UPDATE SET adapter_id = excluded.adapter_id, "
+        "base_model = excluded.base_model, status = excluded.status, uri = excluded.uri, "
+        "created_at = excluded.created_at, metadata = excluded.metadata, "
+        "digest = excluded.digest",
         (
             record.tenant,
             record.task,
@@ -364,26 +357,11 @@ def _insert(conn: sqlite3.Connection, record: AdapterRecord, metadata_json: str)
             record.base_model,
             record.status,
             record.uri,
-            created_at,
-            metadata_json,
+            record.created_at.astimezone(timezone.utc).isoformat(),
+            metadata_json(record.metadata),
             record.digest,
         ),
     )
-
-
-def _activate(conn: sqlite3.Connection, tenant: str, task: str, version: int) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO active (tenant, task, version) VALUES (?, ?, ?)",
-        (tenant, task, version),
-    )
-
-
-def _parse_time(value: object) -> datetime:
-    """An ISO-8601 timestamp. ``Z`` (which Python 3.10 cannot parse) or no offset means UTC."""
-    if not isinstance(value, str):
-        raise TypeError(f"created_at is a {type(value).__name__}, not an ISO-8601 string")
-    parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -4,17 +4,20 @@
 :class:`~tenantlora.registry.WritableRegistry` once: argument checks, the record every publish
 builds before touching the store (:func:`draft_record`: IDs, metadata, store root, content
 digest), the versioning rules (the next version is the highest + 1; :func:`rollback_target`),
-logging, ordering, and ``with``. A registry subclasses it and implements four storage hooks, each
-one atomic (a failure changes nothing):
+the audit entry of every write, logging, ordering, and ``with``. Every write is a pure
+decision over the tenant's state (``decide(TenantState) -> Plan``, in :mod:`._plans`) that a
+registry applies atomically. A registry implements three storage hooks:
 
-* ``_insert_version(draft, metadata_json)``: store ``draft`` as version highest + 1 of its
-  (tenant, task), make it active, return the stored record;
-* ``_roll_back(tenant, task, choose)``: read the task's versions and the active one, call
-  ``choose(versions, active)`` for the target (it raises RegistryError when there is none),
-  make the target active, return its record;
-* ``_erase(tenant)``: delete every version of every task of the tenant, return them;
+* ``_transact(action, tenant, decide)``: in one atomic step (a transaction, a MULTI/EXEC, a
+  lock), read the tenant's :class:`TenantState`, call ``decide`` (it may raise: then nothing is
+  written), apply the :class:`Plan` it returns (erase the tenant first when ``plan.erase``:
+  its versions, active versions and audit entries but the earlier ``erase`` ones;
+  then store ``plan.put`` by (task, version), replacing any stored one; make ``plan.activate``
+  active; append ``plan.audit`` to the audit trail; announce ``plan.changes`` on the change
+  feed, if any) and return ``plan.result``;
 * ``_select(tenant, task, history)``: the active records (every version with ``history``) of
-  one tenant / task or all, in any order.
+  one tenant / task or all, in any order;
+* ``_audit_entries(tenant)``: the audit entries of one tenant or all, in the order written.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, TypeVar, get_args
 
 from pydantic import ValidationError
 
@@ -33,10 +36,25 @@ from tenantlora._lifecycle import Closing
 from tenantlora.errors import InvalidRequestError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry._content import settle_content
-from tenantlora.types import AdapterRecord, AdapterStatus
+from tenantlora.registry._plans import (
+    Choose,
+    Plan,
+    Stamp,
+    TenantState,
+    erase_plan,
+    publish_plan,
+    restore_plan,
+    rollback_plan,
+    status_plan,
+    summarise,
+)
+from tenantlora.types import AdapterRecord, AdapterStatus, AuditEntry
 
 __all__ = [
     "Choose",
+    "Plan",
+    "TenantSnapshot",
+    "TenantState",
     "WritableBase",
     "check_version",
     "draft_record",
@@ -47,9 +65,32 @@ __all__ = [
 ]
 
 _log = logging.getLogger("tenantlora")
+_T = TypeVar("_T")
 
-Choose = Callable[[Sequence[int], "int | None"], int]
-"""``choose(versions, active)`` -> the version a rollback activates (versions sorted)."""
+
+class TenantSnapshot:
+    """Everything a registry holds for one tenant: every version, the active one per task and
+    the audit trail. What :func:`tenantlora.registry.copy` moves."""
+
+    __slots__ = ("active", "audit", "records", "tenant")
+
+    def __init__(
+        self,
+        tenant: str,
+        records: Sequence[AdapterRecord],
+        active: Mapping[str, int],
+        audit: Sequence[AuditEntry],
+    ) -> None:
+        self.tenant = tenant
+        self.records = list(records)
+        self.active = dict(active)
+        self.audit = list(audit)
+
+    def __repr__(self) -> str:
+        return (
+            f"TenantSnapshot({self.tenant!r}, {len(self.records)} versions, "
+            f"{len(self.audit)} audit entries)"
+        )
 
 
 class WritableBase(Closing):
@@ -71,10 +112,13 @@ class WritableBase(Closing):
         status: AdapterStatus = "ready",
         metadata: Mapping[str, Any] | None = None,
         digest: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active."""
+        stamp = Stamp.now(actor, reason)
         # Built (and validated) before any I/O; only the version is filled in by the store.
-        draft, meta = draft_record(
+        draft, _ = draft_record(
             tenant,
             task,
             adapter_id=adapter_id,
@@ -85,30 +129,109 @@ class WritableBase(Closing):
             digest=digest,
             store_root=self.store_root,
         )
-        record = self._insert_version(draft, meta)
+        record = self._transact("publish", tenant, publish_plan(draft, stamp))
         _log.info("registry: published %s/%s version %d", tenant, task, record.version)
         return record
 
-    def rollback(self, tenant: str, task: str, *, to_version: int | None = None) -> AdapterRecord:
+    def rollback(
+        self,
+        tenant: str,
+        task: str,
+        *,
+        to_version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
         """Re-activate the version below the active one, or ``to_version``; return it."""
         validate_tenant(tenant)
         validate_task(task)
         check_version(to_version)
+        stamp = Stamp.now(actor, reason)
 
         def choose(versions: Sequence[int], active: int | None) -> int:
             return rollback_target(tenant, task, versions, active, to_version)
 
-        record = self._roll_back(tenant, task, choose)
+        record = self._transact("roll back", tenant, rollback_plan(tenant, task, choose, stamp))
         _log.info("registry: rolled back %s/%s to version %d", tenant, task, record.version)
         return record
 
-    def delete_tenant(self, tenant: str) -> builtins.list[AdapterRecord]:
-        """Erase every version of every task of ``tenant``; return what was deleted (by task,
-        version)."""
+    def set_status(
+        self,
+        tenant: str,
+        task: str,
+        status: AdapterStatus,
+        *,
+        version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
+        """Change the status of one version (the active one unless ``version``); return it.
+
+        A version that is not ``ready`` is not served (the client falls back to the base model
+        with ``adapter_not_ready``). RegistryError when the version does not exist."""
         validate_tenant(tenant)
-        deleted = self._erase(tenant)
+        validate_task(task)
+        check_version(version)
+        check_status(status)
+        stamp = Stamp.now(actor, reason)
+        record = self._transact(
+            "set status", tenant, status_plan(tenant, task, version, status, stamp)
+        )
+        _log.info("registry: %s/%s version %d is now %s", tenant, task, record.version, status)
+        return record
+
+    def delete_tenant(
+        self, tenant: str, *, actor: str | None = None, reason: str | None = None
+    ) -> builtins.list[AdapterRecord]:
+        """Erase every version of every task of ``tenant`` and its audit trail, keeping one
+        entry saying the erasure happened (the count and the erased task names and version
+        numbers only; earlier erasure entries stay too); return what was
+        deleted (by task, version), so the caller can delete the adapter files."""
+        validate_tenant(tenant)
+        stamp = Stamp.now(actor, reason)
+        deleted = self._transact("delete tenant", tenant, erase_plan(tenant, stamp))
         _log.info("registry: deleted tenant %s (%d records)", tenant, len(deleted))
         return deleted
+
+    def audit(
+        self,
+        tenant: str | None = None,
+        task: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> builtins.list[AuditEntry]:
+        """The audit trail by time (ties in the order written): every publish, rollback,
+        status change and erasure, of one tenant (and task) or all, written at ``since`` <=
+        time < ``until``."""
+        if tenant is not None:
+            validate_tenant(tenant)
+        if task is not None:
+            validate_task(task)
+        lower, upper = check_time(since, "since"), check_time(until, "until")
+        found = [
+            e
+            for e in self._audit_entries(tenant)
+            if (task is None or e.task == task)
+            and (lower is None or e.at >= lower)
+            and (upper is None or e.at < upper)
+        ]
+        return sorted(found, key=lambda e: e.at)  # stable: ties stay in the order written
+
+    def snapshot(self, tenant: str) -> TenantSnapshot:
+        """Everything held for ``tenant`` (every version, the active ones, the audit trail)."""
+        validate_tenant(tenant)
+        records = self.list(tenant, history=True)
+        active = {r.task: r.version for r in self.list(tenant)}
+        return TenantSnapshot(tenant, records, active, self.audit(tenant))
+
+    def restore(self, snapshot: TenantSnapshot) -> None:
+        """Store a snapshot taken from another registry as is (versions, active versions,
+        status, metadata, times and audit trail). RegistryError if this registry already
+        holds anything for that tenant."""
+        validate_tenant(snapshot.tenant)
+        self._transact("restore", snapshot.tenant, restore_plan(snapshot))
+        _log.info("registry: restored tenant %s", snapshot.tenant)
 
     # Kept last: a method named ``list`` shadows the builtin in annotations that follow it.
     def list(
@@ -124,18 +247,15 @@ class WritableBase(Closing):
 
     # -- the storage hooks --------------------------------------------------------------------
 
-    def _insert_version(self, draft: AdapterRecord, meta: str) -> AdapterRecord:
-        raise NotImplementedError
-
-    def _roll_back(self, tenant: str, task: str, choose: Choose) -> AdapterRecord:
-        raise NotImplementedError
-
-    def _erase(self, tenant: str) -> builtins.list[AdapterRecord]:
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
         raise NotImplementedError
 
     def _select(
         self, tenant: str | None, task: str | None, history: bool
     ) -> builtins.list[AdapterRecord]:
+        raise NotImplementedError
+
+    def _audit_entries(self, tenant: str | None) -> builtins.list[AuditEntry]:
         raise NotImplementedError
 
 
@@ -226,9 +346,19 @@ def draft_record(
     return record, meta
 
 
-def summarise(exc: ValidationError) -> str:
-    """A one-line summary of a pydantic error: ``field: message; ...``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+def check_time(value: object, name: str) -> datetime | None:
+    """A time filter: None, or an aware datetime (in UTC); InvalidRequestError otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidRequestError(f"{name} must be a datetime with a time zone")
+    return value.astimezone(timezone.utc)
+
+
+def check_status(status: object) -> None:
+    allowed = get_args(AdapterStatus)
+    if status not in allowed:
+        raise InvalidRequestError(f"status must be one of {', '.join(allowed)}, not {status!r}")
 
 
 def check_version(to_version: object) -> None:

@@ -94,7 +94,7 @@ def test_the_key_prefix_is_configurable(cloudflare: FakeCloudflare) -> None:
     cloudflare.kv["other:thing"] = b"not ours"
     with make(prefix="tenants/") as registry:
         registry.publish("acme", TASK, adapter_id="ft-1")
-        assert set(cloudflare.kv) == {"other:thing", "tenants/acme"}
+        assert set(cloudflare.kv) == {"other:thing", "tenants/acme", "tenants/acme#audit"}
         assert [r.tenant for r in registry.list()] == ["acme"]
     put = next(r for r in cloudflare.kv_requests if r.method == "PUT")
     assert put.url.raw_path.endswith(b"/values/tenants%2Facme")  # the key is URL-encoded

@@ -104,7 +104,7 @@ def test_file_is_in_wal_mode_and_marked_as_ours(registry: SQLiteRegistry, db: Pa
     """A new registry file uses WAL journaling and carries our application_id and schema."""
     assert raw(db, "PRAGMA journal_mode") == [("wal",)]
     assert raw(db, "PRAGMA application_id") == [(0x544C4F52,)]
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
 
 
 def test_memory_registries_are_private() -> None:
@@ -186,8 +186,8 @@ def test_foreign_application_id_is_refused(db: Path) -> None:
 def test_newer_schema_is_refused(db: Path) -> None:
     """A registry written with a newer schema version says so instead of misreading it."""
     SQLiteRegistry(db).close()
-    raw(db, "PRAGMA user_version = 3")
-    with pytest.raises(RegistryError, match=r"schema version 3.*newer"):
+    raw(db, "PRAGMA user_version = 4")
+    with pytest.raises(RegistryError, match=r"schema version 4.*newer"):
         SQLiteRegistry(db)
 
 
@@ -432,7 +432,11 @@ def test_a_version_1_file_is_migrated_on_open_and_keeps_its_records(db: Path) ->
         assert (old.adapter_id, old.digest) == ("a1", None)
         new = registry.publish("acme", "icp", adapter_id="a2", digest="sha256:" + "c" * 64)
         assert registry.get("acme").adapters["icp"] == new  # type: ignore[union-attr]
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+        # Writes before the audit table existed were not audited; writes after are.
+        assert [(e.action, e.from_version, e.to_version) for e in registry.audit()] == [
+            ("publish", 1, 2)
+        ]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
     assert raw(db, "SELECT adapter_id, digest FROM adapters ORDER BY version") == [
         ("a1", None),
         ("a2", "sha256:" + "c" * 64),

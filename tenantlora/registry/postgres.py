@@ -1,0 +1,548 @@
+"""A registry in PostgreSQL, shared by every process and host of a fleet (psycopg 3 and its
+pool, extra ``postgres``).
+
+Schema version 1 (``{p}`` is the table prefix, default ``tenantlora_``)::
+
+    {p}meta(key, value)           key 'schema_version' -> '1'
+    {p}adapters(tenant, task, version, adapter_id, base_model, status, uri, created_at,
+                metadata jsonb, digest)            every published version
+    {p}active(tenant, task, version)               the version served per (tenant, task)
+    {p}audit(seq, tenant, task, action, at, entry jsonb)  the audit trail, in write order
+
+The tables are created on first use (``auto_migrate=True``, the default) or by an explicit
+:meth:`PostgresRegistry.migrate` (for a deployment that runs migrations as a separate step with
+a more privileged role); both are idempotent and serialised by an advisory lock, so several
+processes starting at once are safe. A database whose ``schema_version`` is newer than this
+code is refused; a future version 2 will be reached from 1 by :meth:`migrate`, in one
+transaction.
+
+Every write is one transaction that first takes a per-tenant advisory lock
+(``pg_advisory_xact_lock``), reads the tenant's rows, decides in Python (the shared rules of
+:class:`~tenantlora.registry.writable.WritableBase`) and writes; so concurrent publishers in any
+number of processes get contiguous versions, and a write that fails, or a client killed in the
+middle, changes nothing. Each write announces its change with ``pg_notify`` inside that
+transaction, delivered to every listener when (and only if) it commits: the change feed.
+
+A stored row that does not make a valid record raises
+:class:`~tenantlora.errors.RegistryError` naming the table and row (never its values). Every
+psycopg and socket error becomes a RegistryError naming the action, with the server's primary
+message but never the connection string.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from tenantlora._lifecycle import AsyncClosing
+from tenantlora.errors import ConfigurationError, RegistryError
+from tenantlora.naming import validate_tenant
+from tenantlora.registry._feeds import Subscribed
+from tenantlora.registry._plans import summarise
+from tenantlora.registry._postgres_feed import PostgresFeed
+from tenantlora.registry._redis_feed import encode_change
+from tenantlora.registry._rows import COLUMNS, MalformedRow, describe_row, parse_row
+from tenantlora.registry.base import ChangeCallback
+from tenantlora.registry.writable import Plan, TenantState, WritableBase
+from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
+
+if TYPE_CHECKING:
+    import psycopg_pool
+
+__all__ = ["SCHEMA_VERSION", "AsyncPostgresRegistry", "PostgresRegistry"]
+
+_T = TypeVar("_T")
+SCHEMA_VERSION = 1
+DEFAULT_TABLE_PREFIX = "tenantlora_"
+REGISTRY_TIMEOUT = 10.0
+_MIGRATION_LOCK = 0x544C4F52  # "TLOR": the advisory lock key that serialises migrations
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError:  # pragma: no cover - the extra is installed in every test environment
+        raise ConfigurationError(
+            "PostgresRegistry needs psycopg 3: pip install 'tenantlora[postgres]'"
+        ) from None
+    return psycopg
+
+
+class _Retry:
+    """A context manager that swallows ``retry`` errors (but not ``final`` ones): the body of
+    a ``for retry in attempts(): with retry: ...; return`` loop runs again after them."""
+
+    def __init__(self, *retry: type[BaseException]) -> None:
+        self._retry = retry[:1]
+        self._final = retry[1:]
+
+    def __enter__(self) -> None:
+        return None
+
+    def disarm(self) -> None:
+        """From here on, errors propagate."""
+        self._retry = ()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
+        if kind is None or not self._retry or (self._final and issubclass(kind, self._final)):
+            return False
+        return issubclass(kind, self._retry)
+
+
+class _Schema:
+    """Table names, SQL and row parsing for one table prefix (pure; shared by the sync and
+    async twins)."""
+
+    def __init__(self, url: str, table_prefix: str, timeout: float) -> None:
+        if not isinstance(table_prefix, str) or not all(
+            c.isascii() and (c.isalnum() or c == "_") for c in table_prefix
+        ):
+            raise ConfigurationError("table_prefix must be ASCII letters, digits and '_'")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        psycopg = _import_psycopg()
+        self.errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
+        self.url = url
+        self.prefix = table_prefix
+        self.timeout = float(timeout)
+        self.channel = f"{table_prefix}changes"
+        p = table_prefix
+        self.meta, self.adapters, self.active, self.audit = (
+            f"{p}meta",
+            f"{p}adapters",
+            f"{p}active",
+            f"{p}audit",
+        )
+        cols = ", ".join(f"a.{c}" for c in COLUMNS).replace("a.metadata", "a.metadata::text")
+        self.select = f"SELECT {cols} FROM {self.adapters} AS a"
+        self.select_active = (
+            f"{self.select} JOIN {self.active} AS v "
+            "ON a.tenant = v.tenant AND a.task = v.task AND a.version = v.version"
+        )
+
+    def connection_options(self) -> dict[str, Any]:
+        """libpq options: every connect and every unanswered send is bounded by ``timeout``."""
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.timeout)),
+            "tcp_user_timeout": int(self.timeout * 1000),
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(self.timeout)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "application_name": "tenantlora",
+        }
+
+    def ddl(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.meta} (key text PRIMARY KEY, value text NOT NULL)",
+            f"""CREATE TABLE IF NOT EXISTS {self.adapters} (
+                tenant text NOT NULL, task text NOT NULL,
+                version integer NOT NULL CHECK (version >= 1),
+                adapter_id text NOT NULL, base_model text, status text NOT NULL, uri text,
+                created_at timestamptz NOT NULL, metadata jsonb NOT NULL DEFAULT '{{}}',
+                digest text, PRIMARY KEY (tenant, task, version))""",
+            f"""CREATE TABLE IF NOT EXISTS {self.active} (
+                tenant text NOT NULL, task text NOT NULL, version integer NOT NULL,
+                PRIMARY KEY (tenant, task),
+                FOREIGN KEY (tenant, task, version)
+                    REFERENCES {self.adapters} (tenant, task, version))""",
+            f"""CREATE TABLE IF NOT EXISTS {self.audit} (
+                seq bigserial PRIMARY KEY, tenant text NOT NULL, task text,
+                action text NOT NULL, at timestamptz NOT NULL, entry jsonb NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS {self.audit}_by_tenant ON {self.audit} (tenant, seq)",
+        ]
+
+    def attempts(self) -> Iterator[_Retry]:
+        """Two tries: a connection error other than a pool timeout in the first is swallowed
+        (the pool discards the broken connection) and the loop goes on; see :class:`_Retry`."""
+        psycopg = _import_psycopg()
+        from psycopg_pool import PoolTimeout
+
+        yield _Retry(psycopg.OperationalError, PoolTimeout)
+        yield _Retry()
+
+    def fail(self, action: str, reason: str, tenant: str | None = None) -> RegistryError:
+        return RegistryError(f"PostgreSQL registry: {action} failed: {reason}", tenant=tenant)
+
+    def explain(self, exc: BaseException) -> str:
+        """What went wrong, without the connection string: the error type and the server's
+        primary message (libpq's own messages name host and port, never the password)."""
+        diag = getattr(exc, "diag", None)
+        primary = getattr(diag, "message_primary", None)
+        if primary:
+            return f"{type(exc).__name__}: {primary[:200]}"
+        return f"{type(exc).__name__} (server unreachable or the connection dropped)"
+
+    @contextmanager
+    def boundary(self, action: str, tenant: str | None = None) -> Iterator[None]:
+        """The one place psycopg and socket errors become RegistryError."""
+        try:
+            yield
+        except self.errors as exc:
+            raise self.fail(action, self.explain(exc), tenant) from None
+
+    def check_version(self, stored: str | None) -> None:
+        if stored != str(SCHEMA_VERSION):
+            raise self.fail(
+                "open",
+                f"table {self.meta} says schema version {str(stored)[:20]!r}, this client "
+                f"reads {SCHEMA_VERSION}; upgrade tenantlora or migrate",
+            )
+
+    def record(self, row: Sequence[Any]) -> AdapterRecord:
+        try:
+            return parse_row(row)
+        except MalformedRow as exc:
+            raise RegistryError(
+                f"PostgreSQL registry: malformed row in {self.adapters} for "
+                f"{describe_row(row)}: {exc.reason}",
+                tenant=row[0] if isinstance(row[0], str) else None,
+            ) from None
+
+    def audit_entry(self, seq: int, tenant: str, text: str) -> AuditEntry:
+        try:
+            entry = AuditEntry.model_validate_json(text)
+        except ValidationError as exc:
+            reason = summarise(exc)
+        else:
+            if entry.tenant == tenant:
+                return entry
+            reason = "the entry names another tenant than its row"
+        raise RegistryError(
+            f"PostgreSQL registry: malformed row in {self.audit} seq {seq}: {reason}",
+            tenant=tenant,
+        )
+
+    def adapters_of(self, tenant: str, rows: Sequence[Sequence[Any]]) -> TenantAdapters | None:
+        if not rows:
+            return None
+        records = [self.record(row) for row in rows]
+        return TenantAdapters(tenant=tenant, adapters={r.task: r for r in records})
+
+
+class PostgresRegistry(WritableBase):
+    """A :class:`~tenantlora.registry.WritableRegistry` in PostgreSQL; see the module
+    docstring.
+
+    ``url`` is a libpq connection string or URL (``postgresql://app@db:5432/app``; put the
+    password in ``PGPASSWORD`` or ``~/.pgpass`` rather than in code). ``timeout`` bounds
+    connecting, waiting for a pooled connection and every unanswered send;
+    ``max_connections`` bounds the pool. ``connection_pool`` is an existing
+    ``psycopg_pool.ConnectionPool`` (yours to configure and close; its connections must be in
+    autocommit mode). ``auto_migrate=False`` refuses to create tables: run :meth:`migrate`.
+
+    Example::
+
+        registry = PostgresRegistry("postgresql://app@db/app")
+        registry.publish("acme", "icp_classifier", adapter_id="acme-icp-v1", actor="ci")
+    """
+
+    def __init__(
+        self,
+        url: str = "postgresql://127.0.0.1:5432/postgres",
+        *,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        timeout: float = REGISTRY_TIMEOUT,
+        max_connections: int = 4,
+        connection_pool: psycopg_pool.ConnectionPool[Any] | None = None,
+        auto_migrate: bool = True,
+        store_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._schema = _Schema(url, table_prefix, timeout)
+        self.store_root = store_root
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an int")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
+        from psycopg_pool import ConnectionPool
+
+        self._owns_pool = connection_pool is None
+        with self._schema.boundary("open"):
+            self._pool: Any = connection_pool or ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max_connections,
+                kwargs=self._schema.connection_options(),
+                timeout=self._schema.timeout,
+                reconnect_timeout=self._schema.timeout,
+                open=False,
+                name="tenantlora-registry",
+            )
+            if self._owns_pool:
+                self._pool.open(wait=False)
+        self._auto_migrate = auto_migrate
+        self._ready = False
+        self._lock = threading.Lock()
+        self._feed: PostgresFeed | None = None
+
+    @property
+    def table_prefix(self) -> str:
+        return self._schema.prefix
+
+    def __repr__(self) -> str:
+        return f"PostgresRegistry(table_prefix={self.table_prefix!r})"
+
+    def migrate(self) -> int:
+        """Create the tables (or bring them to this version); return the schema version.
+        Idempotent, and safe from several processes at once."""
+        schema = self._schema
+        with schema.boundary("migrate"), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            for statement in schema.ddl():
+                conn.execute(statement)
+            conn.execute(
+                f"INSERT INTO {schema.meta} (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+            row = conn.execute(
+                f"SELECT value FROM {schema.meta} WHERE key = 'schema_version'"
+            ).fetchone()
+        schema.check_version(row and row[0])
+        self._ready = True
+        return SCHEMA_VERSION
+
+    def watch(self, callback: ChangeCallback) -> Subscribed:
+        """Deliver every write's :class:`~tenantlora.registry.base.Change` (from any process)
+        to ``callback`` (``LISTEN`` on a connection of the feed's own); see
+        :class:`~tenantlora.registry.base.WatchableRegistry`."""
+        with self._lock:
+            if self._feed is None:
+                self._feed = PostgresFeed(self._schema)
+            return self._feed.add(callback)
+
+    def close(self) -> None:
+        """Stop the change feed and close the pool (unless it was supplied)."""
+        if self._feed is not None:
+            self._feed.close()
+        if self._owns_pool:
+            self._pool.close()
+
+    def get(self, tenant: str) -> TenantAdapters | None:
+        """The tenant's active record per task, or None when it has none."""
+        validate_tenant(tenant)
+        schema = self._schema
+        rows = self._query(
+            "read",
+            tenant,
+            f"{schema.select_active} WHERE a.tenant = %s ORDER BY a.task",
+            (tenant,),
+        )
+        return schema.adapters_of(tenant, rows)
+
+    # -- storage (WritableBase hooks) -----------------------------------------------------------
+
+    def _transact(self, action: str, tenant: str, decide: Callable[[TenantState], Plan[_T]]) -> _T:
+        schema = self._schema
+        self._ensure_schema(action)
+        lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+        with schema.boundary(action, tenant):
+            for retry in schema.attempts():
+                with retry, self._pool.connection() as conn, conn.transaction():
+                    conn.execute(lock, (f"{schema.prefix}:{tenant}",))
+                    # Retried only when BEGIN or the lock fails (a pooled connection that died
+                    # idle): nothing was written, while a failure later, even at COMMIT,
+                    # might have been, so it is reported instead.
+                    retry.disarm()
+                    rows = conn.execute(f"{schema.select} WHERE a.tenant = %s", (tenant,))
+                    active = conn.execute(
+                        f"SELECT task, version FROM {schema.active} WHERE tenant = %s",
+                        (tenant,),
+                    )
+                    records = [schema.record(row) for row in rows.fetchall()]
+                    plan = decide(TenantState(records, dict(active.fetchall())))
+                    self._apply(conn, tenant, plan)
+                return plan.result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _apply(self, conn: Any, tenant: str, plan: Plan[Any]) -> None:
+        schema = self._schema
+        if plan.erase:
+            conn.execute(f"DELETE FROM {schema.active} WHERE tenant = %s", (tenant,))
+            conn.execute(f"DELETE FROM {schema.adapters} WHERE tenant = %s", (tenant,))
+            conn.execute(
+                f"DELETE FROM {schema.audit} WHERE tenant = %s AND action <> 'erase'", (tenant,)
+            )
+        with conn.cursor() as cur:
+            if plan.put:
+                cur.executemany(
+                    f"INSERT INTO {schema.adapters} ({', '.join(COLUMNS)}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) "
+                    "ON CONFLICT (tenant, task, version) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:]),
+                    [_row(r) for r in plan.put],
+                )
+            if plan.activate:
+                cur.executemany(
+                    f"INSERT INTO {schema.active} (tenant, task, version) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (tenant, task) DO UPDATE SET version = excluded.version",
+                    [(tenant, task, v) for task, v in plan.activate.items()],
+                )
+            if plan.audit:
+                cur.executemany(
+                    f"INSERT INTO {schema.audit} (tenant, task, action, at, entry) "
+                    "VALUES (%s, %s, %s, %s, %s::jsonb)",
+                    [(e.tenant, e.task, e.action, e.at, e.model_dump_json()) for e in plan.audit],
+                )
+            for change in plan.changes:
+                cur.execute("SELECT pg_notify(%s, %s)", (schema.channel, encode_change(change)))
+
+    def _audit_entries(self, tenant: str | None) -> builtins.list[AuditEntry]:
+        schema = self._schema
+        sql = f"SELECT seq, tenant, entry::text FROM {schema.audit}"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = %s", (tenant,)
+        rows = self._query("read the audit trail", tenant, sql + " ORDER BY seq", params)
+        return [schema.audit_entry(seq, name, text) for seq, name, text in rows]
+
+    def _select(
+        self, tenant: str | None, task: str | None, history: bool
+    ) -> builtins.list[AdapterRecord]:
+        schema = self._schema
+        where, params = [], []
+        for column, value in (("tenant", tenant), ("task", task)):
+            if value is not None:
+                where.append(f"a.{column} = %s")
+                params.append(value)
+        # Only fixed SQL fragments are interpolated; every value is a bound parameter.
+        sql = schema.select_active if not history else schema.select
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._query("list", tenant, sql, tuple(params))
+        return [schema.record(row) for row in rows]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _ensure_schema(self, action: str) -> None:
+        if self._ready:
+            return
+        if self._auto_migrate:
+            self.migrate()
+            return
+        schema = self._schema
+        with schema.boundary(action), self._pool.connection() as conn:
+            exists = conn.execute("SELECT to_regclass(%s)", (schema.meta,)).fetchone()[0]
+            row = None
+            if exists is not None:
+                row = conn.execute(
+                    f"SELECT value FROM {schema.meta} WHERE key = 'schema_version'"
+                ).fetchone()
+        if exists is None:
+            raise schema.fail(action, "the tables do not exist; run registry.migrate()")
+        schema.check_version(row and row[0])
+        self._ready = True
+
+    def _query(
+        self, action: str, tenant: str | None, sql: str, params: Sequence[Any]
+    ) -> builtins.list[Any]:
+        """One read. A pooled connection that died while idle (the server restarted) fails
+        its first statement: the read is retried once on a fresh connection."""
+        self._ensure_schema(action)
+        with self._schema.boundary(action, tenant):
+            for retry in self._schema.attempts():
+                with retry, self._pool.connection() as conn:
+                    return list(conn.execute(sql, params).fetchall())
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _row(record: AdapterRecord) -> tuple[Any, ...]:
+    return (
+        record.tenant,
+        record.task,
+        record.version,
+        record.adapter_id,
+        record.base_model,
+        record.status,
+        record.uri,
+        record.created_at,
+        json.dumps(record.metadata, sort_keys=True),
+        record.digest,
+    )
+
+
+class AsyncPostgresRegistry(AsyncClosing):
+    """The async reader of a :class:`PostgresRegistry` (an ``AsyncAdapterRegistry``), for
+    :class:`~tenantlora.AsyncTenantLoRA`: ``await registry.get(tenant)`` on psycopg's
+    ``AsyncConnectionPool``. Writes are admin operations: use the sync class (which also
+    creates the tables). ``connection_pool`` is an ``AsyncConnectionPool`` (autocommit)."""
+
+    def __init__(
+        self,
+        url: str = "postgresql://127.0.0.1:5432/postgres",
+        *,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        timeout: float = REGISTRY_TIMEOUT,
+        max_connections: int = 4,
+        connection_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
+    ) -> None:
+        self._schema = _Schema(url, table_prefix, timeout)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an int")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
+        self._max_connections = max_connections
+        self._pool: Any = connection_pool
+        self._owns_pool = connection_pool is None
+        self._feed: PostgresFeed | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AsyncPostgresRegistry(table_prefix={self._schema.prefix!r})"
+
+    async def _connection_pool(self) -> Any:
+        if self._pool is None:  # opened on first use: it needs the running event loop
+            from psycopg_pool import AsyncConnectionPool
+
+            self._pool = AsyncConnectionPool(
+                self._schema.url,
+                min_size=1,
+                max_size=self._max_connections,
+                kwargs=self._schema.connection_options(),
+                timeout=self._schema.timeout,
+                reconnect_timeout=self._schema.timeout,
+                open=False,
+                name="tenantlora-registry-async",
+            )
+            await self._pool.open(wait=False)
+        return self._pool
+
+    async def get(self, tenant: str) -> TenantAdapters | None:
+        """The async twin of :meth:`PostgresRegistry.get`."""
+        validate_tenant(tenant)
+        schema = self._schema
+        sql = f"{schema.select_active} WHERE a.tenant = %s ORDER BY a.task"
+        rows: list[Any] = []
+        with schema.boundary("read", tenant):
+            pool = await self._connection_pool()
+            for retry in schema.attempts():
+                with retry:
+                    async with pool.connection() as conn:
+                        cursor = await conn.execute(sql, (tenant,))
+                        rows = await cursor.fetchall()
+                    break
+        return schema.adapters_of(tenant, rows)
+
+    def watch(self, callback: ChangeCallback) -> Subscribed:
+        """Like :meth:`PostgresRegistry.watch` (the feed runs on a thread with a sync
+        connection of its own, opened from ``url``)."""
+        with self._lock:
+            if self._feed is None:
+                self._feed = PostgresFeed(self._schema)
+            return self._feed.add(callback)
+
+    async def aclose(self) -> None:
+        """Stop the change feed and close the pool (unless it was supplied)."""
+        if self._feed is not None:
+            self._feed.close()
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
