@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tenantlora.registry._copying import CopyReport, copy
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, WritableRegistry
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "AsyncAdapterRegistry",
     "AsyncCloudflareKV",
     "CloudflareKV",
+    "CopyReport",
     "AsyncPostgresRegistry",
     "AsyncRedisRegistry",
     "MemoryRegistry",
@@ -33,6 +35,7 @@ __all__ = [
     "RedisRegistry",
     "SQLiteRegistry",
     "WritableRegistry",
+    "copy",
 ]
 
 _LAZY = {

@@ -442,16 +442,18 @@ class RegistryContract:
 
     def test_a_failed_write_appends_no_audit_entry(self, registry: WritableRegistry) -> None:
         publish_n(registry, 1)
-        for call in (
+        calls: list[Callable[[], object]] = [
             lambda: registry.rollback("acme", TASK),
             lambda: registry.rollback("acme", TASK, to_version=5),
             lambda: registry.rollback("acme", OTHER_TASK),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(RegistryError):
                 call()
-        for bad in ({"actor": 7}, {"actor": "x" * 257}, {"reason": ["no"]}):
+        bad_options: list[dict[str, Any]] = [{"actor": 7}, {"actor": "x" * 257}, {"reason": [1]}]
+        for bad in bad_options:
             with pytest.raises(InvalidRequestError):
-                registry.publish("acme", TASK, adapter_id="x", **bad)  # type: ignore[arg-type]
+                registry.publish("acme", TASK, adapter_id="x", **bad)
         assert [e.action for e in registry.audit()] == ["publish"]
         assert active_version(registry) == 1
 
