@@ -71,6 +71,13 @@ class RedisServer:
                 self.process.wait(5)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown (with ``persist``, what was synced survives)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
     def __enter__(self) -> RedisServer:
         self.start()
         return self
