@@ -2,7 +2,8 @@
 
     python -m benchmarks.propagation [--quick]
 
-Starts a throwaway redis-server, then 8 subscriber processes, each with its own RedisRegistry
+Starts a throwaway redis-server (``--store postgres``: a PostgreSQL server; ``--store sqlite``:
+one SQLite file), then 8 subscriber processes, each with its own registry
 and an AdapterResolver (TTL 300 s) that has the tenant cached. The main process alternates
 publish and rollback for the tenant; each subscriber records when its resolver dropped the entry
 (the change callback, which runs right after the resolver's own on the same feed thread) and
@@ -29,10 +30,12 @@ TENANT, TASK, TTL = "acme", "icp", 300.0
 
 
 def open_registry(store: str, where: str, prefix: str) -> Any:
-    from tenantlora.registry import RedisRegistry, SQLiteRegistry
+    from tenantlora.registry import PostgresRegistry, RedisRegistry, SQLiteRegistry
 
     if store == "sqlite":
         return SQLiteRegistry(where)
+    if store == "postgres":
+        return PostgresRegistry(where, table_prefix=prefix.replace(":", "_"))
     return RedisRegistry(where, prefix=prefix)
 
 
@@ -68,15 +71,18 @@ def subscriber(store: str, url: str, prefix: str, changes: int, out: Any, ready:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--store", choices=("redis", "sqlite"), default="redis")
+    parser.add_argument("--store", choices=("redis", "postgres", "sqlite"), default="redis")
     args = parser.parse_args(argv)
     changes, procs = (5, 2) if args.quick else (100, 8)
+    from postgres_server import PostgresServer
     from redis_server import RedisServer
 
     ctx = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp:
+        server: Any = PostgresServer() if args.store == "postgres" else RedisServer(Path(tmp))
+        server.start()
         prefix = f"bench{uuid.uuid4().hex[:8]}:"
-        where = server.url if args.store == "redis" else str(Path(tmp) / "adapters.db")
+        where = server.url if args.store != "sqlite" else str(Path(tmp) / "adapters.db")
         writer = open_registry(args.store, where, prefix)
         writer.publish(TENANT, TASK, adapter_id="v1")
         writer.publish(TENANT, TASK, adapter_id="v2")
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(changes):
             # Paced writes, one change in flight at a time (SQLite: longer than a poll, or two
             # commits would read as one change of data_version).
-            time.sleep(0.02 if args.store == "redis" else 0.15)
+            time.sleep(0.15 if args.store == "sqlite" else 0.02)
             start = time.time()
             record = (
                 writer.rollback(TENANT, TASK)
@@ -110,12 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.join(10)
         writer.close()
+        server.close() if hasattr(server, "close") else server.stop()
     delays.sort()
     p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
     flags = (" --quick" if args.quick else "") + (
-        " --store sqlite" if args.store == "sqlite" else ""
+        f" --store {args.store}" if args.store != "redis" else ""
     )
-    name = "Redis feed" if args.store == "redis" else "SQLite data_version feed (50 ms polls)"
+    name = {
+        "redis": "Redis feed",
+        "postgres": "PostgreSQL LISTEN/NOTIFY feed",
+        "sqlite": "SQLite data_version feed (50 ms polls)",
+    }[args.store]
     print(f"Command: `python -m benchmarks.propagation{flags}`")
     print()
     print("| figure | measured | target |")

@@ -4,7 +4,8 @@
 
 Each store holds 200 tenants with 3 tasks and 3 versions each; reads cycle through the tenants.
 Memory and SQLite are in-process (SQLite on a local file in WAL mode); Redis is a real
-``redis-server`` on loopback (one round trip per read). Run with nothing else on the machine.
+``redis-server`` on loopback (one round trip per read), PostgreSQL a real server on loopback
+(one query per read, a pooled connection). Run with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -46,16 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     reads = 400 if args.quick else 20_000
+    from postgres_server import PostgresServer
     from redis_server import RedisServer
 
-    from tenantlora.registry import MemoryRegistry, RedisRegistry, SQLiteRegistry
+    from tenantlora.registry import (
+        MemoryRegistry,
+        PostgresRegistry,
+        RedisRegistry,
+        SQLiteRegistry,
+    )
 
     rows: list[tuple[str, float, float]] = []
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RedisServer(Path(tmp) / "redis") as server,
+        PostgresServer() as postgres,
+    ):
         stores = {
             "MemoryRegistry": MemoryRegistry(),
             "SQLiteRegistry (WAL file)": SQLiteRegistry(Path(tmp) / "adapters.db"),
             "RedisRegistry (loopback)": RedisRegistry(server.url),
+            "PostgresRegistry (loopback)": PostgresRegistry(postgres.url),
         }
         for name, registry in stores.items():
             fill(registry)

@@ -35,8 +35,8 @@ def test_quick_benchmark_run_reports_every_figure(tmp_path: Path) -> None:
         assert row in proc.stdout
 
 
-def _quick_with_redis(module: str) -> str:
-    """``python -m benchmarks.<module> --quick`` (it starts a real redis-server): its stdout."""
+def _quick_with_redis(module: str, *extra: str) -> str:
+    """``python -m benchmarks.<module> --quick`` (it starts real servers): its stdout."""
     import shutil
 
     import pytest
@@ -44,7 +44,7 @@ def _quick_with_redis(module: str) -> str:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make test installs it)")
     proc = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", "--quick"],
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -63,8 +63,15 @@ def test_quick_propagation_run_reports_its_figures() -> None:
     assert "| resolves after the drop that saw an older version | 0 | 0 |" in out
 
 
+def test_quick_postgres_propagation_run_reports_its_figures() -> None:
+    """`python -m benchmarks.propagation --quick --store postgres` (LISTEN/NOTIFY) completes."""
+    out = _quick_with_redis("propagation", "--store", "postgres")
+    assert "PostgreSQL LISTEN/NOTIFY feed: p99" in out
+    assert "| resolves after the drop that saw an older version | 0 | 0 |" in out
+
+
 def test_quick_reads_run_reports_every_store() -> None:
     """`python -m benchmarks.reads --quick` reads every store (a real redis-server included)."""
     out = _quick_with_redis("reads")
-    for store in ("MemoryRegistry", "SQLiteRegistry", "RedisRegistry"):
+    for store in ("MemoryRegistry", "SQLiteRegistry", "RedisRegistry", "PostgresRegistry"):
         assert f"| {store}" in out
