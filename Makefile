@@ -71,7 +71,9 @@ demo: install
 bench: install vllm
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.propagation
+	$(BIN)/python -m benchmarks.propagation --store postgres
 	$(BIN)/python -m benchmarks.propagation --store sqlite
+	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.reads
 	$(BIN)/python -m benchmarks.peft
 	$(BIN)/python -m benchmarks.vllm

@@ -75,3 +75,13 @@ def test_quick_reads_run_reports_every_store() -> None:
     out = _quick_with_redis("reads")
     for store in ("MemoryRegistry", "SQLiteRegistry", "RedisRegistry", "PostgresRegistry"):
         assert f"| {store}" in out
+
+
+def test_quick_fleet_simulation_compares_the_two_routings() -> None:
+    """`python -m benchmarks.fleet --quick`: both policies served every request with its adapter,
+    and affinity loaded fewer adapters than round-robin on the same Zipf sequence."""
+    out = _quick_with_redis("fleet")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines()}
+    loads = rows["adapter loads per 1,000 requests"]
+    assert float(loads[1]) < float(loads[2])
+    assert rows["requests served with their adapter"][1:3] == ["100.0%", "100.0%"]
