@@ -112,8 +112,11 @@ def publish_adapter(
     path: str | os.PathLike[str],
     description: str | None = None,
     max_finetunes: int = MAX_FINETUNES,
+    actor: str | None = None,
+    reason: str | None = None,
 ) -> PublishResult:
     """Validate, upload and register a tenant's adapter for a task; see the module docstring.
+    ``actor`` and ``reason`` go into the registry's audit entry for the publish.
 
     Example::
 
@@ -151,6 +154,8 @@ def publish_adapter(
                 base_model=backend.model,
                 metadata=_metadata(finetune, version, info, injected),
                 digest=uploaded,
+                actor=actor,
+                reason=reason,
             )
     _log.info("publish: %s/%s is now fine-tune %s (%s)", tenant, task, finetune.id, name)
     return PublishResult(

@@ -54,9 +54,12 @@ def test_publish_creates_uploads_then_registers(
     then the registry's active record for the task."""
     path = adapter(tmp_path)
     registry = MemoryRegistry()
-    result = publish(backend, registry, path)
+    result = publish(backend, registry, path, actor="ci@example.com", reason="nightly")
     finetune = result.finetune
     assert (finetune.name, finetune.model, result.version) == ("acme-icp_classifier-v1", MODEL, 1)
+    [entry] = registry.audit("acme")
+    assert (entry.action, entry.actor, entry.reason) == ("publish", "ci@example.com", "nightly")
+    assert entry.digest == result.record.digest
     assert cloudflare.assets[finetune.id] == {
         "adapter_config.json": (path / "adapter_config.json").read_bytes(),
         "adapter_model.safetensors": (path / "adapter_model.safetensors").read_bytes(),
