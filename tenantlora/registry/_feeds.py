@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from tenantlora.registry.base import Change, ChangeCallback
 
-__all__ = ["POLL_SECONDS", "FanOut", "Subscribed"]
+__all__ = ["POLL_SECONDS", "FanOut", "LazyFeed", "Subscribed"]
 
 logger = logging.getLogger("tenantlora")
 POLL_SECONDS = 0.5
@@ -71,3 +72,25 @@ class FanOut:
                 callback(change)
             except Exception:
                 logger.exception("registry change feed: a subscriber failed (the feed goes on)")
+
+
+class LazyFeed:
+    """A registry object's one feed, started by the first ``add`` (its ``watch``) with
+    ``start()``, and stopped by ``close`` (its ``close``)."""
+
+    def __init__(self, start: Callable[[], FanOut]) -> None:
+        self._start = start
+        self._feed: FanOut | None = None
+        self._lock = threading.Lock()
+
+    def add(self, callback: ChangeCallback) -> Subscribed:
+        with self._lock:
+            if self._feed is None:
+                self._feed = self._start()
+            return self._feed.add(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.close()

@@ -2,8 +2,9 @@
 
 Both SQLite and PostgreSQL store a version as the columns ``tenant, task, version, adapter_id,
 base_model, status, uri, created_at, metadata, digest`` (metadata as JSON text). A row that does
-not make a valid record raises :class:`MalformedRow` with a one-line reason (never the values);
-the registry turns it into a RegistryError naming its store and the row.
+not make a valid record raises :class:`~tenantlora.errors.RegistryError` naming the store (the
+caller's ``where``), the row's tenant, task and version, and a one-line reason (never the other
+values).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tenantlora.errors import RegistryError
 from tenantlora.registry._plans import summarise
 from tenantlora.types import AdapterRecord
 
-__all__ = ["COLUMNS", "MalformedRow", "describe_row", "parse_row"]
+__all__ = ["COLUMNS", "parse_row"]
 
 COLUMNS = (
     "tenant",
@@ -34,16 +36,26 @@ COLUMNS = (
 )
 
 
-class MalformedRow(Exception):
-    """A row that is not a valid record; ``reason`` says why."""
+def parse_row(row: Sequence[Any], where: str) -> AdapterRecord:
+    """The record a row holds; RegistryError ``"{where} for tenant ... task ... version ...:
+    {reason}"`` if it holds none."""
+    try:
+        return _parse(row)
+    except _Malformed as exc:
+        raise RegistryError(
+            f"{where} for {describe_row(row)}: {exc.reason}",
+            tenant=row[0] if isinstance(row[0], str) else None,
+            task=row[1] if isinstance(row[1], str) else None,
+        ) from exc.__cause__
 
+
+class _Malformed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def parse_row(row: Sequence[Any]) -> AdapterRecord:
-    """The record a row holds; MalformedRow if it holds none."""
+def _parse(row: Sequence[Any]) -> AdapterRecord:
     tenant, task, version, adapter_id, base_model, status, uri, created_at, metadata, digest = row
     try:
         meta = json.loads(metadata)
@@ -62,11 +74,11 @@ def parse_row(row: Sequence[Any]) -> AdapterRecord:
             digest=digest,
         )
     except ValidationError as exc:
-        raise MalformedRow(summarise(exc)) from exc
+        raise _Malformed(summarise(exc)) from exc
     except (TypeError, ValueError) as exc:  # bad JSON, bad timestamp
-        raise MalformedRow(str(exc)) from exc
+        raise _Malformed(str(exc)) from exc
     except RecursionError as exc:  # metadata nested deeper than the JSON parser goes
-        raise MalformedRow("metadata JSON nested too deeply") from exc
+        raise _Malformed("metadata JSON nested too deeply") from exc
 
 
 def describe_row(row: Sequence[Any]) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,11 +43,11 @@ from pydantic import ValidationError
 from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
-from tenantlora.registry._feeds import Subscribed
+from tenantlora.registry._feeds import LazyFeed, Subscribed
 from tenantlora.registry._plans import summarise
 from tenantlora.registry._postgres_feed import PostgresFeed
 from tenantlora.registry._redis_feed import encode_change
-from tenantlora.registry._rows import COLUMNS, MalformedRow, describe_row, parse_row
+from tenantlora.registry._rows import COLUMNS, parse_row
 from tenantlora.registry.base import ChangeCallback
 from tenantlora.registry.writable import Plan, TenantState, WritableBase
 from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
@@ -101,7 +100,12 @@ class _Schema:
     """Table names, SQL and row parsing for one table prefix (pure; shared by the sync and
     async twins)."""
 
-    def __init__(self, url: str, table_prefix: str, timeout: float) -> None:
+    def __init__(self, url: str, table_prefix: str, timeout: float, max_connections: int) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an int")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
+        self.max_connections = max_connections
         if not isinstance(table_prefix, str) or not all(
             c.isascii() and (c.isalnum() or c == "_") for c in table_prefix
         ):
@@ -199,14 +203,7 @@ class _Schema:
             )
 
     def record(self, row: Sequence[Any]) -> AdapterRecord:
-        try:
-            return parse_row(row)
-        except MalformedRow as exc:
-            raise RegistryError(
-                f"PostgreSQL registry: malformed row in {self.adapters} for "
-                f"{describe_row(row)}: {exc.reason}",
-                tenant=row[0] if isinstance(row[0], str) else None,
-            ) from None
+        return parse_row(row, f"PostgreSQL registry: malformed row in {self.adapters}")
 
     def audit_entry(self, seq: int, tenant: str, text: str) -> AuditEntry:
         try:
@@ -257,12 +254,8 @@ class PostgresRegistry(WritableBase):
         auto_migrate: bool = True,
         store_root: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._schema = _Schema(url, table_prefix, timeout)
+        self._schema = _Schema(url, table_prefix, timeout, max_connections)
         self.store_root = store_root
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigurationError("max_connections must be an int")
-        if max_connections < 1:
-            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
         from psycopg_pool import ConnectionPool
 
         self._owns_pool = connection_pool is None
@@ -270,7 +263,7 @@ class PostgresRegistry(WritableBase):
             self._pool: Any = connection_pool or ConnectionPool(
                 url,
                 min_size=1,
-                max_size=max_connections,
+                max_size=self._schema.max_connections,
                 kwargs=self._schema.connection_options(),
                 timeout=self._schema.timeout,
                 reconnect_timeout=self._schema.timeout,
@@ -281,8 +274,7 @@ class PostgresRegistry(WritableBase):
                 self._pool.open(wait=False)
         self._auto_migrate = auto_migrate
         self._ready = False
-        self._lock = threading.Lock()
-        self._feed: PostgresFeed | None = None
+        self._feed = LazyFeed(lambda: PostgresFeed(self._schema))
 
     @property
     def table_prefix(self) -> str:
@@ -315,15 +307,11 @@ class PostgresRegistry(WritableBase):
         """Deliver every write's :class:`~tenantlora.registry.base.Change` (from any process)
         to ``callback`` (``LISTEN`` on a connection of the feed's own); see
         :class:`~tenantlora.registry.base.WatchableRegistry`."""
-        with self._lock:
-            if self._feed is None:
-                self._feed = PostgresFeed(self._schema)
-            return self._feed.add(callback)
+        return self._feed.add(callback)
 
     def close(self) -> None:
         """Stop the change feed and close the pool (unless it was supplied)."""
-        if self._feed is not None:
-            self._feed.close()
+        self._feed.close()
         if self._owns_pool:
             self._pool.close()
 
@@ -485,16 +473,10 @@ class AsyncPostgresRegistry(AsyncClosing):
         max_connections: int = 4,
         connection_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
     ) -> None:
-        self._schema = _Schema(url, table_prefix, timeout)
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigurationError("max_connections must be an int")
-        if max_connections < 1:
-            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
-        self._max_connections = max_connections
+        self._schema = _Schema(url, table_prefix, timeout, max_connections)
         self._pool: Any = connection_pool
         self._owns_pool = connection_pool is None
-        self._feed: PostgresFeed | None = None
-        self._lock = threading.Lock()
+        self._feed = LazyFeed(lambda: PostgresFeed(self._schema))
 
     def __repr__(self) -> str:
         return f"AsyncPostgresRegistry(table_prefix={self._schema.prefix!r})"
@@ -506,7 +488,7 @@ class AsyncPostgresRegistry(AsyncClosing):
             self._pool = AsyncConnectionPool(
                 self._schema.url,
                 min_size=1,
-                max_size=self._max_connections,
+                max_size=self._schema.max_connections,
                 kwargs=self._schema.connection_options(),
                 timeout=self._schema.timeout,
                 reconnect_timeout=self._schema.timeout,
@@ -535,14 +517,10 @@ class AsyncPostgresRegistry(AsyncClosing):
     def watch(self, callback: ChangeCallback) -> Subscribed:
         """Like :meth:`PostgresRegistry.watch` (the feed runs on a thread with a sync
         connection of its own, opened from ``url``)."""
-        with self._lock:
-            if self._feed is None:
-                self._feed = PostgresFeed(self._schema)
-            return self._feed.add(callback)
+        return self._feed.add(callback)
 
     async def aclose(self) -> None:
         """Stop the change feed and close the pool (unless it was supplied)."""
-        if self._feed is not None:
-            self._feed.close()
+        self._feed.close()
         if self._owns_pool and self._pool is not None:
             await self._pool.close()

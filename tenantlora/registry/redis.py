@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +37,7 @@ from tenantlora._http.errors import Mapped
 from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
+from tenantlora.registry._feeds import LazyFeed
 from tenantlora.registry._redis_feed import Feed, Subscribed, encode_change
 from tenantlora.registry.base import ChangeCallback
 from tenantlora.registry.writable import Plan, TenantState, WritableBase, summarise
@@ -213,8 +213,7 @@ class RedisRegistry(WritableBase):
             )
         self._owns_client = redis_client is None
         self._watch_error = redis.WatchError
-        self._feed: Feed | None = None
-        self._feed_lock = threading.Lock()
+        self._feed = LazyFeed(lambda: Feed(self._client, self._layout.channel))
 
     @property
     def prefix(self) -> str:
@@ -226,15 +225,11 @@ class RedisRegistry(WritableBase):
     def watch(self, callback: ChangeCallback) -> Subscribed:
         """Deliver every write's :class:`~tenantlora.registry.base.Change` (from any process)
         to ``callback``; see :class:`~tenantlora.registry.base.WatchableRegistry`."""
-        with self._feed_lock:
-            if self._feed is None:
-                self._feed = Feed(self._client, self._layout.channel)
-            return self._feed.add(callback)
+        return self._feed.add(callback)
 
     def close(self) -> None:
         """Stop the change feed and close the connection pool (unless it was supplied)."""
-        if self._feed is not None:
-            self._feed.close()
+        self._feed.close()
         if self._owns_client:
             self._client.close()
 
@@ -363,9 +358,8 @@ class AsyncRedisRegistry(AsyncClosing):
         with self._layout.boundary("open"):
             self._client: Any = redis_client or aioredis.Redis.from_url(url, **self._options)
         self._owns_client = redis_client is None
-        self._feed: Feed | None = None
         self._feed_client: Any = None
-        self._feed_lock = threading.Lock()
+        self._feed = LazyFeed(self._start_feed)
 
     def __repr__(self) -> str:
         return f"AsyncRedisRegistry(prefix={self._layout.prefix!r})"
@@ -383,17 +377,16 @@ class AsyncRedisRegistry(AsyncClosing):
     def watch(self, callback: ChangeCallback) -> Subscribed:
         """Like :meth:`RedisRegistry.watch` (the feed runs on a thread with a sync connection
         of its own, opened from ``url``)."""
+        return self._feed.add(callback)
+
+    def _start_feed(self) -> Feed:
         redis = _import_redis()
-        with self._feed_lock:
-            if self._feed is None:
-                self._feed_client = redis.Redis.from_url(self._layout.url, **self._options)
-                self._feed = Feed(self._feed_client, self._layout.channel)
-            return self._feed.add(callback)
+        self._feed_client = redis.Redis.from_url(self._layout.url, **self._options)
+        return Feed(self._feed_client, self._layout.channel)
 
     async def aclose(self) -> None:
         """Stop the change feeds and close the connection pools (unless supplied)."""
-        if self._feed is not None:
-            self._feed.close()
+        self._feed.close()
         if self._feed_client is not None:
             self._feed_client.close()
         if self._owns_client:

@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
-from tenantlora.registry._feeds import Subscribed
-from tenantlora.registry._rows import MalformedRow, describe_row, parse_row
+from tenantlora.registry._feeds import LazyFeed, Subscribed
+from tenantlora.registry._rows import parse_row
 from tenantlora.registry._sqlite_feed import NO_FEED, DataVersionFeed, NoFeed
 from tenantlora.registry._sqlite_schema import prepare
 from tenantlora.registry.base import ChangeCallback
@@ -104,7 +104,7 @@ class SQLiteRegistry(WritableBase):
         if not feed_interval > 0:
             raise ConfigurationError(f"feed_interval must be > 0 seconds, not {feed_interval!r}")
         self._feed_interval = float(feed_interval)
-        self._feed: DataVersionFeed | None = None
+        self._feed = LazyFeed(lambda: DataVersionFeed(self._path, self._feed_interval))
 
     @property
     def path(self) -> str:
@@ -121,16 +121,12 @@ class SQLiteRegistry(WritableBase):
         An in-memory registry's feed never fires (no other connection can write to it)."""
         if self._path == ":memory:":
             return NO_FEED
-        with self._lock:
-            if self._feed is None:
-                self._feed = DataVersionFeed(self._path, self._feed_interval)
-            return self._feed.add(callback)
+        return self._feed.add(callback)
 
     def close(self) -> None:
         """Close the connection and stop the change feed. Idempotent; any later call raises
         RegistryError."""
-        if self._feed is not None:
-            self._feed.close()
+        self._feed.close()
         with self._lock, _mapped(self._path, "close"):
             if self._conn is not None:
                 self._conn.close()
@@ -294,15 +290,7 @@ class SQLiteRegistry(WritableBase):
 
     def _record(self, row: Sequence[Any]) -> AdapterRecord:
         """A stored row as a record; RegistryError naming the tenant and task if malformed."""
-        try:
-            return parse_row(row)
-        except MalformedRow as exc:
-            raise RegistryError(
-                f"SQLite registry {self._path}: malformed row for {describe_row(row)}: "
-                f"{exc.reason}",
-                tenant=row[0] if isinstance(row[0], str) else None,
-                task=row[1] if isinstance(row[1], str) else None,
-            ) from exc.__cause__
+        return parse_row(row, f"SQLite registry {self._path}: malformed row")
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

@@ -470,7 +470,7 @@ def test_a_commit_by_another_connection_reaches_the_resolver_without_the_ttl(
         assert arrived.wait(10)  # the resolver, subscribed first, has expired its entries
         after = resolver.resolve("acme", "icp")
         assert (after.record.adapter_id, after.outcome) == ("v1", "miss")  # type: ignore[union-attr]
-    assert not a._feed._thread.is_alive()  # type: ignore[union-attr]  # closed with a
+    assert not subscription._feed._thread.is_alive()  # type: ignore[union-attr]  # closed with a
 
 
 def test_an_in_memory_registry_has_no_feed_thread() -> None:
