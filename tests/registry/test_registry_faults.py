@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from postgres_server import PostgresServer
 from redis_server import RedisServer
+from watching import watched
 
 from tenantlora import TenantLoRA
 from tenantlora.registry import PostgresRegistry, RedisRegistry
@@ -93,18 +94,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         store.server.close()
 
 
-def _feed(registry: Any) -> tuple[list[object], threading.Event, Any]:
-    seen: list[object] = []
-    arrived = threading.Event()
-
-    def note(change: object) -> None:
-        seen.append(change)
-        arrived.set()
-
-    subscription = registry.watch(note)
-    return seen, arrived, subscription
-
-
 def _chat(client: TenantLoRA) -> tuple[str | None, str | None]:
     response = client.chat(tenant="acme", task=TASK, messages=MESSAGES)
     return response.adapter, response.fallback_reason
@@ -120,7 +109,7 @@ def test_a_server_down_when_the_client_starts(store: Store) -> None:
     registry = store.make()
     clock = ManualClock()
     client = TenantLoRA(backend=FakeBackend(), registry=registry, ttl=300.0, clock=clock)
-    seen, _arrived, subscription = _feed(registry)
+    seen, _arrived, subscription = watched(registry, connected=False)
     assert _chat(client) == (None, "registry_error")
     assert not subscription.connected.is_set()
     store.server.start()
@@ -142,7 +131,7 @@ def test_a_server_killed_mid_traffic_then_restarted(store: Store) -> None:
     registry.publish("acme", TASK, adapter_id="acme-v2")
     clock = ManualClock()
     client = TenantLoRA(backend=FakeBackend(), registry=registry, ttl=1.0, clock=clock)
-    seen, arrived, subscription = _feed(registry)
+    seen, arrived, subscription = watched(registry, connected=False)
     assert subscription.connected.wait(WAIT)
     for _ in range(5):
         assert _chat(client) == ("acme-v2", None)
@@ -177,7 +166,7 @@ def test_twenty_restarts_leak_no_threads_or_connections(store: Store) -> None:
     registry.publish("acme", TASK, adapter_id="acme-v1")
     clock = ManualClock()
     client = TenantLoRA(backend=FakeBackend(), registry=registry, ttl=1.0, clock=clock)
-    _seen, arrived, subscription = _feed(registry)
+    _seen, arrived, subscription = watched(registry, connected=False)
     assert subscription.connected.wait(WAIT)
     assert _chat(client) == ("acme-v1", None)
     threads, connections = threading.active_count(), store.connections()
@@ -267,7 +256,7 @@ def test_publishers_killed_at_random_moments_leave_whole_versions(store: Store) 
     context = multiprocessing.get_context("spawn")
     args = _store_args(store)
     with store.make() as registry:
-        _seen, arrived, subscription = _feed(registry)
+        _seen, arrived, subscription = watched(registry, connected=False)
         assert subscription.connected.wait(WAIT)
         for _ in range(3):
             workers = [context.Process(target=_publish_forever, args=(*args, w)) for w in range(3)]

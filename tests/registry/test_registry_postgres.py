@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from postgres_server import PostgresServer
+from watching import watched
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -193,22 +193,6 @@ def test_async_get_reads_the_same_records(
 # -- the change feed ------------------------------------------------------------------------------
 
 
-def _watched(registry: Any) -> tuple[list[object], threading.Event, Any]:
-    """A test subscriber after the resolver's: when it has seen a change, so has the resolver."""
-    seen: list[object] = []
-    arrived = threading.Event()
-
-    def note(change: object) -> None:
-        seen.append(change)
-        arrived.set()
-
-    feed = registry.watch(note)
-    assert feed.connected.wait(WAIT)  # set once the first None is delivered
-    seen.clear()
-    arrived.clear()
-    return seen, arrived, feed._feed
-
-
 def test_a_rollback_in_another_process_reaches_every_resolver_at_once(
     server: PostgresServer, prefix: str
 ) -> None:
@@ -224,7 +208,7 @@ def test_a_rollback_in_another_process_reaches_every_resolver_at_once(
         writer.publish("acme", TASK, adapter_id="a2")
         writer.publish("other", TASK, adapter_id="o1")
         resolver = AdapterResolver(reader, ttl=300.0)
-        seen, arrived, _ = _watched(reader)
+        seen, arrived, _ = watched(reader)
         assert resolver.resolve("acme", TASK).record.adapter_id == "a2"  # type: ignore[union-attr]
         assert resolver.resolve("other", TASK).outcome == "miss"
         writer.rollback("acme", TASK, actor="oncall")
@@ -240,7 +224,7 @@ def test_a_write_that_fails_announces_nothing(
 ) -> None:
     """NOTIFY is sent inside the write's transaction: a rolled-back write is never announced."""
     registry.publish("acme", TASK, adapter_id="a1")
-    seen, arrived, _ = _watched(registry)
+    seen, arrived, _ = watched(registry)
     with pytest.raises(RegistryError):
         registry.rollback("acme", TASK)  # nothing below version 1
     registry.publish("globex", TASK, adapter_id="g1")  # a marker that does arrive
@@ -251,7 +235,7 @@ def test_a_write_that_fails_announces_nothing(
 def test_a_malformed_notification_flushes_everything(
     registry: PostgresRegistry, server: PostgresServer, prefix: str
 ) -> None:
-    seen, arrived, _ = _watched(registry)
+    seen, arrived, _ = watched(registry)
     sql(server, "SELECT pg_notify(%s, %s)", (f"{prefix}changes", '{"tenant": "../etc"}'))
     assert arrived.wait(WAIT)
     assert seen == [None]
@@ -261,9 +245,9 @@ def test_the_async_reader_has_a_feed_too(server: PostgresServer, prefix: str) ->
     with PostgresRegistry(server.url, table_prefix=prefix) as writer:
         writer.migrate()
         reader = AsyncPostgresRegistry(server.url, table_prefix=prefix)
-        seen, arrived, feed = _watched(reader)
+        seen, arrived, subscription = watched(reader)
         writer.publish("acme", TASK, adapter_id="a1")
         assert arrived.wait(WAIT)
         assert seen == [Change("acme", TASK, 1)]
         asyncio.run(reader.aclose())
-        assert not feed._thread.is_alive()
+        assert not subscription._feed._thread.is_alive()

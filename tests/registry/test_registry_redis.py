@@ -9,10 +9,10 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis_server import RedisServer
+from watching import watched
 
 redis = pytest.importorskip("redis")
 
@@ -188,22 +188,6 @@ def test_chats_keep_answering_through_an_outage_and_recover(tmp_path: Path) -> N
 # -- the change feed ------------------------------------------------------------------------------
 
 
-def _watched(registry: RedisRegistry) -> tuple[list[object], threading.Event, Any]:
-    """A test subscriber after the resolver's: when it has seen a change, so has the resolver."""
-    seen: list[object] = []
-    arrived = threading.Event()
-
-    def note(change: object) -> None:
-        seen.append(change)
-        arrived.set()
-
-    feed = registry.watch(note)
-    assert feed.connected.wait(WAIT)  # set once the subscription's first None is delivered
-    seen.clear()
-    arrived.clear()
-    return seen, arrived, feed._feed
-
-
 WAIT = 10.0
 
 
@@ -222,7 +206,7 @@ def test_a_rollback_in_another_process_reaches_every_resolver_at_once(
         writer.publish("acme", TASK, adapter_id="a2")
         writer.publish("other", TASK, adapter_id="o1")
         resolver = AdapterResolver(reader, ttl=300.0)
-        seen, arrived, _ = _watched(reader)
+        seen, arrived, _ = watched(reader)
         assert resolver.resolve("acme", TASK).record.adapter_id == "a2"  # type: ignore[union-attr]
         assert resolver.resolve("other", TASK).outcome == "miss"
         writer.rollback("acme", TASK)
@@ -244,7 +228,7 @@ def test_a_reconnect_flushes_the_cache(tmp_path: Path) -> None:
     ):
         registry.publish("acme", TASK, adapter_id="a1")
         resolver = AdapterResolver(registry, ttl=300.0)
-        seen, arrived, feed = _watched(registry)
+        seen, arrived, subscription = watched(registry)
         assert resolver.resolve("acme", TASK).outcome == "miss"
         assert resolver.resolve("acme", TASK).outcome == "hit"
         server.stop()
@@ -259,13 +243,13 @@ def test_a_reconnect_flushes_the_cache(tmp_path: Path) -> None:
             server.start()
             assert arrived.wait(WAIT)
         assert threading.active_count() == threads
-    assert not feed._thread.is_alive()  # closing the registry stopped its feed
+    assert not subscription._feed._thread.is_alive()  # closing the registry stopped its feed
 
 
 def test_a_malformed_change_message_flushes_everything(
     registry: RedisRegistry, server: RedisServer, prefix: str
 ) -> None:
-    seen, arrived, _ = _watched(registry)
+    seen, arrived, _ = watched(registry)
     raw = redis.Redis.from_url(server.url)
     raw.publish(f"{prefix}changes", b'{"tenant": "../etc", "task": 1}')
     raw.close()
