@@ -251,3 +251,31 @@ def test_the_async_reader_has_a_feed_too(server: PostgresServer, prefix: str) ->
         assert seen == [Change("acme", TASK, 1)]
         asyncio.run(reader.aclose())
         assert not subscription._feed._thread.is_alive()
+
+
+def test_an_async_client_follows_a_rollback_made_elsewhere(
+    server: PostgresServer, prefix: str
+) -> None:
+    """AsyncTenantLoRA on AsyncPostgresRegistry (TTL 300 s) serves the rolled-back version on
+    its next chat after another registry object's rollback, with no invalidate call."""
+    from tenantlora import AsyncTenantLoRA
+    from tenantlora.testing import FakeBackend
+
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def scenario() -> list[str | None]:
+        with PostgresRegistry(server.url, table_prefix=prefix) as writer:
+            writer.publish("acme", TASK, adapter_id="a1")
+            writer.publish("acme", TASK, adapter_id="a2")
+            reader = AsyncPostgresRegistry(server.url, table_prefix=prefix)
+            client = AsyncTenantLoRA(backend=FakeBackend(), registry=reader, ttl=300.0)
+            _, arrived, _ = watched(reader)
+            first = await client.chat(tenant="acme", task=TASK, messages=messages)
+            writer.rollback("acme", TASK, actor="oncall", reason="bad uplift")
+            assert await asyncio.to_thread(arrived.wait, WAIT)
+            second = await client.chat(tenant="acme", task=TASK, messages=messages)
+            await client.aclose()
+            await reader.aclose()
+        return [first.adapter, second.adapter]
+
+    assert asyncio.run(scenario()) == ["a2", "a1"]
