@@ -32,22 +32,17 @@ message but never the connection string.
 from __future__ import annotations
 
 import builtins
-import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
-
 from tenantlora._lifecycle import AsyncClosing
-from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._feeds import LazyFeed, Subscribed
-from tenantlora.registry._plans import summarise
 from tenantlora.registry._postgres_feed import PostgresFeed
+from tenantlora.registry._postgres_schema import SCHEMA_VERSION, Schema, row_of
 from tenantlora.registry._redis_feed import encode_change
-from tenantlora.registry._rows import COLUMNS, parse_row
+from tenantlora.registry._rows import COLUMNS
 from tenantlora.registry.base import ChangeCallback
 from tenantlora.registry.writable import Plan, TenantState, WritableBase
 from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
@@ -58,172 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "AsyncPostgresRegistry", "PostgresRegistry"]
 
 _T = TypeVar("_T")
-SCHEMA_VERSION = 1
 DEFAULT_TABLE_PREFIX = "tenantlora_"
 REGISTRY_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x544C4F52  # "TLOR": the advisory lock key that serialises migrations
-
-
-def _import_psycopg() -> Any:
-    try:
-        import psycopg
-        import psycopg_pool  # noqa: F401
-    except ImportError:  # pragma: no cover - the extra is installed in every test environment
-        raise ConfigurationError(
-            "PostgresRegistry needs psycopg 3: pip install 'tenantlora[postgres]'"
-        ) from None
-    return psycopg
-
-
-class _Retry:
-    """A context manager that swallows ``retry`` errors (but not ``final`` ones): the body of
-    a ``for retry in attempts(): with retry: ...; return`` loop runs again after them."""
-
-    def __init__(self, *retry: type[BaseException]) -> None:
-        self._retry = retry[:1]
-        self._final = retry[1:]
-
-    def __enter__(self) -> None:
-        return None
-
-    def disarm(self) -> None:
-        """From here on, errors propagate."""
-        self._retry = ()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> bool:
-        if kind is None or not self._retry or (self._final and issubclass(kind, self._final)):
-            return False
-        return issubclass(kind, self._retry)
-
-
-class _Schema:
-    """Table names, SQL and row parsing for one table prefix (pure; shared by the sync and
-    async twins)."""
-
-    def __init__(self, url: str, table_prefix: str, timeout: float, max_connections: int) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise ConfigurationError("max_connections must be an int")
-        if max_connections < 1:
-            raise ConfigurationError(f"max_connections must be >= 1, not {max_connections}")
-        self.max_connections = max_connections
-        if not isinstance(table_prefix, str) or not all(
-            c.isascii() and (c.isalnum() or c == "_") for c in table_prefix
-        ):
-            raise ConfigurationError("table_prefix must be ASCII letters, digits and '_'")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
-        psycopg = _import_psycopg()
-        self.errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
-        self.url = url
-        self.prefix = table_prefix
-        self.timeout = float(timeout)
-        self.channel = f"{table_prefix}changes"
-        p = table_prefix
-        self.meta, self.adapters, self.active, self.audit = (
-            f"{p}meta",
-            f"{p}adapters",
-            f"{p}active",
-            f"{p}audit",
-        )
-        cols = ", ".join(f"a.{c}" for c in COLUMNS).replace("a.metadata", "a.metadata::text")
-        self.select = f"SELECT {cols} FROM {self.adapters} AS a"
-        self.select_active = (
-            f"{self.select} JOIN {self.active} AS v "
-            "ON a.tenant = v.tenant AND a.task = v.task AND a.version = v.version"
-        )
-
-    def connection_options(self) -> dict[str, Any]:
-        """libpq options: every connect and every unanswered send is bounded by ``timeout``."""
-        return {
-            "autocommit": True,
-            "connect_timeout": max(1, round(self.timeout)),
-            "tcp_user_timeout": int(self.timeout * 1000),
-            "keepalives": 1,
-            "keepalives_idle": max(1, round(self.timeout)),
-            "keepalives_interval": 1,
-            "keepalives_count": 3,
-            "application_name": "tenantlora",
-        }
-
-    def ddl(self) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.meta} (key text PRIMARY KEY, value text NOT NULL)",
-            f"""CREATE TABLE IF NOT EXISTS {self.adapters} (
-                tenant text NOT NULL, task text NOT NULL,
-                version integer NOT NULL CHECK (version >= 1),
-                adapter_id text NOT NULL, base_model text, status text NOT NULL, uri text,
-                created_at timestamptz NOT NULL, metadata jsonb NOT NULL DEFAULT '{{}}',
-                digest text, PRIMARY KEY (tenant, task, version))""",
-            f"""CREATE TABLE IF NOT EXISTS {self.active} (
-                tenant text NOT NULL, task text NOT NULL, version integer NOT NULL,
-                PRIMARY KEY (tenant, task),
-                FOREIGN KEY (tenant, task, version)
-                    REFERENCES {self.adapters} (tenant, task, version))""",
-            f"""CREATE TABLE IF NOT EXISTS {self.audit} (
-                seq bigserial PRIMARY KEY, tenant text NOT NULL, task text,
-                action text NOT NULL, at timestamptz NOT NULL, entry jsonb NOT NULL)""",
-            f"CREATE INDEX IF NOT EXISTS {self.audit}_by_tenant ON {self.audit} (tenant, seq)",
-        ]
-
-    def attempts(self) -> Iterator[_Retry]:
-        """Two tries: a connection error other than a pool timeout in the first is swallowed
-        (the pool discards the broken connection) and the loop goes on; see :class:`_Retry`."""
-        psycopg = _import_psycopg()
-        from psycopg_pool import PoolTimeout
-
-        yield _Retry(psycopg.OperationalError, PoolTimeout)
-        yield _Retry()
-
-    def fail(self, action: str, reason: str, tenant: str | None = None) -> RegistryError:
-        return RegistryError(f"PostgreSQL registry: {action} failed: {reason}", tenant=tenant)
-
-    def explain(self, exc: BaseException) -> str:
-        """What went wrong, without the connection string: the error type and the server's
-        primary message (libpq's own messages name host and port, never the password)."""
-        diag = getattr(exc, "diag", None)
-        primary = getattr(diag, "message_primary", None)
-        if primary:
-            return f"{type(exc).__name__}: {primary[:200]}"
-        return f"{type(exc).__name__} (server unreachable or the connection dropped)"
-
-    @contextmanager
-    def boundary(self, action: str, tenant: str | None = None) -> Iterator[None]:
-        """The one place psycopg and socket errors become RegistryError."""
-        try:
-            yield
-        except self.errors as exc:
-            raise self.fail(action, self.explain(exc), tenant) from None
-
-    def check_version(self, stored: str | None) -> None:
-        if stored != str(SCHEMA_VERSION):
-            raise self.fail(
-                "open",
-                f"table {self.meta} says schema version {str(stored)[:20]!r}, this client "
-                f"reads {SCHEMA_VERSION}; upgrade tenantlora or migrate",
-            )
-
-    def record(self, row: Sequence[Any]) -> AdapterRecord:
-        return parse_row(row, f"PostgreSQL registry: malformed row in {self.adapters}")
-
-    def audit_entry(self, seq: int, tenant: str, text: str) -> AuditEntry:
-        try:
-            entry = AuditEntry.model_validate_json(text)
-        except ValidationError as exc:
-            reason = summarise(exc)
-        else:
-            if entry.tenant == tenant:
-                return entry
-            reason = "the entry names another tenant than its row"
-        raise RegistryError(
-            f"PostgreSQL registry: malformed row in {self.audit} seq {seq}: {reason}",
-            tenant=tenant,
-        )
-
-    def adapters_of(self, tenant: str, rows: Sequence[Sequence[Any]]) -> TenantAdapters | None:
-        if not rows:
-            return None
-        records = [self.record(row) for row in rows]
-        return TenantAdapters(tenant=tenant, adapters={r.task: r for r in records})
 
 
 class PostgresRegistry(WritableBase):
@@ -254,7 +86,7 @@ class PostgresRegistry(WritableBase):
         auto_migrate: bool = True,
         store_root: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._schema = _Schema(url, table_prefix, timeout, max_connections)
+        self._schema = Schema(url, table_prefix, timeout, max_connections)
         self.store_root = store_root
         from psycopg_pool import ConnectionPool
 
@@ -367,7 +199,7 @@ class PostgresRegistry(WritableBase):
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s) "
                     "ON CONFLICT (tenant, task, version) DO UPDATE SET "
                     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:]),
-                    [_row(r) for r in plan.put],
+                    [row_of(r) for r in plan.put],
                 )
             if plan.activate:
                 cur.executemany(
@@ -443,21 +275,6 @@ class PostgresRegistry(WritableBase):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _row(record: AdapterRecord) -> tuple[Any, ...]:
-    return (
-        record.tenant,
-        record.task,
-        record.version,
-        record.adapter_id,
-        record.base_model,
-        record.status,
-        record.uri,
-        record.created_at,
-        json.dumps(record.metadata, sort_keys=True),
-        record.digest,
-    )
-
-
 class AsyncPostgresRegistry(AsyncClosing):
     """The async reader of a :class:`PostgresRegistry` (an ``AsyncAdapterRegistry``), for
     :class:`~tenantlora.AsyncTenantLoRA`: ``await registry.get(tenant)`` on psycopg's
@@ -473,7 +290,7 @@ class AsyncPostgresRegistry(AsyncClosing):
         max_connections: int = 4,
         connection_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
     ) -> None:
-        self._schema = _Schema(url, table_prefix, timeout, max_connections)
+        self._schema = Schema(url, table_prefix, timeout, max_connections)
         self._pool: Any = connection_pool
         self._owns_pool = connection_pool is None
         self._feed = LazyFeed(lambda: PostgresFeed(self._schema))
