@@ -269,3 +269,30 @@ async def test_async_kv_is_an_async_context_manager(cloudflare: FakeCloudflare) 
         assert await registry.get("acme") is None
     with pytest.raises(RegistryError, match="closed"):
         await registry.get("acme")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b"{}", b'[{"action": "nuke"}]', b"[" * 5000 + b"]" * 5000],
+    ids=["not-json", "not-an-array", "bad-entry", "nested-5000-deep"],
+)
+def test_a_malformed_audit_value_names_its_key(cloudflare: FakeCloudflare, value: bytes) -> None:
+    with make() as registry:
+        registry.publish("acme", TASK, adapter_id="ft-1")
+        cloudflare.kv["lora_adapters:acme#audit"] = value
+        with pytest.raises(RegistryError, match="lora_adapters:acme#audit"):
+            registry.audit("acme")
+        with pytest.raises(RegistryError):  # listing every tenant's trail reads it too
+            registry.audit()
+        assert registry.get("acme") is not None  # serving never reads the trail
+
+
+def test_an_audit_write_that_fails_says_the_change_stands(cloudflare: FakeCloudflare) -> None:
+    """KV has no transactions: the change is written first; if its audit entry cannot be,
+    RegistryError says so (and the change is what get() serves)."""
+    with make() as registry:
+        registry.publish("acme", TASK, adapter_id="ft-1")
+        cloudflare.kv["lora_adapters:acme#audit"] = b"not json"  # the append cannot read it
+        with pytest.raises(RegistryError, match="was written but its audit entry was not"):
+            registry.publish("acme", TASK, adapter_id="ft-2")
+        assert registry.get("acme").adapters[TASK].adapter_id == "ft-2"  # type: ignore[union-attr]

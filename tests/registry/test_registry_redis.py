@@ -255,3 +255,34 @@ def test_a_malformed_change_message_flushes_everything(
     raw.close()
     assert arrived.wait(WAIT)
     assert seen == [None]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b'{"action": "nuke"}', b"[]", DEEP],
+    ids=["not-json", "bad-entry", "not-an-object", "nested-5000-deep"],
+)
+def test_a_malformed_audit_value_is_a_registry_error_naming_the_key(
+    registry: RedisRegistry, server: RedisServer, prefix: str, value: bytes
+) -> None:
+    registry.publish("acme", TASK, adapter_id="a1")
+    raw = redis.Redis.from_url(server.url)
+    raw.rpush(f"{prefix}{{acme}}:audit", value)
+    raw.close()
+    with pytest.raises(RegistryError, match=r"\{acme\}:audit' at index 1"):
+        registry.audit("acme")
+    with pytest.raises(RegistryError):
+        registry.audit()
+
+
+def test_an_audit_entry_naming_another_tenant_is_refused(
+    registry: RedisRegistry, server: RedisServer, prefix: str
+) -> None:
+    """A value planted in acme's list that claims to be globex's is not reported as either."""
+    registry.publish("globex", TASK, adapter_id="g1")
+    [entry] = registry.audit("globex")
+    raw = redis.Redis.from_url(server.url)
+    raw.rpush(f"{prefix}{{acme}}:audit", entry.model_dump_json())
+    raw.close()
+    with pytest.raises(RegistryError, match="names another tenant"):
+        registry.audit("acme")
