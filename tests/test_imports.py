@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tenantlora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,24 @@ def test_retry_after_wait_is_built_on_first_access() -> None:
         "'tenantlora.retry.RetryAfterWait'\n"
     )
     assert _loaded_after(code, ("tenacity",)) == ["tenacity"]
+
+
+def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RedisRegistry / PostgresRegistry without their library: ConfigurationError naming the
+    extra, not ModuleNotFoundError."""
+    import sys
+
+    from tenantlora.errors import ConfigurationError
+    from tenantlora.registry import PostgresRegistry, RedisRegistry
+
+    for module, cls, extra in (
+        ("redis", RedisRegistry, "redis"),
+        ("psycopg", PostgresRegistry, "postgres"),
+    ):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ModuleNotFoundError
+        try:
+            cls("redis://127.0.0.1:9/0" if extra == "redis" else "postgresql://127.0.0.1:9/x")
+        except ConfigurationError as exc:
+            assert f"pip install 'tenantlora[{extra}]'" in str(exc)
+        else:
+            raise AssertionError(f"{cls.__name__} did not refuse")

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tenantlora._optional import require
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.registry._plans import summarise
 from tenantlora.registry._rows import COLUMNS, parse_row
@@ -22,14 +23,8 @@ SCHEMA_VERSION = 1
 
 
 def import_psycopg() -> Any:
-    try:
-        import psycopg
-        import psycopg_pool  # noqa: F401
-    except ImportError:  # pragma: no cover - the extra is installed in every test environment
-        raise ConfigurationError(
-            "PostgresRegistry needs psycopg 3: pip install 'tenantlora[postgres]'"
-        ) from None
-    return psycopg
+    require("psycopg_pool", needed_by="PostgresRegistry", extra="postgres")
+    return require("psycopg", needed_by="PostgresRegistry", extra="postgres")
 
 
 class _Retry:

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from tenantlora._http.errors import Mapped
 from tenantlora._lifecycle import AsyncClosing
+from tenantlora._optional import require
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._feeds import LazyFeed
@@ -57,13 +58,7 @@ _MAX_ATTEMPTS = 1000  # optimistic retries of one write under contention
 
 
 def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - the extra is installed in every test environment
-        raise ConfigurationError(
-            "RedisRegistry needs redis-py: pip install 'tenantlora[redis]'"
-        ) from None
-    return redis
+    return require("redis", needed_by="RedisRegistry", extra="redis")
 
 
 class _Layout:
