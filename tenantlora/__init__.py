@@ -41,6 +41,7 @@ from tenantlora.errors import (
     RegistryError,
     ResponseValidationError,
     ServerError,
+    StoreError,
     TenantLoRAError,
 )
 
@@ -151,6 +152,7 @@ __all__ = [
     "PublishError",
     "RateLimitError",
     "RegistryError",
+    "StoreError",
     "RequestEvent",
     "Resolution",
     "ResponseValidationError",

@@ -66,6 +66,7 @@ __all__ = [
     "RegistryError",
     "ResponseValidationError",
     "ServerError",
+    "StoreError",
     "TenantLoRAError",
 ]
 
@@ -97,6 +98,15 @@ class RegistryError(TenantLoRAError):
         super().__init__(message)
         self.tenant = tenant
         self.task = task
+
+
+class StoreError(TenantLoRAError):
+    """The tenant store failed (unreachable, refused, or holding something unusable). The
+    message names the action and the tenant's path, never credentials or file contents."""
+
+    def __init__(self, message: str, *, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.tenant = tenant
 
 
 class AdapterResolutionError(RegistryError):
