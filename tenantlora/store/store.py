@@ -44,6 +44,7 @@ _FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 DEFAULT_MAX_ADAPTER_BYTES = 2 << 30
 """An adapter's files larger than this in all (2 GiB) are refused before any download."""
 _MAX_DATA_BYTES = 256 << 20
+_MEMO = 4096  # versions remembered as verified
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class TenantStore:
         )
         self.max_adapter_bytes = max_adapter_bytes
         self._lock = threading.Lock()  # one download per (tenant, digest) at a time
+        # (tenant, uri, digest) -> a directory verified in this process: later fetches of an
+        # immutable version answer from here (loaders verify the bytes they load again).
+        self._fetched: dict[tuple[str, str, str | None], Path] = {}
 
     def __repr__(self) -> str:
         return f"TenantStore({self.root!r})"
@@ -185,8 +189,12 @@ class TenantStore:
         otherwise: another tenant, another root, a traversal). The files must match the
         manifest's digest and ``digest`` when given (the registry's), else
         AdapterValidationError and nothing is kept. A local store serves its own directory; a
-        remote one downloads into ``cache_dir/{tenant}/{digest}`` once (verified each time)."""
+        remote one downloads into ``cache_dir/{tenant}/{digest}`` once. A version verified
+        once in this process is answered from memory afterwards (versions are immutable)."""
         validate_tenant(tenant)
+        known = self.fetched(tenant, uri, digest)
+        if known is not None:
+            return known
         _, _, path = self._layout.parse(uri, tenant)
         manifest = self._manifest(tenant, path, missing_ok=False)
         assert manifest is not None  # missing_ok=False raised otherwise
@@ -199,8 +207,22 @@ class TenantStore:
             real = os.path.realpath(path)
             if real != path:  # a symlink planted in the store: not this tenant's directory
                 raise AdapterValidationError(f"store: {uri} is a link, refused", path=uri)
-            return self._verified(Path(path), str(expected), uri)
-        return self._download(tenant, path, str(expected), manifest, uri)
+            found = self._verified(Path(path), str(expected), uri)
+        else:
+            found = self._download(tenant, path, str(expected), manifest, uri)
+        if len(self._fetched) >= _MEMO:
+            self._fetched.clear()
+        self._fetched[(tenant, uri, digest)] = found
+        return found
+
+    def fetched(self, tenant: str, uri: str, digest: str | None) -> Path | None:
+        """The directory an earlier :meth:`fetch_adapter` of this version returned, if any
+        (no I/O: what a request path may call)."""
+        return self._fetched.get((tenant, uri, digest))
+
+    def owns(self, uri: str) -> bool:
+        """Whether ``uri`` lies under this store's root (no I/O)."""
+        return self._layout.owns(uri)
 
     # -- training data ----------------------------------------------------------------------------
 

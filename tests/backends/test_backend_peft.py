@@ -1149,3 +1149,58 @@ def test_unsamplable_settings_are_refused_before_generate(
         backend.chat(_request(PROMPTS[0], **params), adapter=None)
     assert spy.served == []
     assert backend.chat(_request(PROMPTS[0], temperature=0.5, seed=2**63), adapter=None).text
+
+
+def test_adapters_from_a_remote_store_are_downloaded_verified_and_served(
+    make: Any, models: Models, oracle: Oracle, tmp_path: Path
+) -> None:
+    """Records pointing into an S3 store (moto's server): the client serves each tenant its
+    own adapter from the store's verified cache, sync and async; a record naming another
+    tenant's files or a tampered version falls back to the base model."""
+    import asyncio
+
+    from s3_server import S3Server
+
+    from tenantlora import AsyncTenantLoRA
+    from tenantlora.store import TenantStore
+
+    with S3Server() as s3:
+        store = TenantStore(
+            f"s3://{s3.bucket}/lifecycle", storage_options=s3.options, cache_dir=tmp_path / "c"
+        )
+        registry = MemoryRegistry()
+        for tenant, source in (("acme", "t1"), ("kahuna", "t2")):
+            stored = store.put_adapter(tenant, "icp", models.adapters[source])
+            assert stored.uri.startswith("s3://")
+            registry.publish(
+                tenant, "icp", adapter_id=f"{tenant}-v1", uri=stored.uri, digest=stored.digest
+            )
+        # globex points at acme's files: refused by the store, never served
+        registry.publish(
+            "globex", "icp", adapter_id="globex-v1", uri=f"{store.root}/acme/adapters/icp/v1"
+        )
+        backend = make(store=store)
+        client = TenantLoRA(backend=backend, registry=registry)
+        messages = [{"role": "user", "content": PROMPTS[0]}]
+        for tenant, source in (("acme", "t1"), ("kahuna", "t2")):
+            reply = client.chat(tenant, "icp", messages)
+            assert (reply.adapter, reply.text) == (f"{tenant}-v1", oracle.text[PROMPTS[0], source])
+        stolen = client.chat("globex", "icp", messages)
+        assert (stolen.adapter, stolen.fallback_reason) == (None, "adapter_unavailable")
+        assert stolen.text == oracle.text[PROMPTS[0], None]
+
+        async def async_chat() -> str:
+            aclient = AsyncTenantLoRA(backend=backend, registry=registry)
+            reply = await aclient.chat("kahuna", "icp", messages)
+            return reply.text
+
+        assert asyncio.run(async_chat()) == oracle.text[PROMPTS[0], "t2"]
+        # A version replaced in the bucket after publish (or a truncated upload) is refused.
+        tampered = store.put_adapter("tamper", "icp", models.adapters["t3"])
+        registry.publish(
+            "tamper", "icp", adapter_id="tamper-v1", uri=tampered.uri, digest=tampered.digest
+        )
+        store._fs.pipe_file(tampered.uri.removeprefix("s3://") + "/adapter_model.safetensors", b"x")
+        bad = client.chat("tamper", "icp", messages)
+        assert (bad.adapter, bad.fallback_reason) == (None, "adapter_unavailable")
+        client.close()

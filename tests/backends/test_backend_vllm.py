@@ -1068,3 +1068,44 @@ def test_a_hostile_adapter_is_refused_before_the_server_is_asked(
             backend.chat(REQUEST, adapter=NEW, record=record(NEW, path, tenant="evil"))
     assert fake.server.requests == []
     assert kinds(events) == [("refused", NEW)]
+
+
+# -- adapters from a remote store -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_adapter_in_a_remote_store_is_loaded_from_the_verified_cache(
+    bare: VLLMFake, adapter_dir: Path, tmp_path: Path, mode: str
+) -> None:
+    """A record whose uri is in an S3 store (moto's server): the server is told to load the
+    store's local, verified copy (a directory that exists, with the recorded digest); the
+    record keeps its remote uri. A tampered version is refused before any load."""
+    from s3_server import S3Server
+
+    from tenantlora.adapters import digest
+    from tenantlora.errors import AdapterNotAvailableError
+    from tenantlora.store import TenantStore
+
+    with S3Server() as s3:
+        store = TenantStore(
+            f"s3://{s3.bucket}/{mode}", storage_options=s3.options, cache_dir=tmp_path / "c"
+        )
+        stored = store.put_adapter("acme", "icp", adapter_dir)
+        remote = record(NEW, stored.uri, digest=stored.digest)
+        with make(bare.url, store=store) as backend:
+            if mode == "sync":
+                reply = backend.chat(REQUEST, adapter=NEW, record=remote)
+            else:
+                reply = asyncio.run(backend.achat(REQUEST, adapter=NEW, record=remote))
+            assert reply.adapter == NEW
+            [(_, path)] = bare.loads
+            assert path.startswith(str(tmp_path / "c" / "acme"))
+            assert digest(path) == stored.digest
+            assert remote.uri == stored.uri
+            tampered = store.put_adapter("acme", "icp", make_adapter(tmp_path / "b", rank=4))
+            store._fs.pipe_file(tampered.uri.removeprefix("s3://") + "/adapter_config.json", b"{}")
+            with pytest.raises(AdapterNotAvailableError, match="store refused"):
+                backend.chat(
+                    REQUEST, adapter="v2", record=record("v2", tampered.uri, digest=tampered.digest)
+                )
+        assert len(bare.loads) == 1  # nothing was loaded for the tampered version

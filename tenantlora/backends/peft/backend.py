@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from tenantlora._location import local_path
+from tenantlora.backends._stored import alocalized, localized
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.peft.worker import DeltaSink, Job, LocalPeftStats, Worker
 from tenantlora.errors import (
@@ -43,6 +44,7 @@ from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from tenantlora.backends.peft.engine import Engine
+    from tenantlora.store import TenantStore
 
 __all__ = ["LocalPeft", "LocalPeftStats"]
 
@@ -73,6 +75,9 @@ class LocalPeft(BaseBackend):
     ``record.uri`` (a local directory or ``file://`` URI with ``adapter_config.json`` and
     ``adapter_model.safetensors``), or from ``adapters[adapter]`` when no record is passed;
     adapter ids are assumed to name immutable files (publish a new id for a new version).
+    With ``store`` (a :class:`~tenantlora.store.TenantStore`), a ``record.uri`` in a remote
+    store (``s3://...``) is downloaded once into the store's cache and verified against the
+    record's digest before loading (async calls download off the event loop).
     Without either, or when the files are missing, corrupt, over limits or made for another
     base model (checked by :func:`tenantlora.adapters.validate` before PEFT sees them), the call
     raises :class:`~tenantlora.errors.AdapterNotAvailableError` and the client falls back to base.
@@ -116,6 +121,7 @@ class LocalPeft(BaseBackend):
         max_new_tokens: int = 64,
         threads: int | None = None,
         adapters: Mapping[str, str | os.PathLike[str]] | None = None,
+        store: TenantStore | None = None,
         name: str = "local_peft",
     ) -> None:
         _check_options(max_loaded, max_batch, max_wait_ms, max_new_tokens, threads)
@@ -131,6 +137,7 @@ class LocalPeft(BaseBackend):
         self.base_path = Path(base_dir)
         self._max_new_tokens = max_new_tokens
         self._adapters = {key: os.fspath(path) for key, path in (adapters or {}).items()}
+        self._store = store
         # Nothing the worker holds may reference self (see the finalizer below): it gets the
         # hooks' emit, not a bound method of this object.
         self._hooks = AdapterHooks()
@@ -224,6 +231,7 @@ class LocalPeft(BaseBackend):
     def _chat(self, call: Call) -> ChatResponse:
         """Answer ``request`` with ``adapter`` (None = the base model); see the class docs."""
         request, adapter, timeout, record = call
+        record = localized(self._store, record, self.name, adapter)
         job = self._job(request, adapter, record)
         self._worker.submit(job)
         try:
@@ -241,6 +249,7 @@ class LocalPeft(BaseBackend):
         cancels it: generation stops at the next step and the worker moves on.
         """
         request, adapter, timeout, record = call
+        record = localized(self._store, record, self.name, adapter)
         chunks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         job = self._job(request, adapter, record, on_delta=chunks.put)
         job.future.add_done_callback(lambda _: chunks.put(None))
@@ -263,6 +272,7 @@ class LocalPeft(BaseBackend):
         request, adapter, timeout, record = call
         import asyncio
 
+        record = await alocalized(self._store, record, self.name, adapter)
         job = self._job(request, adapter, record)
         self._worker.submit(job)
         try:
@@ -278,6 +288,7 @@ class LocalPeft(BaseBackend):
         request, adapter, timeout, record = call
         import asyncio
 
+        record = await alocalized(self._store, record, self.name, adapter)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
 

@@ -22,7 +22,7 @@ import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 from pydantic import SecretStr
@@ -31,6 +31,7 @@ from tenantlora._digests import DigestMemo
 from tenantlora._env import build_from_env
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
+from tenantlora.backends._stored import alocalized, localized
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.backends.openai_compat import OpenAICompatible
@@ -57,6 +58,9 @@ from tenantlora.errors import (
 )
 from tenantlora.events import AdapterEvent, AdapterHook, AdapterHooks
 from tenantlora.types import AdapterRecord, ChatChunk, ChatResponse
+
+if TYPE_CHECKING:
+    from tenantlora.store import TenantStore
 
 __all__ = ["VLLM", "Preloaded"]
 
@@ -87,7 +91,10 @@ class VLLM(BaseBackend):
     shared by every replica: proxies, mTLS) replaces the sync clients and is not closed by
     :meth:`close`. A load the server refused is not tried again on that replica for
     ``load_failure_ttl`` seconds: meanwhile requests for that adapter fall back at once, with no
-    request to the server (0 retries every time). ``clock`` is injected for tests.
+    request to the server (0 retries every time). ``clock`` is injected for tests. With
+    ``store`` (a :class:`~tenantlora.store.TenantStore`), a ``record.uri`` in a remote store is
+    downloaded once into the store's cache and verified, and that local directory is what the
+    servers are told to load: the cache must be on a filesystem the servers see.
 
     Example::
 
@@ -115,6 +122,7 @@ class VLLM(BaseBackend):
         clock: Callable[[], float] = time.monotonic,
         async_transport: AsyncTransportKind = "auto",
         max_connections: int = 100,
+        store: TenantStore | None = None,
         name: str = "vllm",
     ) -> None:
         urls = check_urls(base_url, base_urls)
@@ -129,6 +137,7 @@ class VLLM(BaseBackend):
         self.name = name
         self.model = model
         self.max_loaded = max_loaded
+        self._store = store
         self._hooks = AdapterHooks()
         self._preflight = Preflight(max_rank=max_lora_rank, base_model=base_model)
         self._refusals: dict[tuple[str, str | None, str | None], str | None] = {}
@@ -270,6 +279,7 @@ class VLLM(BaseBackend):
     def _chat(self, call: Call) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
         request, adapter, timeout, record = call
+        record = localized(self._store, record, self.name, adapter)
         name = self._name(adapter, record)
 
         def send(replica: Replica) -> ChatResponse:
@@ -283,6 +293,7 @@ class VLLM(BaseBackend):
         """Stream text deltas. Loading and failover happen before the first chunk; after it,
         errors are raised as they come."""
         request, adapter, timeout, record = call
+        record = localized(self._store, record, self.name, adapter)
         name = self._name(adapter, record)
 
         def send(replica: Replica) -> tuple[ChatChunk | None, Iterator[ChatChunk]]:
@@ -310,8 +321,9 @@ class VLLM(BaseBackend):
         failed: dict[str, str] = {}
         for record in records:
             adapter = record.adapter_id
-            name = self._name(adapter, record) or adapter
             try:
+                record = localized(self._store, record, self.name, adapter) or record
+                name = self._name(adapter, record) or adapter
                 self._refusal(adapter, name, record)
                 flow = preload_flow(self._health, self._order(adapter, record), name, record)
                 replica = drive(flow, performer(no_send))
@@ -343,6 +355,7 @@ class VLLM(BaseBackend):
     async def _achat(self, call: Call) -> ChatResponse:
         """The async twin of :meth:`chat`."""
         request, adapter, timeout, record = call
+        record = await alocalized(self._store, record, self.name, adapter)
         name = self._name(adapter, record)
 
         async def send(replica: Replica) -> ChatResponse:
@@ -356,6 +369,7 @@ class VLLM(BaseBackend):
     async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
         """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
         request, adapter, timeout, record = call
+        record = await alocalized(self._store, record, self.name, adapter)
         name = self._name(adapter, record)
 
         async def send(replica: Replica) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
@@ -380,8 +394,9 @@ class VLLM(BaseBackend):
         failed: dict[str, str] = {}
         for record in records:
             adapter = record.adapter_id
-            name = self._name(adapter, record) or adapter
             try:
+                record = await alocalized(self._store, record, self.name, adapter) or record
+                name = self._name(adapter, record) or adapter
                 self._refusal(adapter, name, record)
                 flow = preload_flow(self._health, self._order(adapter, record), name, record)
                 replica = await adrive(flow, aperformer(ano_send))
