@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
-AdapterStatus = Literal["ready", "training", "disabled"]
+AdapterStatus = Literal["ready", "training", "disabled", "candidate", "rejected"]
 FallbackReason = Literal[
     "no_adapter",
     "adapter_not_ready",
@@ -43,7 +43,7 @@ FallbackReason = Literal[
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 """The form of :attr:`AdapterRecord.digest`."""
 
-AuditAction = Literal["publish", "rollback", "status", "erase"]
+AuditAction = Literal["publish", "rollback", "status", "erase", "promote", "reject"]
 """What an :class:`AuditEntry` records."""
 
 CacheOutcome = Literal["hit", "miss", "stale", "error"]
@@ -242,7 +242,10 @@ class AuditEntry(_Frozen):
     """One write to a registry, as its audit trail keeps it (append-only).
 
     ``action`` is ``publish`` (``to_version`` is the new version, ``from_version`` the version
-    active before), ``rollback`` (from the active version to the one re-activated), ``status``
+    active before; a candidate publish leaves the active version as it was), ``promote`` (a
+    candidate became the active version; ``details`` holds the gate's decision and figures),
+    ``reject`` (a candidate was marked rejected, with the same details), ``rollback`` (from
+    the active version to the one re-activated), ``status``
     (one version's status changed: ``details`` holds ``{"from": ..., "to": ...}``) or
     ``erase`` (the tenant's adapters were erased: ``details`` holds only the count and the
     erased versions per task, ``{"versions": 3, "tasks": {"icp": [1, 2, 3]}}``). ``digest`` is the

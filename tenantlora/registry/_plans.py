@@ -27,6 +27,7 @@ __all__ = [
     "Plan",
     "Stamp",
     "TenantState",
+    "decision_plan",
     "erase_plan",
     "make_audit_entry",
     "publish_plan",
@@ -70,10 +71,21 @@ class TenantState:
                 return r
         raise KeyError((task, version))
 
+    def servable(self, task: str) -> list[int]:
+        """The versions a rollback may activate: not candidates, not rejected ones."""
+        return sorted(
+            r.version
+            for r in self.records
+            if r.task == task and r.status not in ("candidate", "rejected")
+        )
+
     def current(self, task: str) -> int | None:
-        """The active version of ``task`` (the highest when the store marks none)."""
-        versions = self.versions(task)
-        return self.active.get(task, versions[-1] if versions else None)
+        """The active version of ``task`` (the highest servable one when the store marks
+        none)."""
+        if task in self.active:
+            return self.active[task]
+        versions = self.servable(task)
+        return versions[-1] if versions else None
 
 
 @dataclass
@@ -133,6 +145,8 @@ def publish_plan(
 ) -> Callable[[TenantState], Plan[AdapterRecord]]:
     tenant, task = draft.tenant, draft.task
 
+    candidate = draft.status == "candidate"
+
     def decide(state: TenantState) -> Plan[AdapterRecord]:
         version = max(state.versions(task), default=0) + 1
         record = draft.model_copy(update={"version": version})
@@ -143,11 +157,13 @@ def publish_plan(
             from_version=state.current(task),
             to_version=version,
             digest=record.digest,
+            details={"candidate": True} if candidate else None,
         )
         return Plan(
             record,
             put=[record],
-            activate={task: version},
+            # A candidate is stored beside the active version, never in its place.
+            activate={} if candidate else {task: version},
             audit=[entry],
             changes=[Change(tenant, task, version)],
         )
@@ -156,11 +172,21 @@ def publish_plan(
 
 
 def rollback_plan(
-    tenant: str, task: str, choose: Choose, stamp: Stamp
+    tenant: str, task: str, choose: Choose, stamp: Stamp, to_version: int | None = None
 ) -> Callable[[TenantState], Plan[AdapterRecord]]:
     def decide(state: TenantState) -> Plan[AdapterRecord]:
+        if to_version is not None and to_version in state.versions(task):
+            status = state.record(task, to_version).status
+            if status in ("candidate", "rejected"):
+                raise RegistryError(
+                    f"cannot roll back {tenant}/{task} to version {to_version}: it is a "
+                    f"{'rejected ' if status == 'rejected' else ''}candidate; promote passes "
+                    "the gate",
+                    tenant=tenant,
+                    task=task,
+                )
         current = state.current(task)
-        target = choose(state.versions(task), current)
+        target = choose(state.servable(task), current)
         record = state.record(task, target)
         entry = stamp.entry(
             "rollback",
@@ -202,6 +228,54 @@ def status_plan(
             details={"from": before.status, "to": status},
         )
         return Plan(record, put=[record], audit=[entry], changes=[Change(tenant, task, target)])
+
+    return decide
+
+
+def decision_plan(
+    tenant: str,
+    task: str,
+    version: int,
+    promote: bool,
+    stamp: Stamp,
+    details: dict[str, Any],
+) -> Callable[[TenantState], Plan[AdapterRecord]]:
+    """Promote a candidate (ready and active) or reject it (status ``rejected``), with the
+    decision's ``details`` (the gate's figures) in the audit entry."""
+    action: AuditAction = "promote" if promote else "reject"
+
+    def decide(state: TenantState) -> Plan[AdapterRecord]:
+        if version not in state.versions(task):
+            raise RegistryError(
+                f"cannot {action} {tenant}/{task} version {version}: no such version",
+                tenant=tenant,
+                task=task,
+            )
+        before = state.record(task, version)
+        if before.status != "candidate":
+            raise RegistryError(
+                f"cannot {action} {tenant}/{task} version {version}: it is {before.status}, "
+                "not a candidate",
+                tenant=tenant,
+                task=task,
+            )
+        record = before.model_copy(update={"status": "ready" if promote else "rejected"})
+        entry = stamp.entry(
+            action,
+            tenant,
+            task,
+            from_version=state.current(task),
+            to_version=version if promote else state.current(task),
+            digest=record.digest,
+            details=details,
+        )
+        return Plan(
+            record,
+            put=[record],
+            activate={task: version} if promote else {},
+            audit=[entry],
+            changes=[Change(tenant, task, version)],
+        )
 
     return decide
 

@@ -73,7 +73,13 @@ class WritableRegistry(AdapterRegistry, Protocol):
     resolving ``..`` and symlinks) with :class:`tenantlora.errors.AdapterLocationError`. Both
     are checked before anything is written.
 
-    Audit: every write (publish, rollback, ``set_status``, ``delete_tenant``) takes optional
+    Candidates: ``publish(..., status="candidate")`` stores a version beside the active one
+    without activating it (it serves no traffic); ``promote`` makes a candidate ready and
+    active, ``reject`` marks it rejected (kept, never served); a rollback never lands on a
+    candidate or a rejected version.
+
+    Audit: every write (publish, rollback, ``set_status``, promote, reject, ``delete_tenant``)
+    takes optional
     ``actor`` and ``reason`` and appends an :class:`~tenantlora.types.AuditEntry` in the same
     atomic step as the change (a write that fails appends nothing); ``audit(tenant, task,
     since=, until=)`` returns the entries by time (ties in the order written).
@@ -113,6 +119,28 @@ class WritableRegistry(AdapterRegistry, Protocol):
         status: AdapterStatus,
         *,
         version: int | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord: ...
+
+    def promote(
+        self,
+        tenant: str,
+        task: str,
+        version: int,
+        *,
+        details: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord: ...
+
+    def reject(
+        self,
+        tenant: str,
+        task: str,
+        version: int,
+        *,
+        details: Mapping[str, Any] | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> AdapterRecord: ...

@@ -48,6 +48,8 @@ __all__ = ["DEFAULT_PREFIX", "AsyncCloudflareKV", "CloudflareKV"]
 _log = logging.getLogger("tenantlora")
 _T = TypeVar("_T")
 _AUDIT_SUFFIX = "#audit"  # '#' is in no tenant ID, so no tenant's key ends with it
+_CANDIDATES_SUFFIX = "#candidates"  # candidate and rejected versions, which Workers never read
+_PENDING = ("candidate", "rejected")
 REGISTRY_TIMEOUT = 10.0
 """Seconds for one registry request (connect and each read): a registry read sits on the
 request path of a cache miss, so it is bounded tighter than a chat call."""
@@ -211,20 +213,32 @@ class CloudflareKV(WritableBase):
         has no transactions: if that second write fails, the change stands and RegistryError
         says its audit entry is missing."""
         key = self._config.key(tenant)
+        pending_key = key + _CANDIDATES_SUFFIX
         with self._lock:
             value = self._read(key, tenant)
+            pending = self._read(pending_key, tenant)
             records = _all_records(value or {}, key, tenant)
+            records += _all_records(pending or {}, pending_key, tenant)
             active = {
                 r.task: r.version for r in _all_records(value or {}, key, tenant, active_only=True)
             }
             plan = decide(TenantState(records, active))
             if plan.erase:
-                value, records, active = None, [], {}
+                value, pending, records, active = None, None, [], {}
+                self._delete(pending_key, tenant)
             if plan.put or plan.activate:
-                value = _rewritten(value or {}, records, active, plan)
-                self._write(key, value, tenant)
+                value, new_pending = _rewritten(value or {}, records, active, plan)
+                if new_pending != (pending or {}):
+                    if new_pending:
+                        self._write(pending_key, new_pending, tenant)
+                    else:
+                        self._delete(pending_key, tenant)
+                if value:
+                    self._write(key, value, tenant)
+                else:
+                    self._delete(key, tenant)
             elif plan.erase:
-                self._request("DELETE", self._config.value_url(key), "delete", key, tenant)
+                self._delete(key, tenant)
             if plan.audit:
                 self._append_audit(tenant, plan.audit, replace=plan.erase)
         return plan.result
@@ -265,6 +279,9 @@ class CloudflareKV(WritableBase):
         for name in tenants:
             key = self._config.key(name)
             records = _all_records(self._read(key, name) or {}, key, name, active_only=not history)
+            if history:
+                pending_key = key + _CANDIDATES_SUFFIX
+                records += _all_records(self._read(pending_key, name) or {}, pending_key, name)
             found.extend(r for r in records if task is None or r.task == task)
         return found
 
@@ -287,6 +304,7 @@ class CloudflareKV(WritableBase):
         key: str,
         tenant: str | None,
         extra_headers: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request; httpx errors and error statuses (but a read's 404) -> RegistryError."""
@@ -296,7 +314,8 @@ class CloudflareKV(WritableBase):
             headers = {**(headers or {}), **extra_headers}
         with self._config.boundary(action, key, tenant):
             response = client.request(method, url, headers=headers, **kwargs)
-        if not (method == "GET" and action == "read" and response.status_code == 404):
+        tolerated = missing_ok or (method, action) == ("GET", "read")
+        if not (response.status_code == 404 and tolerated):
             self._config.check(response, action, key, tenant)
         return response
 
@@ -305,6 +324,12 @@ class CloudflareKV(WritableBase):
         if response.status_code == 404:
             return None
         return decode_value(response.content, key, tenant)
+
+    def _delete(self, key: str, tenant: str) -> None:
+        """Delete ``key``; a key that is not there is fine (404)."""
+        url = self._config.value_url(key)
+        response = self._request("DELETE", url, "delete", key, tenant, missing_ok=True)
+        del response
 
     def _write(self, key: str, value: dict[str, Any], tenant: str) -> None:
         self._write_raw(key, encode_value(value), tenant)
@@ -330,10 +355,9 @@ class CloudflareKV(WritableBase):
             url = f"{self._config.root}/keys"
             data = _json(self._request("GET", url, "list", prefix, None, params=params), prefix)
             for name in _key_names(data, prefix):
-                own = name[len(prefix) :]
-                is_audit = own.endswith(_AUDIT_SUFFIX)
-                if is_audit == bool(suffix) and _is_tenant(own.removesuffix(_AUDIT_SUFFIX)):
-                    names.append(own.removesuffix(_AUDIT_SUFFIX))
+                own, _, kind = name[len(prefix) :].partition("#")
+                if ("#" + kind if kind else "") == suffix and _is_tenant(own):
+                    names.append(own)
             info = data.get("result_info")
             next_cursor = info.get("cursor") if isinstance(info, dict) else None
             cursor = next_cursor if isinstance(next_cursor, str) else ""
@@ -418,18 +442,31 @@ def _rewritten(
     records: list[AdapterRecord],
     active: dict[str, int],
     plan: Plan[Any],
-) -> dict[str, Any]:
-    """The tenant's value after ``plan``: only the tasks it touches are rewritten."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tenant's value and candidates after ``plan``. Only the tasks the plan touches are
+    rewritten in the value (the active version's fields, the other servable versions in
+    ``history``); candidate and rejected versions go to the candidates value, in the same
+    layout, so a Worker reading ``value[task]`` never meets one."""
     by_version = {(r.task, r.version): r for r in records}
     by_version.update({(r.task, r.version): r for r in plan.put})
     active = {**active, **plan.activate}
     touched = {r.task for r in plan.put} | set(plan.activate)
     value = dict(value)
     for task in sorted(touched):
-        chosen = by_version[(task, active[task])]
-        others = [r for (t, v), r in sorted(by_version.items()) if t == task and r is not chosen]
-        value[task] = entry_of(TaskVersions(chosen, others))
-    return value
+        servable = [
+            r for (t, _), r in sorted(by_version.items()) if t == task and r.status not in _PENDING
+        ]
+        if task in active:
+            chosen = by_version[(task, active[task])]
+            value[task] = entry_of(TaskVersions(chosen, [r for r in servable if r is not chosen]))
+        else:
+            value.pop(task, None)
+    pending: dict[str, Any] = {}
+    for task in sorted({t for (t, _) in by_version}):
+        mine = [r for (t, _), r in sorted(by_version.items()) if t == task and r.status in _PENDING]
+        if mine:
+            pending[task] = entry_of(TaskVersions(mine[0], mine[1:]))
+    return value, pending
 
 
 def _adapters(value: dict[str, Any] | None, key: str, tenant: str) -> TenantAdapters | None:

@@ -30,7 +30,7 @@ class _History:
     """Every version of one tenant's task, and which one is active."""
 
     records: dict[int, AdapterRecord] = field(default_factory=dict)
-    active: int = 0
+    active: int = 0  # 0: none (the task has only candidates)
 
 
 class MemoryRegistry(WritableBase):
@@ -88,8 +88,8 @@ class MemoryRegistry(WritableBase):
             tasks = self._tenants.get(tenant)
             if not tasks:
                 return None
-            active = {task: h.records[h.active] for task, h in sorted(tasks.items())}
-        return TenantAdapters(tenant=tenant, adapters=active)
+            active = {t: h.records[h.active] for t, h in sorted(tasks.items()) if h.active}
+        return TenantAdapters(tenant=tenant, adapters=active) if active else None
 
     # -- storage (WritableBase hooks) -----------------------------------------------------------
 
@@ -98,7 +98,7 @@ class MemoryRegistry(WritableBase):
             tasks = self._tenants.get(tenant, {})
             state = TenantState(
                 [r for h in tasks.values() for r in h.records.values()],
-                {task: h.active for task, h in tasks.items()},
+                {task: h.active for task, h in tasks.items() if h.active},
             )
             plan = decide(state)
             # Only mutated once the plan is built: a failed write changes nothing.

@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ from tenantlora.registry._plans import (
     Plan,
     Stamp,
     TenantState,
+    decision_plan,
     erase_plan,
     publish_plan,
     restore_plan,
@@ -66,6 +67,9 @@ __all__ = [
 
 _log = logging.getLogger("tenantlora")
 _T = TypeVar("_T")
+SETTABLE = ("ready", "training", "disabled")
+"""What ``set_status`` may set: candidates come from publish, rejections from ``reject``."""
+PUBLISHABLE = (*SETTABLE, "candidate")
 
 
 class TenantSnapshot:
@@ -116,6 +120,7 @@ class WritableBase(Closing):
         reason: str | None = None,
     ) -> AdapterRecord:
         """Store a new version (highest + 1) for (tenant, task) and make it active."""
+        check_status(status, PUBLISHABLE)
         stamp = Stamp.now(actor, reason)
         # Built (and validated) before any I/O; only the version is filled in by the store.
         draft, _ = draft_record(
@@ -151,7 +156,8 @@ class WritableBase(Closing):
         def choose(versions: Sequence[int], active: int | None) -> int:
             return rollback_target(tenant, task, versions, active, to_version)
 
-        record = self._transact("roll back", tenant, rollback_plan(tenant, task, choose, stamp))
+        plan = rollback_plan(tenant, task, choose, stamp, to_version)
+        record = self._transact("roll back", tenant, plan)
         _log.info("registry: rolled back %s/%s to version %d", tenant, task, record.version)
         return record
 
@@ -178,6 +184,58 @@ class WritableBase(Closing):
             "set status", tenant, status_plan(tenant, task, version, status, stamp)
         )
         _log.info("registry: %s/%s version %d is now %s", tenant, task, record.version, status)
+        return record
+
+    def promote(
+        self,
+        tenant: str,
+        task: str,
+        version: int,
+        *,
+        details: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
+        """Make candidate ``version`` ready and active; ``details`` (the gate's decision and
+        figures, JSON) go into the audit entry. RegistryError unless it is a candidate. Use
+        :func:`tenantlora.lifecycle.promote` to gate first."""
+        return self._decide(tenant, task, version, True, details, actor, reason)
+
+    def reject(
+        self,
+        tenant: str,
+        task: str,
+        version: int,
+        *,
+        details: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
+        """Mark candidate ``version`` rejected (kept, never served, never a rollback target),
+        with ``details`` in the audit entry. RegistryError unless it is a candidate."""
+        return self._decide(tenant, task, version, False, details, actor, reason)
+
+    def _decide(
+        self,
+        tenant: str,
+        task: str,
+        version: int,
+        promote: bool,
+        details: Mapping[str, Any] | None,
+        actor: str | None,
+        reason: str | None,
+    ) -> AdapterRecord:
+        validate_tenant(tenant)
+        validate_task(task)
+        check_version(version)
+        if version is None:
+            raise InvalidRequestError("version is required")
+        facts = json.loads(metadata_json(details))  # JSON-checked, a copy
+        stamp = Stamp.now(actor, reason)
+        plan = decision_plan(tenant, task, version, promote, stamp, facts)
+        record = self._transact("promote" if promote else "reject", tenant, plan)
+        verb = "promoted" if promote else "rejected"
+        _log.info("registry: %s %s/%s version %d", verb, tenant, task, version)
         return record
 
     def delete_tenant(
@@ -355,8 +413,7 @@ def check_time(value: object, name: str) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
-def check_status(status: object) -> None:
-    allowed = get_args(AdapterStatus)
+def check_status(status: object, allowed: tuple[str, ...] = SETTABLE) -> None:
     if status not in allowed:
         raise InvalidRequestError(f"status must be one of {', '.join(allowed)}, not {status!r}")
 

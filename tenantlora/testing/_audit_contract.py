@@ -150,3 +150,85 @@ class AuditContract:
         assert active_version(registry) == 2
         with pytest.raises(RegistryError, match="already holds"):
             registry.restore(memory.snapshot("acme"))
+
+    # -- candidates (issue 12 item 2) -------------------------------------------------------------
+
+    def test_a_candidate_is_stored_beside_the_active_version(
+        self, registry: WritableRegistry
+    ) -> None:
+        publish_n(registry, 1)
+        candidate = registry.publish("acme", TASK, adapter_id="cand", status="candidate")
+        assert (candidate.version, candidate.status) == (2, "candidate")
+        assert active_version(registry) == 1  # the candidate serves no traffic
+        assert [r.version for r in registry.list("acme", TASK)] == [1]
+        assert [r.status for r in registry.list("acme", TASK, history=True)] == [
+            "ready",
+            "candidate",
+        ]
+        entry = registry.audit("acme")[-1]
+        assert (entry.action, entry.from_version, entry.to_version) == ("publish", 1, 2)
+        assert entry.details == {"candidate": True}
+        # the first adapter of a task may be a candidate: the task then serves nothing yet
+        registry.publish("acme", OTHER_TASK, adapter_id="first", status="candidate")
+        adapters = registry.get("acme")
+        assert adapters is not None
+        assert adapters.get(OTHER_TASK) is None
+
+    def test_promote_activates_a_candidate_with_the_decision_audited(
+        self, registry: WritableRegistry
+    ) -> None:
+        publish_n(registry, 1)
+        registry.publish("acme", TASK, adapter_id="cand", status="candidate")
+        facts = {"decision": "promote", "uplift_vs_base": 7.5, "eval_digest": "sha256:" + "a" * 64}
+        promoted = registry.promote("acme", TASK, 2, details=facts, actor="gate")
+        assert (promoted.version, promoted.status) == (2, "ready")
+        assert active_version(registry) == 2
+        entry = registry.audit("acme")[-1]
+        assert (entry.action, entry.from_version, entry.to_version, entry.actor) == (
+            "promote",
+            1,
+            2,
+            "gate",
+        )
+        assert entry.details == facts
+        with pytest.raises(RegistryError, match="not a candidate"):
+            registry.promote("acme", TASK, 2)
+        with pytest.raises(RegistryError, match="no such version"):
+            registry.promote("acme", TASK, 9)
+        assert registry.rollback("acme", TASK).version == 1  # rollback works past a promotion
+
+    def test_a_rejected_candidate_is_kept_and_never_served_or_rolled_back_to(
+        self, registry: WritableRegistry
+    ) -> None:
+        publish_n(registry, 1)
+        registry.publish("acme", TASK, adapter_id="bad", status="candidate")  # v2
+        registry.reject("acme", TASK, 2, details={"decision": "reject", "uplift_vs_base": 1.0})
+        registry.publish("acme", TASK, adapter_id="v3")  # ready, active
+        assert [(r.version, r.status) for r in registry.list("acme", TASK, history=True)] == [
+            (1, "ready"),
+            (2, "rejected"),
+            (3, "ready"),
+        ]
+        assert registry.rollback("acme", TASK).version == 1  # skips the rejected v2
+        with pytest.raises(RegistryError, match="rejected candidate"):
+            registry.rollback("acme", TASK, to_version=2)
+        with pytest.raises(RegistryError, match="not a candidate"):
+            registry.promote("acme", TASK, 2)
+        assert [e.action for e in registry.audit("acme")] == [
+            "publish",
+            "publish",
+            "reject",
+            "publish",
+            "rollback",
+        ]
+
+    def test_candidate_and_rejected_come_only_from_publish_and_reject(
+        self, registry: WritableRegistry
+    ) -> None:
+        publish_n(registry, 1)
+        for status in ("candidate", "rejected"):
+            with pytest.raises(InvalidRequestError, match="status must be one of"):
+                registry.set_status("acme", TASK, status)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequestError, match="status must be one of"):
+            registry.publish("acme", TASK, adapter_id="x", status="rejected")
+        assert [r.status for r in registry.list(history=True)] == ["ready"]

@@ -190,8 +190,10 @@ def test_a_failed_write_changes_nothing(registry: CloudflareKV, cloudflare: Fake
     """If the PUT fails, publish raises and the stored value is the old one."""
     registry.publish("acme", TASK, adapter_id="ft-1")
     before = cloudflare.kv[KEY]
-    read_ok = httpx.Response(200, content=before)
-    cloudflare.kv_failures.extend([lambda r: read_ok, lambda r: httpx.Response(500)])
+    read_ok, no_candidates = httpx.Response(200, content=before), httpx.Response(404)
+    cloudflare.kv_failures.extend(
+        [lambda r: read_ok, lambda r: no_candidates, lambda r: httpx.Response(500)]
+    )
     with pytest.raises(RegistryError, match="write"):
         registry.publish("acme", TASK, adapter_id="ft-2")
     assert cloudflare.kv[KEY] == before

@@ -33,6 +33,13 @@ operations = st.lists(
             st.none() | st.integers(1, 5),
         ),
         st.tuples(st.just("erase"), st.sampled_from(TENANTS)),
+        st.tuples(st.just("candidate"), st.sampled_from(TENANTS), st.sampled_from(TASKS)),
+        st.tuples(
+            st.sampled_from(["promote", "reject"]),
+            st.sampled_from(TENANTS),
+            st.sampled_from(TASKS),
+            st.integers(1, 5),
+        ),
     ),
     max_size=25,
 )
@@ -47,6 +54,11 @@ def apply(registry: WritableBase, op: tuple[Any, ...], i: int) -> str:
             r = registry.rollback(op[1], op[2], to_version=op[3], reason=f"r{i}")
         elif op[0] == "status":
             r = registry.set_status(op[1], op[2], op[3], version=op[4])
+        elif op[0] == "candidate":
+            r = registry.publish(op[1], op[2], adapter_id=f"c{i}", status="candidate")
+        elif op[0] in ("promote", "reject"):
+            decide = registry.promote if op[0] == "promote" else registry.reject
+            r = decide(op[1], op[2], op[3], details={"i": i})
         else:
             return f"erased {[x.version for x in registry.delete_tenant(op[1])]}"
     except RegistryError as exc:
@@ -88,9 +100,16 @@ def test_every_store_decides_alike_and_the_trail_agrees_with_the_records(
                 versions = [r.version for r in memory.list(tenant, task, history=True)]
                 # one publish entry per stored version, in order
                 assert [e.to_version for e in mine if e.action == "publish"] == versions
-                moves = [e for e in mine if e.action in ("publish", "rollback")]
+                moves = [
+                    e
+                    for e in mine
+                    if e.action in ("publish", "rollback", "promote")
+                    and not (e.action == "publish" and e.details.get("candidate"))
+                ]
                 active = memory.list(tenant, task)
                 if moves:  # the last move names the active version
                     assert [r.version for r in active] == [moves[-1].to_version]
                 else:
                     assert active == []
+                for record in active:  # what serves is never a candidate or rejected
+                    assert record.status not in ("candidate", "rejected")
