@@ -228,7 +228,7 @@ class AuditContract:
         publish_n(registry, 1)
         for status in ("candidate", "rejected"):
             with pytest.raises(InvalidRequestError, match="status must be one of"):
-                registry.set_status("acme", TASK, status)  # type: ignore[arg-type]
+                registry.set_status("acme", TASK, status)
         with pytest.raises(InvalidRequestError, match="status must be one of"):
             registry.publish("acme", TASK, adapter_id="x", status="rejected")
         assert [r.status for r in registry.list(history=True)] == ["ready"]
