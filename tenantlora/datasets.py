@@ -27,7 +27,7 @@ from tenantlora.types import Message
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Example", "load_examples", "split"]
+__all__ = ["Example", "load_examples", "normalized_prompt_key", "split"]
 
 _ROLES = ("system", "user", "assistant")
 _MAX_PROBLEMS = 20
@@ -114,6 +114,20 @@ def _rows(
 def _prompt_key(example: Example) -> str:
     blob = json.dumps([[m.role, m.content] for m in example.prompt_messages])
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def normalized_prompt_key(messages: Iterable[Message | Mapping[str, Any]]) -> str:
+    """A key equal for prompts that differ only in case and whitespace: what decides that a
+    held-out case is also a training example (an overlap that would flatter the adapter)."""
+    parts = []
+    for message in messages:
+        role, content = (
+            (message.role, message.content)
+            if isinstance(message, Message)
+            else (message.get("role"), message.get("content"))
+        )
+        parts.append([str(role), " ".join(str(content).split()).casefold()])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _count_tokens(tokenizer: PreTrainedTokenizerBase, example: Example) -> int:
