@@ -18,12 +18,15 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cachetools import TTLCache
 from pydantic import ValidationError
 
 from tenantlora._ownership import lease, release
+
+if TYPE_CHECKING:
+    from tenantlora.lifecycle.feedback import FeedbackLog
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -127,6 +130,7 @@ class CallState:
     __slots__ = (
         "cache",
         "failed",
+        "messages",
         "requested",
         "retries",
         "route",
@@ -146,6 +150,7 @@ class CallState:
         self.requested: str | None = None
         self.retries = 0
         self.failed = False
+        self.messages: Sequence[Message] = ()
 
 
 def as_generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
@@ -230,8 +235,10 @@ class BaseClient:
         hooks: Sequence[Hook],
         timeout: float | None,
         clock: Callable[[], float],
+        feedback: FeedbackLog | None = None,
     ) -> None:
         self._backend_name = backend_name
+        self._feedback = feedback
         self._leased = backend
         self._owned_registry: Any = None  # a registry the client opened from a path (closes it)
         self._closed = True  # until _hold(): a constructor that fails holds nothing
@@ -268,6 +275,13 @@ class BaseClient:
             self._owned_registry.close()
         return release(self._leased)
 
+    def _feedback_log(self) -> FeedbackLog:
+        if self._feedback is None:
+            raise ConfigurationError(
+                "this client records no feedback: build it with feedback=FeedbackLog(...)"
+            )
+        return self._feedback
+
     def stats(self) -> Stats:
         """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
         return self._collector.snapshot()
@@ -292,8 +306,13 @@ class BaseClient:
         except ValidationError as exc:
             raise _invalid_messages(exc) from None
 
-    def _start(self, tenant: str, task: str, *, stream: bool) -> CallState:
-        return CallState(tenant, task, self._clock(), stream=stream)
+    def _start(
+        self, tenant: str, task: str, *, stream: bool, request: ChatRequest | None = None
+    ) -> CallState:
+        call = CallState(tenant, task, self._clock(), stream=stream)
+        if self._feedback is not None and request is not None:
+            call.messages = request.messages
+        return call
 
     def _route(
         self, call: CallState, resolution: Resolution, ab: tuple[str | None, str | None]
@@ -381,6 +400,10 @@ class BaseClient:
     def _succeeded(self, call: CallState, response: ChatResponse) -> ChatResponse:
         latency_ms = (self._clock() - call.started) * 1000.0
         stamped = replace(response, self._stamp(call, latency_ms=latency_ms, retries=call.retries))
+        if self._feedback is not None:
+            route = call.route
+            version = route.record.version if route and route.adapter and route.record else None
+            stamped = self._feedback.served(stamped, call.messages, version)
         self._emit(call, latency_ms, error=None, usage=stamped)
         return stamped
 

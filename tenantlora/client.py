@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tenantlora._base_client import (
     BaseClient,
@@ -40,6 +40,9 @@ from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver
 from tenantlora.retry import RetryPolicy, acall_with_retries, call_with_retries
 from tenantlora.routing import Experiment
 from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+
+if TYPE_CHECKING:
+    from tenantlora.lifecycle.feedback import FeedbackLog, FeedbackResult
 
 __all__ = ["AsyncTenantLoRA", "Policy", "TenantLoRA"]
 
@@ -69,6 +72,7 @@ class TenantLoRA(BaseClient, Closing):
         timeout: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], None] = time.sleep,
+        feedback: FeedbackLog | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(f"{type(backend).__name__} does not implement Backend")
@@ -82,6 +86,7 @@ class TenantLoRA(BaseClient, Closing):
             hooks=hooks,
             timeout=timeout,
             clock=clock,
+            feedback=feedback,
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
@@ -121,7 +126,7 @@ class TenantLoRA(BaseClient, Closing):
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
-        call = self._start(tenant, task, stream=False)
+        call = self._start(tenant, task, stream=False, request=request)
         try:
             self._route(call, self.resolver.resolve(tenant, task), (unit, arm))
             try:
@@ -160,9 +165,18 @@ class TenantLoRA(BaseClient, Closing):
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
-        call = self._start(tenant, task, stream=True)
+        call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
         return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+
+    def feedback(
+        self, request_id: str, *, correct: bool | None = None, label: str | None = None
+    ) -> FeedbackResult:
+        """Record the outcome of a served request (its ``response.request_id``): ``correct``
+        counts towards its experiment arm, ``label`` (the right answer) becomes a training
+        example in the tenant's data area; see :class:`~tenantlora.lifecycle.FeedbackLog`.
+        ConfigurationError when the client has no ``feedback=`` log."""
+        return self._feedback_log().record(request_id, correct=correct, label=label)
 
     def close(self) -> None:
         """Release the backend: closed when this is the last client using it (a backend shared
@@ -273,6 +287,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         timeout: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        feedback: FeedbackLog | None = None,
     ) -> None:
         if not isinstance(backend, AsyncBackend):
             raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
@@ -286,6 +301,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
             hooks=hooks,
             timeout=timeout,
             clock=clock,
+            feedback=feedback,
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
@@ -324,7 +340,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
-        call = self._start(tenant, task, stream=False)
+        call = self._start(tenant, task, stream=False, request=request)
         try:
             self._route(call, await self.resolver.resolve(tenant, task), (unit, arm))
             try:
@@ -359,9 +375,21 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
                       seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
-        call = self._start(tenant, task, stream=True)
+        call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
         return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+
+    async def feedback(
+        self, request_id: str, *, correct: bool | None = None, label: str | None = None
+    ) -> FeedbackResult:
+        """The async twin of :meth:`TenantLoRA.feedback` (a labelled example is written to
+        the store off the event loop)."""
+        import asyncio
+
+        log = self._feedback_log()
+        if label is None or log.store is None:
+            return log.record(request_id, correct=correct, label=label)
+        return await asyncio.to_thread(log.record, request_id, correct=correct, label=label)
 
     async def aclose(self) -> None:
         """The async twin of :meth:`TenantLoRA.close`: release the backend, closed when this is

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.types import AdapterRecord, CacheOutcome, Route
 
 __all__ = [
     "ARM_ADAPTER",
+    "ARM_CANDIDATE",
     "ARM_CONTROL",
     "Experiment",
     "assign_arm",
@@ -37,6 +38,9 @@ ARM_ADAPTER = "adapter"
 """The experiment arm served by the tenant's adapter."""
 ARM_CONTROL = "control"
 """The experiment arm served by the base model (``fallback_reason="experiment_control"``)."""
+ARM_CANDIDATE = "candidate"
+"""The arm of a candidate experiment served by the candidate (its other units are served as
+without the experiment: the active adapter, arm ``adapter``, or the base model, ``control``)."""
 
 _SCALE = float(1 << 64)
 
@@ -49,9 +53,16 @@ class Experiment(BaseModel):
     itself when no unit is given. ``salt`` makes experiments independent of one another: two
     experiments with the same salt split the same units the same way.
 
+    ``candidate``, a record with status ``"candidate"`` (as ``publish(..., status="candidate")``
+    returned it), makes this a live test of that candidate: ``share`` of the units are served
+    by the candidate (arm ``candidate``), the others as they would be without the experiment
+    (the active adapter, arm ``adapter``; or the base model, arm ``control``). The experiment
+    then covers exactly the candidate's tenant and task.
+
     Example::
 
         Experiment(name="icp-v2", task="icp_classifier", tenants={"acme"}, share=0.5, salt="v2")
+        Experiment(name="acme-v3", candidate=record, share=0.5)   # a live test of a candidate
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +72,23 @@ class Experiment(BaseModel):
     tenants: frozenset[str] | None = None
     share: float = Field(default=0.5, ge=0.0, le=1.0)
     salt: str = ""
+    candidate: AdapterRecord | None = None
+
+    @model_validator(mode="after")
+    def _candidate(self) -> Experiment:
+        record = self.candidate
+        if record is None:
+            return self
+        if record.status != "candidate":
+            raise ValueError(f"candidate must be a candidate record, not {record.status!r}")
+        if self.task not in (None, record.task) or self.tenants not in (
+            None,
+            frozenset({record.tenant}),
+        ):
+            raise ValueError("a candidate experiment covers only the candidate's tenant and task")
+        object.__setattr__(self, "task", record.task)
+        object.__setattr__(self, "tenants", frozenset({record.tenant}))
+        return self
 
     @field_validator("task")
     @classmethod
@@ -131,11 +159,23 @@ def route(
     - an ``experiment`` covering the call: the unit (``unit``, or the tenant when None) is
       assigned an arm; the control arm goes to the base model with ``"experiment_control"``
       and keeps the record, the adapter arm goes to the adapter;
+    - an experiment with a ``candidate`` covering the call: the units in its share go to the
+      candidate (arm :data:`ARM_CANDIDATE`), the others as without the experiment, labelled
+      :data:`ARM_ADAPTER` (the active adapter served) or :data:`ARM_CONTROL` (the base model);
     - ``arm`` given (:data:`ARM_ADAPTER` or :data:`ARM_CONTROL`): that arm, whatever the
       experiments say (an evaluation pins arms this way); it never adds an adapter the tenant
       does not have: the rules above still apply first;
     - otherwise the adapter (``record.adapter_id``).
     """
+    candidate = experiment.candidate if experiment is not None else None
+    if candidate is not None and arm is None and experiment is not None:
+        chosen = _candidate_arm(experiment, candidate, tenant, task, unit)
+        if chosen is not None:
+            return chosen
+        served = route(record, tenant=tenant, task=task, outcome=outcome)
+        if not experiment.covers(tenant, task):
+            return served
+        return served._replace(arm=ARM_ADAPTER if served.adapter is not None else ARM_CONTROL)
     if record is None:
         if outcome == "error":
             return Route(adapter=None, fallback_reason="registry_error")
@@ -151,6 +191,18 @@ def route(
     if arm is not None:
         return Route(adapter=record.adapter_id, record=record, arm=arm)
     return Route(adapter=record.adapter_id, record=record)
+
+
+def _candidate_arm(
+    experiment: Experiment, candidate: AdapterRecord, tenant: str, task: str, unit: str | None
+) -> Route | None:
+    """The candidate's route for a unit in its share, or None (served as without it). Never
+    another tenant's or task's candidate."""
+    if (candidate.tenant, candidate.task) != (tenant, task):
+        return None
+    if assign_arm(experiment, tenant, task, tenant if unit is None else unit) != ARM_ADAPTER:
+        return None
+    return Route(adapter=candidate.adapter_id, record=candidate, arm=ARM_CANDIDATE)
 
 
 def fallback_route(route: Route) -> Route:
