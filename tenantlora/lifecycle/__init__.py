@@ -5,6 +5,7 @@ promote or reject them. See :mod:`tenantlora.lifecycle.gate` and
 
 from __future__ import annotations
 
+from tenantlora.lifecycle.erasure import ErasureReport, ErasureStep, StepStatus, erase_tenant
 from tenantlora.lifecycle.feedback import (
     ArmOutcome,
     FeedbackLog,
@@ -21,16 +22,25 @@ from tenantlora.lifecycle.gate import (
     gate,
     promote,
 )
+from tenantlora.lifecycle.trainers import JobStatus, LocalTrainer, Trainer, TrainingJob
 
 __all__ = [
     "ArmOutcome",
+    "ErasureReport",
+    "ErasureStep",
     "FeedbackLog",
     "FeedbackResult",
     "GateReport",
+    "JobStatus",
     "LiveComparison",
+    "LocalTrainer",
     "ShipRule",
+    "StepStatus",
+    "Trainer",
+    "TrainingJob",
     "agate",
     "decide",
+    "erase_tenant",
     "evaluation_digest",
     "gate",
     "promote",

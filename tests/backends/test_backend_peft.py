@@ -1204,3 +1204,30 @@ def test_adapters_from_a_remote_store_are_downloaded_verified_and_served(
         bad = client.chat("tamper", "icp", messages)
         assert (bad.adapter, bad.fallback_reason) == (None, "adapter_unavailable")
         client.close()
+
+
+def test_forget_tenant_evicts_only_that_tenants_adapters(make: Any, models: Models) -> None:
+    """Erasure's LocalPeft step: the tenant's resident adapters are deleted on the worker
+    thread (by what it loaded and by the erased records' digests); others stay and serve."""
+    from tenantlora.adapters import digest
+
+    backend = make()
+    records = {
+        tenant: AdapterRecord(
+            tenant=tenant,
+            task="icp",
+            adapter_id=f"{tenant}-v1",
+            uri=str(models.adapters[source]),
+            digest=digest(models.adapters[source]),
+        )
+        for tenant, source in (("acme", "t1"), ("acme2", "t1"), ("kahuna", "t2"))
+    }
+    for record in records.values():
+        backend.chat(_request(PROMPTS[0]), adapter=record.adapter_id, record=record)
+    assert sorted(backend.loaded()) == ["acme-v1", "acme2-v1", "kahuna-v1"]
+    assert backend.forget_tenant("acme", [records["acme"].digest or ""]) == ["acme-v1"]
+    assert sorted(backend.loaded()) == ["acme2-v1", "kahuna-v1"]  # same files, other tenant
+    assert backend.forget_tenant("acme") == []  # idempotent
+    assert backend.stats().evictions == 1
+    reply = backend.chat(_request(PROMPTS[0]), adapter="kahuna-v1", record=records["kahuna"])
+    assert reply.adapter == "kahuna-v1"

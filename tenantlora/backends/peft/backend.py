@@ -24,7 +24,7 @@ import logging
 import os
 import queue
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -40,6 +40,7 @@ from tenantlora.errors import (
     ConfigurationError,
 )
 from tenantlora.events import AdapterHook, AdapterHooks
+from tenantlora.naming import validate_tenant
 from tenantlora.types import AdapterRecord, ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
@@ -157,6 +158,24 @@ class LocalPeft(BaseBackend):
         Hooks run on the worker thread: keep them fast. An exception is logged, never raised.
         """
         self._hooks.add(hook)
+
+    def forget_tenant(
+        self, tenant: str, digests: Iterable[str] = (), *, timeout: float | None = 60.0
+    ) -> list[str]:
+        """Evict every resident adapter of ``tenant`` (erasure): those loaded for it and, for
+        each content ``digest`` given, the one loaded under its name. Runs on the worker thread
+        between batches (waits up to ``timeout`` for the batch in flight). Returns the adapter
+        ids evicted; idempotent."""
+        validate_tenant(tenant)
+        wanted = list(digests)
+        future = self._worker.control(lambda engine: engine.forget(tenant, wanted))
+        try:
+            evicted: list[str] = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise BackendTimeoutError(
+                f"{self.name}: evicting {tenant!r} waited over {timeout} s", backend=self.name
+            ) from None
+        return evicted
 
     def loaded(self) -> list[str]:
         """The resident adapter ids, least recently used first."""

@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -106,6 +106,7 @@ class Engine:
         self.model: PeftModel | None = load_model(base_dir)
         # content key -> (adapter id, PEFT name), least recently used first
         self._slots: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._owners: dict[str, str] = {}  # slot key -> tenant, for forget()
         self._digests = DigestMemo()
         self._slot_names = (f"tl{n}" for n in itertools.count())
         self._lock = threading.Lock()
@@ -422,6 +423,8 @@ class Engine:
         ms = (time.perf_counter() - started) * 1000.0
         with self._lock:
             self._slots[key] = (adapter, slot)
+            if job.tenant is not None:
+                self._owners[key] = job.tenant
         self._count(loads=1, load_ms_total=ms)
         with self._lock:
             self._stats = dataclasses.replace(self._stats, load_ms_last=ms)
@@ -440,6 +443,22 @@ class Engine:
         error.__cause__ = exc
         return error
 
+    def forget(self, tenant: str, digests: Sequence[str]) -> list[str]:
+        """Delete every resident adapter of ``tenant`` (erasure): those loaded for it and those
+        whose key is its name for one of ``digests``. Runs on the worker thread. Returns the
+        adapter ids deleted."""
+        keys = {loaded_adapter_name(tenant, d) for d in digests}
+        with self._lock:
+            keys |= {k for k, owner in self._owners.items() if owner == tenant}
+            victims = [(k, *self._slots.pop(k)) for k in list(self._slots) if k in keys]
+            for key in keys:
+                self._owners.pop(key, None)
+        for _, adapter, slot in victims:
+            self._discard(slot)
+            self._count(evictions=1)
+            self._event("evict", adapter)
+        return [adapter for _, adapter, _ in victims]
+
     def _make_room(self, pinned: set[str]) -> None:
         """Evict least recently used adapters (never one this batch needs) below the cap."""
         while True:
@@ -450,6 +469,7 @@ class Engine:
                 if victim is None:
                     return  # cannot happen: chunks never need more than max_loaded adapters
                 adapter, slot = self._slots.pop(victim)
+                self._owners.pop(victim, None)
             self._discard(slot)
             self._count(evictions=1)
             self._event("evict", adapter)

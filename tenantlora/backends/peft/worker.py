@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenantlora.errors import BackendError
 from tenantlora.types import ChatRequest, ChatResponse
@@ -174,6 +174,26 @@ class Engine(Protocol):
     def free(self) -> None: ...
 
 
+class Control:
+    """Work for the engine's own thread between batches (``fn(engine)``), e.g. evicting a
+    tenant's adapters; its result or exception lands in ``future``."""
+
+    stream = True  # runs alone, like a stream
+    adapter = None
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def settle(self, result: Any) -> None:
+        if self.future.done():
+            return
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+
+
 class Worker:
     """The thread that owns the engine, and the queue that feeds it.
 
@@ -186,8 +206,8 @@ class Worker:
         self._name = name
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._backlog: deque[Job] = deque()  # streams that arrived while a batch was gathering
+        self._queue: queue.SimpleQueue[Job | Control | None] = queue.SimpleQueue()
+        self._backlog: deque[Job | Control] = deque()  # streams that came while gathering
         self._lock = threading.Lock()
         self._closed = False
         self._closing = threading.Event()  # tells in-flight generation to stop early
@@ -200,6 +220,15 @@ class Worker:
             if self._closed:
                 raise self.closed_error(job.adapter)
             self._queue.put(job)
+
+    def control(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn(engine)`` on the worker thread between batches; its future."""
+        item = Control(fn)
+        with self._lock:
+            if self._closed:
+                raise self.closed_error(None)
+            self._queue.put(item)
+        return item.future
 
     def closed_error(self, adapter: str | None) -> BackendError:
         return BackendError(f"{self._name} backend is closed", backend=self._name, adapter=adapter)
@@ -231,11 +260,19 @@ class Worker:
             self._drain()
             self._engine.free()
 
-    def _serve(self, batch: list[Job]) -> None:
+    def _serve(self, batch: list[Job] | list[Job | Control]) -> None:
         if self._closing.is_set():
             for job in batch:
                 job.settle(self.closed_error(job.adapter))
             return
+        if isinstance(batch[0], Control):
+            control = batch[0]
+            try:
+                control.settle(control.fn(self._engine))
+            except Exception as exc:
+                control.settle(exc)
+            return
+        batch = [job for job in batch if isinstance(job, Job)]
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]
         try:
             self._engine.serve(live, self._closing)
@@ -250,13 +287,13 @@ class Worker:
                     )
                 )
 
-    def _next_batch(self) -> list[Job] | None:
+    def _next_batch(self) -> list[Job | Control] | None:
         """Wait for a job, then gather more for up to ``max_wait``; None when told to stop."""
         first = self._backlog.popleft() if self._backlog else self._queue.get()
         if first is None:
             return None
-        batch = [first]
-        if first.stream:  # streams run alone
+        batch: list[Job | Control] = [first]
+        if first.stream:  # streams and controls run alone
             return batch
         deadline = time.monotonic() + self._max_wait
         while len(batch) < self._max_batch:

@@ -57,6 +57,7 @@ from tenantlora.errors import (
     ConfigurationError,
 )
 from tenantlora.events import AdapterEvent, AdapterHook, AdapterHooks
+from tenantlora.naming import loaded_adapter_name, validate_tenant
 from tenantlora.types import AdapterRecord, ChatChunk, ChatResponse
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class VLLM(BaseBackend):
         self._refusals: dict[tuple[str, str | None, str | None], str | None] = {}
         self._digests = DigestMemo()
         self._ids: dict[str, str] = {}  # server-side name -> adapter id, for events
+        self._owners: dict[str, str] = {}  # server-side name -> tenant, for forget_tenant
         self._replicas: dict[str, Replica] = {}
         for url in urls:
             api = OpenAICompatible(
@@ -226,6 +228,10 @@ class VLLM(BaseBackend):
         if adapter is None:
             return None
         name = served_name(adapter, record, self._digests)
+        if record is not None and name != adapter and name not in self._owners:
+            if len(self._owners) >= _PREFLIGHT_CACHE:
+                self._owners.clear()
+            self._owners[name] = record.tenant
         if name != adapter and self._ids.get(name) != adapter:
             if len(self._ids) >= _PREFLIGHT_CACHE:
                 self._ids.clear()
@@ -332,6 +338,24 @@ class VLLM(BaseBackend):
             else:
                 loaded[adapter] = replica.url
         return Preloaded(loaded, failed)
+
+    def forget_tenant(self, tenant: str, digests: Iterable[str] = ()) -> list[str]:
+        """Unload every adapter of ``tenant`` from every replica (erasure): the names this
+        backend loaded for it and, for each content ``digest`` given (the erased records'),
+        the name any process would load it under. Returns the names the servers held.
+        BackendError when a replica cannot be reached (run it again: it is idempotent)."""
+        validate_tenant(tenant)
+        names = {n for n, owner in self._owners.items() if owner == tenant}
+        names |= {loaded_adapter_name(tenant, d) for d in digests}
+        unloaded: list[str] = []
+        for replica in self._replicas.values():
+            held = set(replica.adapters(self.model)) & names
+            for name in sorted(held):
+                replica.unload(name)
+                unloaded.append(name)
+        for name in names:
+            self._owners.pop(name, None)
+        return sorted(set(unloaded))
 
     def loaded(self, replica: str | None = None) -> list[str]:
         """Adapters the server(s) hold, from ``/v1/models`` (entries whose parent is the base):

@@ -256,6 +256,12 @@ class Replica:
         for victim in victims:
             await adrive(self._unload_flow(victim), self._aperform)
 
+    def unload(self, adapter: str) -> None:
+        """Tell the server to drop ``adapter`` (an adapter it does not hold is fine) and forget
+        it here. BackendError when the server cannot be reached."""
+        self.forget(adapter)
+        drive(self._unload_flow(adapter), self._perform)
+
     def _perform(self, request: Request) -> HTTPResponse:
         return self.api.request(
             request.method, request.path, content=request.body, timeout=request.timeout
