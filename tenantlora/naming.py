@@ -105,3 +105,11 @@ def loaded_adapter_name(tenant: str, digest: str) -> str:
     hashed = hashlib.sha256(f"{tenant}\0{digest}".encode()).hexdigest()[:32]
     readable = _UNSAFE.sub("-", tenant.lower()).strip("-")[:28].rstrip("-")
     return f"tl-{readable}-{hashed}" if readable else f"tl-{hashed}"
+
+
+def provider_name(tenant: str, task: str) -> str:
+    """The name a (tenant, task) goes by at a provider (fine-tune names, job suffixes):
+    ``tl-`` and 16 hex digits of a hash of both. It carries no personal data, since provider
+    names often cannot be removed later; the same pair always gets the same name."""
+    tenant, task = validate_tenant(tenant), validate_task(task)
+    return "tl-" + hashlib.sha256(f"{tenant}\0{task}".encode()).hexdigest()[:16]

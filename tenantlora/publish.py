@@ -11,7 +11,9 @@
 2. ``list`` / ``quota`` — the account's fine-tunes are listed; at the ceiling (100 by default)
    publishing is refused before anything is created.
 3. ``version`` — the next version ``N`` follows the registry's versions for (tenant, task),
-   skipping names already taken, and the fine-tune is named ``{tenant}-{task}-v{N}``.
+   skipping names already taken, and the fine-tune is named ``{name}-v{N}`` where ``name`` is
+   :func:`tenantlora.naming.provider_name` of (tenant, task): a hash, never the tenant's ID,
+   since a fine-tune's name cannot be removed from the account's history.
 4. ``create`` then ``upload`` — a new fine-tune per version (assets are immutable), then both
    files.
 5. ``registry`` — only now is the registry pointed at the new fine-tune.
@@ -44,7 +46,7 @@ from tenantlora.adapters import (
 )
 from tenantlora.backends.workers_ai.wire import Finetune, FinetuneAsset, model_type_for
 from tenantlora.errors import PublishError, TenantLoRAError
-from tenantlora.naming import validate_task, validate_tenant
+from tenantlora.naming import provider_name, validate_task, validate_tenant
 from tenantlora.types import AdapterRecord
 
 if TYPE_CHECKING:
@@ -140,7 +142,7 @@ def publish_adapter(
             versions = [r.version for r in registry.list(tenant, task, history=True)]
         version, name = _next_name(tenant, task, max(versions, default=0) + 1, existing)
         with step.run("create"):
-            text = description or f"tenantlora adapter {tenant}/{task} v{version}"
+            text = description or f"tenantlora adapter {provider_name(tenant, task)} v{version}"
             finetune = backend.finetunes.create(name, backend.model, text)
         step.finetune_id = finetune.id
         uploaded = digest(upload_dir)  # what the fine-tune holds, recorded with the version
@@ -170,12 +172,13 @@ def publish_adapter(
 
 
 def _next_name(tenant: str, task: str, version: int, existing: list[Finetune]) -> tuple[int, str]:
-    """``{tenant}-{task}-v{N}`` from ``version`` up, skipping names already on the account (a
+    """``{provider_name}-v{N}`` from ``version`` up, skipping names already on the account (a
     fine-tune left behind by a failed publish keeps its name)."""
     taken = {f.name for f in existing}
-    while f"{tenant}-{task}-v{version}" in taken:
+    base = provider_name(tenant, task)
+    while f"{base}-v{version}" in taken:
         version += 1
-    return version, f"{tenant}-{task}-v{version}"
+    return version, f"{base}-v{version}"
 
 
 def _metadata(

@@ -17,6 +17,7 @@ from tenantlora import publish_adapter
 from tenantlora.adapters import digest_contents
 from tenantlora.backends import WorkersAI
 from tenantlora.errors import PublishError, RegistryError
+from tenantlora.naming import provider_name
 from tenantlora.registry import MemoryRegistry
 
 TASK = "icp_classifier"
@@ -37,6 +38,22 @@ def backend(cloudflare: FakeCloudflare) -> Iterator[WorkersAI]:
         yield backend
 
 
+NAME = provider_name("acme", TASK)
+
+
+def test_fine_tune_names_and_descriptions_carry_no_tenant_or_task(
+    backend: WorkersAI, cloudflare: FakeCloudflare, tmp_path: Path
+) -> None:
+    """What reaches the provider is a hash: a fine-tune's name cannot be removed later."""
+    result = publish(backend, MemoryRegistry(), adapter(tmp_path))
+    [stored] = cloudflare.finetunes.values()  # what the account keeps
+    assert stored["id"] == result.finetune.id
+    for text in (stored["name"], stored["description"] or ""):
+        assert "acme" not in text
+        assert TASK not in text
+    assert NAME.startswith("tl-")
+
+
 def adapter(tmp_path: Path, name: str = "acme-icp", **config: Any) -> Path:
     config.setdefault("model_type", "mistral")
     config.setdefault("base_model_name_or_path", MISTRAL)
@@ -50,13 +67,13 @@ def publish(backend: WorkersAI, registry: MemoryRegistry, path: Path, **kw: Any)
 def test_publish_creates_uploads_then_registers(
     backend: WorkersAI, cloudflare: FakeCloudflare, tmp_path: Path
 ) -> None:
-    """A valid adapter becomes fine-tune acme-icp_classifier-v1 holding both files, and only
+    """A valid adapter becomes fine-tune {provider_name}-v1 holding both files, and only
     then the registry's active record for the task."""
     path = adapter(tmp_path)
     registry = MemoryRegistry()
     result = publish(backend, registry, path, actor="ci@example.com", reason="nightly")
     finetune = result.finetune
-    assert (finetune.name, finetune.model, result.version) == ("acme-icp_classifier-v1", MODEL, 1)
+    assert (finetune.name, finetune.model, result.version) == (f"{NAME}-v1", MODEL, 1)
     [entry] = registry.audit("acme")
     assert (entry.action, entry.actor, entry.reason) == ("publish", "ci@example.com", "nightly")
     assert entry.digest == result.record.digest
@@ -72,7 +89,7 @@ def test_publish_creates_uploads_then_registers(
     assert adapters is not None
     assert adapters.get(TASK) == result.record
     assert (result.record.adapter_id, result.record.base_model) == (finetune.id, MODEL)
-    assert result.record.metadata["finetune_name"] == "acme-icp_classifier-v1"
+    assert result.record.metadata["finetune_name"] == f"{NAME}-v1"
     assert result.model_type_injected is False
     assert result.record.digest == digest_contents(cloudflare.assets[finetune.id])
 
@@ -99,9 +116,9 @@ def test_versions_follow_the_registry_and_skip_taken_names(
     """Each publish is a new fine-tune; a name left by a failed publish is skipped."""
     registry = MemoryRegistry()
     first = publish(backend, registry, adapter(tmp_path))
-    cloudflare.add_finetune("acme-icp_classifier-v2")  # an orphan from an earlier failure
+    cloudflare.add_finetune(f"{NAME}-v2")  # an orphan from an earlier failure
     second = publish(backend, registry, adapter(tmp_path, "v2"))
-    assert second.finetune.name == "acme-icp_classifier-v3"
+    assert second.finetune.name == f"{NAME}-v3"
     assert second.finetune.id != first.finetune.id
     assert (second.record.version, second.version) == (2, 3)
     assert registry.rollback("acme", TASK).adapter_id == first.finetune.id

@@ -15,6 +15,7 @@ from test_adapters import make_adapter
 
 from tenantlora import AsyncTenantLoRA, TenantLoRA, publish_adapter
 from tenantlora.backends import WorkersAI
+from tenantlora.naming import provider_name
 from tenantlora.registry import AsyncCloudflareKV, CloudflareKV
 from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver
 from tenantlora.testing import ManualClock
@@ -66,7 +67,7 @@ def test_publish_chat_rollback_erase(
     assert cloudflare.runs[-1].model == MODEL
 
     v2 = publish_adapter(backend, registry, tenant="acme", task=TASK, path=adapter(tmp_path, "b"))
-    assert v2.finetune.name == "acme-icp_classifier-v2"
+    assert v2.finetune.name == f"{provider_name('acme', TASK)}-v2"
     clock.advance(11)
     assert client.chat(tenant="acme", task=TASK, messages=MSG).adapter == v2.finetune.id
     value = json.loads(cloudflare.kv["lora_adapters:acme"])
