@@ -22,10 +22,22 @@ from tenantlora.lifecycle.gate import (
     gate,
     promote,
 )
+from tenantlora.lifecycle.onboarding import (
+    STEPS,
+    DataChecks,
+    Due,
+    Onboarding,
+    OnboardingResult,
+    RetrainPolicy,
+    due_for_retraining,
+    onboard,
+)
 from tenantlora.lifecycle.trainers import JobStatus, LocalTrainer, Trainer, TrainingJob
 
 __all__ = [
     "ArmOutcome",
+    "DataChecks",
+    "Due",
     "ErasureReport",
     "ErasureStep",
     "FeedbackLog",
@@ -34,15 +46,21 @@ __all__ = [
     "JobStatus",
     "LiveComparison",
     "LocalTrainer",
+    "Onboarding",
+    "OnboardingResult",
+    "RetrainPolicy",
+    "STEPS",
     "ShipRule",
     "StepStatus",
     "Trainer",
     "TrainingJob",
     "agate",
     "decide",
+    "due_for_retraining",
     "erase_tenant",
     "evaluation_digest",
     "gate",
+    "onboard",
     "promote",
     "promote_live",
 ]

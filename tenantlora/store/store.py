@@ -290,6 +290,34 @@ class TenantStore:
             names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(base, detail=False)]
         return sorted(n.removesuffix(".jsonl") for n in names if n.endswith(".jsonl"))
 
+    def read_state(self, tenant: str, task: str, name: str) -> dict[str, Any] | None:
+        """A small JSON object kept in (tenant, task)'s data area (a pipeline's progress), or
+        None when there is none."""
+        path = self._data_path(tenant, task, name).removesuffix(".jsonl") + ".json"
+        with self._io("read state", tenant, path):
+            self._fs.invalidate_cache(path.rsplit("/", 1)[0])
+            if not self._fs.exists(path):
+                return None
+            raw = self._fs.cat_file(path)
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            raise StoreError(f"store: {self._layout.uri(path)} is not a JSON object", tenant=tenant)
+        return value
+
+    def write_state(self, tenant: str, task: str, name: str, value: Mapping[str, Any]) -> None:
+        """Replace that JSON object (written whole: readers see the old or the new one)."""
+        path = self._data_path(tenant, task, name).removesuffix(".jsonl") + ".json"
+        try:
+            body = json.dumps(dict(value), sort_keys=True, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"state is not JSON-serialisable: {exc}") from None
+        with self._io("write state", tenant, path):
+            self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self._fs.pipe_file(path, body)
+
     # -- erasure ----------------------------------------------------------------------------------
 
     def erase(self, tenant: str) -> StoreErasure:
