@@ -85,3 +85,13 @@ def test_quick_fleet_simulation_compares_the_two_routings() -> None:
     loads = rows["adapter loads per 1,000 requests"]
     assert float(loads[1]) < float(loads[2])
     assert rows["requests served with their adapter"][1:3] == ["100.0%", "100.0%"]
+
+
+def test_quick_lifecycle_run_reports_every_figure() -> None:
+    """`python -m benchmarks.lifecycle --quick`: onboarding on a tiny toy, the gate, the store
+    locally and through the S3 server, erasure; every step done and the candidate promoted."""
+    out = _quick_with_redis("lifecycle")
+    for row in ("| validate |", "| train |", "| gate |", "| decide | 0.", "| **total** |"):
+        assert row in out
+    assert "| S3 (moto server, loopback) |" in out
+    assert "| SQLite registry + s3 store |" in out
