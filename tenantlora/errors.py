@@ -11,6 +11,7 @@ TenantLoRAError
 │   └── InvalidTaskError          bad task name
 ├── RegistryError                 a registry read or write failed (.tenant .task)
 │   └── AdapterResolutionError    the registry failed and no stale entry could serve
+├── StoreError                    the tenant store failed or holds something unusable (.tenant)
 ├── AdapterValidationError        adapter files unusable (rank, size, base model, config)
 ├── AdapterLocationError (ValueError)   an adapter uri outside the tenant's store prefix
 ├── PublishError                  publishing an adapter failed (.step .tenant .task .finetune_id)
