@@ -32,6 +32,7 @@ from tenantlora.lifecycle.onboarding import (
     due_for_retraining,
     onboard,
 )
+from tenantlora.lifecycle.together import TogetherTrainer
 from tenantlora.lifecycle.trainers import JobStatus, LocalTrainer, Trainer, TrainingJob
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "STEPS",
     "ShipRule",
     "StepStatus",
+    "TogetherTrainer",
     "Trainer",
     "TrainingJob",
     "agate",

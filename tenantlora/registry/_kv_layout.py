@@ -35,6 +35,7 @@ __all__ = [
     "encode_audit",
     "encode_value",
     "entry_of",
+    "rewritten",
     "task_versions",
 ]
 
@@ -183,3 +184,40 @@ def entry_of(versions: TaskVersions) -> dict[str, Any]:
     entry = _flat(versions.active)
     entry["history"] = [_flat(r) for r in versions.others]
     return entry
+
+
+_PENDING = ("candidate", "rejected")
+
+
+def rewritten(
+    value: dict[str, Any],
+    records: list[AdapterRecord],
+    active: dict[str, int],
+    put: list[AdapterRecord],
+    activate: dict[str, int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tenant's value and candidates after a write that stores ``put`` and makes
+    ``activate`` active. Only the tasks the write touches are
+    rewritten in the value (the active version's fields, the other servable versions in
+    ``history``); candidate and rejected versions go to the candidates value, in the same
+    layout, so a Worker reading ``value[task]`` never meets one."""
+    by_version = {(r.task, r.version): r for r in records}
+    by_version.update({(r.task, r.version): r for r in put})
+    active = {**active, **activate}
+    touched = {r.task for r in put} | set(activate)
+    value = dict(value)
+    for task in sorted(touched):
+        servable = [
+            r for (t, _), r in sorted(by_version.items()) if t == task and r.status not in _PENDING
+        ]
+        if task in active:
+            chosen = by_version[(task, active[task])]
+            value[task] = entry_of(TaskVersions(chosen, [r for r in servable if r is not chosen]))
+        else:
+            value.pop(task, None)
+    pending: dict[str, Any] = {}
+    for task in sorted({t for (t, _) in by_version}):
+        mine = [r for (t, _), r in sorted(by_version.items()) if t == task and r.status in _PENDING]
+        if mine:
+            pending[task] = entry_of(TaskVersions(mine[0], mine[1:]))
+    return value, pending

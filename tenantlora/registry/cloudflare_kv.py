@@ -32,12 +32,11 @@ from tenantlora._lifecycle import AsyncClosing
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._kv_layout import (
-    TaskVersions,
     decode_audit,
     decode_value,
     encode_audit,
     encode_value,
-    entry_of,
+    rewritten,
     task_versions,
 )
 from tenantlora.registry.writable import Plan, TenantState, WritableBase
@@ -49,7 +48,6 @@ _log = logging.getLogger("tenantlora")
 _T = TypeVar("_T")
 _AUDIT_SUFFIX = "#audit"  # '#' is in no tenant ID, so no tenant's key ends with it
 _CANDIDATES_SUFFIX = "#candidates"  # candidate and rejected versions, which Workers never read
-_PENDING = ("candidate", "rejected")
 REGISTRY_TIMEOUT = 10.0
 """Seconds for one registry request (connect and each read): a registry read sits on the
 request path of a cache miss, so it is bounded tighter than a chat call."""
@@ -227,7 +225,8 @@ class CloudflareKV(WritableBase):
                 value, pending, records, active = None, None, [], {}
                 self._delete(pending_key, tenant)
             if plan.put or plan.activate:
-                value, new_pending = _rewritten(value or {}, records, active, plan)
+                put, activate = plan.put, plan.activate
+                value, new_pending = rewritten(value or {}, records, active, put, activate)
                 if new_pending != (pending or {}):
                     if new_pending:
                         self._write(pending_key, new_pending, tenant)
@@ -435,38 +434,6 @@ def _all_records(
         if versions is not None:
             records.extend([versions.active] if active_only else versions.all())
     return sorted(records, key=lambda r: (r.task, r.version))
-
-
-def _rewritten(
-    value: dict[str, Any],
-    records: list[AdapterRecord],
-    active: dict[str, int],
-    plan: Plan[Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The tenant's value and candidates after ``plan``. Only the tasks the plan touches are
-    rewritten in the value (the active version's fields, the other servable versions in
-    ``history``); candidate and rejected versions go to the candidates value, in the same
-    layout, so a Worker reading ``value[task]`` never meets one."""
-    by_version = {(r.task, r.version): r for r in records}
-    by_version.update({(r.task, r.version): r for r in plan.put})
-    active = {**active, **plan.activate}
-    touched = {r.task for r in plan.put} | set(plan.activate)
-    value = dict(value)
-    for task in sorted(touched):
-        servable = [
-            r for (t, _), r in sorted(by_version.items()) if t == task and r.status not in _PENDING
-        ]
-        if task in active:
-            chosen = by_version[(task, active[task])]
-            value[task] = entry_of(TaskVersions(chosen, [r for r in servable if r is not chosen]))
-        else:
-            value.pop(task, None)
-    pending: dict[str, Any] = {}
-    for task in sorted({t for (t, _) in by_version}):
-        mine = [r for (t, _), r in sorted(by_version.items()) if t == task and r.status in _PENDING]
-        if mine:
-            pending[task] = entry_of(TaskVersions(mine[0], mine[1:]))
-    return value, pending
 
 
 def _adapters(value: dict[str, Any] | None, key: str, tenant: str) -> TenantAdapters | None:

@@ -41,6 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,8 @@ from tenantlora.backends.peft.generate import (
     Row,
     RowStops,
     count_adapter_hooks,
+    decode,
+    eos_ids,
     render_prompt,
     sampling,
     seeded,
@@ -111,7 +114,7 @@ class Engine:
         self._slot_names = (f"tl{n}" for n in itertools.count())
         self._lock = threading.Lock()
         self._stats = LocalPeftStats()
-        self._eos = self._eos_ids()
+        self._eos = eos_ids(self.tokenizer, self.model)
         pad = self.tokenizer.pad_token_id
         self._pad = pad if isinstance(pad, int) else min(self._eos, default=0)
         self._max_positions: int | None = getattr(
@@ -234,7 +237,7 @@ class Engine:
         # Left padding: every prompt ends at column `width`, where generation starts.
         ids = [[self._pad] * (width - len(r.ids)) + r.ids for r in rows]
         mask = [[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows]
-        stops = RowStops(rows, width, self._eos, self._decode, closing)
+        stops = RowStops(rows, width, self._eos, partial(decode, self.tokenizer), closing)
         job = rows[0].job  # every row shares its sampling parameters (see Job.sampling_key)
         started = time.perf_counter()
         try:
@@ -306,7 +309,7 @@ class Engine:
         if reason == "cancelled":
             return self._cancelled(job, closing)
         generated = out[stops.start : stops.ends[i] or len(out)]
-        text = self._decode(generated)
+        text = decode(self.tokenizer, generated)
         cut = find_stop(text, job.stops)
         if cut is not None:
             text, reason = text[:cut], "stop"
@@ -325,19 +328,6 @@ class Engine:
             adapter=job.adapter,
             backend=self._name,
         )
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    def _eos_ids(self) -> frozenset[int]:
-        assert self.model is not None
-        found: set[int] = set()
-        for value in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
-            if isinstance(value, int):
-                found.add(value)
-            elif isinstance(value, list):
-                found.update(v for v in value if isinstance(v, int))
-        return frozenset(found)
 
     def _recover(self, exc: Exception) -> None:
         """After a failed generate: remove PEFT's leftover hooks, or rebuild the model."""
@@ -423,8 +413,7 @@ class Engine:
         ms = (time.perf_counter() - started) * 1000.0
         with self._lock:
             self._slots[key] = (adapter, slot)
-            if job.tenant is not None:
-                self._owners[key] = job.tenant
+            self._owners[key] = job.tenant or ""  # "": an operator's adapter, no tenant
         self._count(loads=1, load_ms_total=ms)
         with self._lock:
             self._stats = dataclasses.replace(self._stats, load_ms_last=ms)
@@ -444,20 +433,20 @@ class Engine:
         return error
 
     def forget(self, tenant: str, digests: Sequence[str]) -> list[str]:
-        """Delete every resident adapter of ``tenant`` (erasure): those loaded for it and those
-        whose key is its name for one of ``digests``. Runs on the worker thread. Returns the
-        adapter ids deleted."""
-        keys = {loaded_adapter_name(tenant, d) for d in digests}
+        """Evict ``tenant``'s adapters: loaded for it, or of ``digests`` (worker thread)."""
+        named = {loaded_adapter_name(tenant, d) for d in digests}
         with self._lock:
-            keys |= {k for k, owner in self._owners.items() if owner == tenant}
-            victims = [(k, *self._slots.pop(k)) for k in list(self._slots) if k in keys]
-            for key in keys:
-                self._owners.pop(key, None)
-        for _, adapter, slot in victims:
-            self._discard(slot)
-            self._count(evictions=1)
-            self._event("evict", adapter)
-        return [adapter for _, adapter, _ in victims]
+            keys = {k for k in self._slots if k in named or self._owners.get(k) == tenant}
+        return [self._evict(key) for key in sorted(keys)]
+
+    def _evict(self, key: str) -> str:
+        with self._lock:
+            adapter, slot = self._slots.pop(key)
+            self._owners.pop(key, None)
+        self._discard(slot)
+        self._count(evictions=1)
+        self._event("evict", adapter)
+        return adapter
 
     def _make_room(self, pinned: set[str]) -> None:
         """Evict least recently used adapters (never one this batch needs) below the cap."""
@@ -466,13 +455,9 @@ class Engine:
                 if len(self._slots) < self._max_loaded:
                     return
                 victim = next((k for k in self._slots if k not in pinned), None)
-                if victim is None:
-                    return  # cannot happen: chunks never need more than max_loaded adapters
-                adapter, slot = self._slots.pop(victim)
-                self._owners.pop(victim, None)
-            self._discard(slot)
-            self._count(evictions=1)
-            self._event("evict", adapter)
+            if victim is None:
+                return  # cannot happen: chunks never need more than max_loaded adapters
+            self._evict(victim)
 
     def _discard(self, slot: str) -> None:
         """Delete a PEFT adapter; if PEFT cannot, rebuild the model rather than serve from it."""
@@ -493,6 +478,7 @@ class Engine:
         with self._lock:
             dropped = [adapter for adapter, _ in self._slots.values()]
             self._slots.clear()
+            self._owners.clear()
         self.model = None
         self._active = ANCHOR
         gc.collect()

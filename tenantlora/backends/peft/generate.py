@@ -157,3 +157,19 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, job: Job) -> str:
     # A base model without a template: a plain transcript that ends where the answer starts.
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return (tokenizer.bos_token or "") + "\n".join([*lines, "assistant:"])
+
+
+def eos_ids(tokenizer: PreTrainedTokenizerBase, model: Any) -> frozenset[int]:
+    """Every end-of-sequence token id the tokenizer or the model's generation config names."""
+    found: set[int] = set()
+    for value in (tokenizer.eos_token_id, model.generation_config.eos_token_id):
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, int))
+    return frozenset(found)
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """Token ids as text, special tokens left out."""
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
