@@ -25,7 +25,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from tenantlora.errors import ConfigurationError, InvalidRequestError
-from tenantlora.lifecycle.gate import ShipRule
+from tenantlora.lifecycle.gate import ShipRule, act_on
 from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.routing import ARM_ADAPTER, ARM_CANDIDATE, ARM_CONTROL
 from tenantlora.types import ChatResponse, Message
@@ -303,12 +303,5 @@ def promote_live(
     the counts and figures in the audit entry. InvalidRequestError while it is not ready."""
     if not comparison.ready or comparison.version is None:
         raise InvalidRequestError(f"the live comparison is not ready: {comparison.reasons[0]}")
-    act = registry.promote if comparison.passed else registry.reject
-    return act(
-        comparison.tenant,
-        comparison.task,
-        comparison.version,
-        details=comparison.details(),
-        actor=actor,
-        reason=reason or f"live: {comparison.reasons[0]}",
-    )
+    reason = reason or f"live: {comparison.reasons[0]}"
+    return act_on(registry, comparison, comparison.version, reason, actor)

@@ -257,15 +257,17 @@ def promote(
 ) -> AdapterRecord:
     """Act on a gate report: promote the candidate when it passed, else reject it; either way
     the decision and figures go into the audit entry. Returns the candidate's new record."""
-    act = registry.promote if report.passed else registry.reject
-    return act(
-        report.tenant,
-        report.task,
-        report.version,
-        details=report.details(),
-        actor=actor,
-        reason=reason or f"gate: {report.reasons[0]}",
-    )
+    return act_on(registry, report, report.version, reason or f"gate: {report.reasons[0]}", actor)
+
+
+def act_on(
+    registry: WritableRegistry, decided: Any, version: int, reason: str, actor: str | None
+) -> AdapterRecord:
+    """Promote (``decided.passed``) or reject candidate ``version`` of ``decided``'s tenant and
+    task, with ``decided.details()`` in the audit entry: the one place a decision is applied."""
+    act = registry.promote if decided.passed else registry.reject
+    details = decided.details()
+    return act(decided.tenant, decided.task, version, details=details, actor=actor, reason=reason)
 
 
 # -- internals ------------------------------------------------------------------------------
