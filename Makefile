@@ -75,6 +75,7 @@ bench: install vllm
 	$(BIN)/python -m benchmarks.propagation --store sqlite
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.lifecycle
+	$(BIN)/python -m benchmarks.observability
 	$(BIN)/python -m benchmarks.reads
 	$(BIN)/python -m benchmarks.peft
 	$(BIN)/python -m benchmarks.vllm

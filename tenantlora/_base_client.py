@@ -27,6 +27,7 @@ from tenantlora._ownership import lease, release
 
 if TYPE_CHECKING:
     from tenantlora.lifecycle.feedback import FeedbackLog
+    from tenantlora.telemetry import Telemetry
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -134,10 +135,12 @@ class CallState:
         "requested",
         "retries",
         "route",
+        "span",
         "started",
         "stream",
         "task",
         "tenant",
+        "token",
     )
 
     def __init__(self, tenant: str, task: str, started: float, *, stream: bool) -> None:
@@ -151,6 +154,8 @@ class CallState:
         self.retries = 0
         self.failed = False
         self.messages: Sequence[Message] = ()
+        self.span: Any = None
+        self.token: Any = None
 
 
 def as_generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
@@ -236,9 +241,12 @@ class BaseClient:
         timeout: float | None,
         clock: Callable[[], float],
         feedback: FeedbackLog | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._backend_name = backend_name
         self._feedback = feedback
+        self._telemetry = telemetry
+        self._model: str | None = getattr(backend, "model", None)
         self._leased = backend
         self._owned_registry: Any = None  # a registry the client opened from a path (closes it)
         self._closed = True  # until _hold(): a constructor that fails holds nothing
@@ -250,6 +258,8 @@ class BaseClient:
         subscribe = getattr(backend, "subscribe", None)
         if callable(subscribe):  # backends that load adapters report loads, hits, evictions
             subscribe(self._collector.adapter_event)
+            if telemetry is not None:
+                subscribe(telemetry.adapter_event)
         problem = None if timeout is None else _timeout_problem(timeout)
         if problem is not None:
             raise ConfigurationError(f"timeout={timeout!r}: {problem}")
@@ -310,8 +320,13 @@ class BaseClient:
         self, tenant: str, task: str, *, stream: bool, request: ChatRequest | None = None
     ) -> CallState:
         call = CallState(tenant, task, self._clock(), stream=stream)
-        if self._feedback is not None and request is not None:
+        telemetry = self._telemetry
+        if request is not None and (
+            self._feedback is not None or (telemetry is not None and telemetry.capture_content)
+        ):
             call.messages = request.messages
+        if telemetry is not None:
+            call.span, call.token = telemetry.start(self._model, self._backend_name, stream)
         return call
 
     def _route(
@@ -456,6 +471,19 @@ class BaseClient:
             cancelled=cancelled,
         )
         emit(self._hooks, event)
+        if call.span is not None and self._telemetry is not None:
+            record = r.record if r is not None and r.adapter is not None else None
+            self._telemetry.finish(
+                call.span,
+                call.token,
+                event,
+                model=self._model,
+                version=record.version if record is not None else None,
+                response=usage,
+                messages=call.messages,
+                error=error,
+            )
+            call.span = call.token = None
 
     def _stamp_chunk(self, call: CallState, chunk: ChatChunk) -> ChatChunk:
         return replace(chunk, self._stamp(call))

@@ -43,6 +43,7 @@ from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
     from tenantlora.lifecycle.feedback import FeedbackLog, FeedbackResult
+    from tenantlora.telemetry import Telemetry
 
 __all__ = ["AsyncTenantLoRA", "Policy", "TenantLoRA"]
 
@@ -73,6 +74,7 @@ class TenantLoRA(BaseClient, Closing):
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], None] = time.sleep,
         feedback: FeedbackLog | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigurationError(f"{type(backend).__name__} does not implement Backend")
@@ -87,11 +89,13 @@ class TenantLoRA(BaseClient, Closing):
             timeout=timeout,
             clock=clock,
             feedback=feedback,
+            telemetry=telemetry,
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
+        traced = telemetry.traced(chosen) if telemetry is not None and chosen is not None else None
         self.resolver: AdapterResolver = resolver_from(
-            AdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
+            AdapterResolver, traced or chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
         self._owned_registry = chosen if owned else None
         self._hold()
@@ -288,6 +292,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         feedback: FeedbackLog | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not isinstance(backend, AsyncBackend):
             raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
@@ -302,11 +307,13 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
             timeout=timeout,
             clock=clock,
             feedback=feedback,
+            telemetry=telemetry,
         )
         self.backend = backend
         chosen, owned = registry_from(registry)
+        traced = telemetry.traced(chosen) if telemetry is not None and chosen is not None else None
         self.resolver: AsyncAdapterResolver = resolver_from(
-            AsyncAdapterResolver, chosen, resolver, ttl=ttl, policy=policy, clock=clock
+            AsyncAdapterResolver, traced or chosen, resolver, ttl=ttl, policy=policy, clock=clock
         )
         self._owned_registry = chosen if owned else None
         self._hold()

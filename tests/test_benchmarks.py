@@ -95,3 +95,12 @@ def test_quick_lifecycle_run_reports_every_figure() -> None:
         assert row in out
     assert "| S3 (moto server, loopback) |" in out
     assert "| SQLite registry + s3 store |" in out
+
+
+def test_quick_observability_run_reports_both_ratios_and_start_up() -> None:
+    """`python -m benchmarks.observability --quick` measures the three clients side by side
+    and the command's start-up."""
+    out = _quick_with_redis("observability")
+    assert "| **with opentelemetry** |" in out
+    assert "| **with prometheus** |" in out
+    assert "`tenantlora --help`" in out

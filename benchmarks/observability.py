@@ -1,0 +1,128 @@
+"""What observing a client costs: OpenTelemetry and the Prometheus hook vs neither, and the
+start-up time of the ``tenantlora`` command.
+
+    python -m benchmarks.observability [--quick]
+
+1. Per-call time of ``TenantLoRA.chat`` on a cache hit against the loopback server of
+   ``benchmarks.run`` (one 16-token completion), three clients side by side in interleaved
+   rounds (ABBA): plain; with ``telemetry=Telemetry(...)`` on the OpenTelemetry SDK (a
+   ``TracerProvider`` with a span processor whose exporter drops everything, and a
+   ``MeterProvider``); with ``hooks=[PrometheusHook(...)]``. The figure is each one's median
+   per-call time over the plain client's.
+2. ``tenantlora --help`` wall time (a fresh interpreter through the console script), median
+   of repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import MESSAGES, _per_call_us, _registry, loopback_server
+
+
+class _Drop:
+    """A span exporter that exports nothing (the SDK's cost without an exporter's I/O)."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def clients(url: str) -> dict[str, Any]:
+    import prometheus_client
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from tenantlora import TenantLoRA
+    from tenantlora.backends import OpenAICompatible
+    from tenantlora.prometheus import PrometheusHook
+    from tenantlora.telemetry import Telemetry
+
+    tracer = TracerProvider()
+    tracer.add_span_processor(SimpleSpanProcessor(_Drop()))  # type: ignore[arg-type]
+    telemetry = Telemetry(tracer_provider=tracer, meter_provider=MeterProvider())
+    prometheus = PrometheusHook(registry=prometheus_client.CollectorRegistry())
+
+    def make(**options: Any) -> Any:
+        backend = OpenAICompatible(base_url=url, model="base")
+        return TenantLoRA(backend=backend, registry=_registry(), **options)
+
+    return {
+        "plain": make(),
+        "opentelemetry": make(telemetry=telemetry),
+        "prometheus": make(hooks=[prometheus]),
+    }
+
+
+def per_call(url: str, rounds: int, calls: int) -> dict[str, float]:
+    made = clients(url)
+    variants: dict[str, Callable[[], object]] = {
+        name: (lambda c=client: c.chat(tenant="acme", task="icp", messages=MESSAGES, max_tokens=16))
+        for name, client in made.items()
+    }
+    for fn in variants.values():
+        assert fn().adapter == "acme-icp-v1"  # type: ignore[attr-defined]
+        _per_call_us(fn, max(5, calls // 10))  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    for _ in range(rounds):
+        for name in order:
+            samples[name].append(_per_call_us(variants[name], calls))
+        order.reverse()
+    for client in made.values():
+        client.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def help_ms(reps: int) -> float:
+    script = Path(sys.executable).parent / "tenantlora"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tenantlora"]
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run([*command, "--help"], capture_output=True, check=True)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    rounds, calls, reps = (3, 20, 2) if args.quick else (31, 200, 11)
+    with loopback_server() as url:
+        medians = per_call(url, rounds, calls)
+    startup = help_ms(reps)
+    plain = medians["plain"]
+    print("Command: `python -m benchmarks.observability" + (" --quick`" if args.quick else "`"))
+    print()
+    print("| TenantLoRA.chat, cache hit, loopback server | per call | vs plain | target |")
+    print("|---|---|---|---|")
+    print(f"| plain | {plain:.0f} µs | 1.00x | |")
+    for name in ("opentelemetry", "prometheus"):
+        ratio = medians[name] / plain
+        print(f"| **with {name}** | {medians[name]:.0f} µs | **{ratio:.3f}x** | < 1.10x |")
+    print()
+    print("| start-up | measured | target |")
+    print("|---|---|---|")
+    print(f"| **`tenantlora --help`** (median of {reps}) | **{startup:.0f} ms** | < 300 ms |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
