@@ -101,49 +101,42 @@ class PrometheusHook:
         self._task = _Labels(top_tasks, None, False)
         where = {"registry": registry} if registry is not None else {}
         bounds = tuple(buckets)
-        self.requests = prometheus.Counter(
+
+        def counter(name: str, text: str, labels: list[str]) -> Any:
+            return prometheus.Counter(name, text, labels, namespace=namespace, **where)
+
+        def histogram(name: str, text: str, labels: list[str]) -> Any:
+            return prometheus.Histogram(
+                name, text, labels, namespace=namespace, buckets=bounds, **where
+            )
+
+        self.requests = counter(
             "requests",
             "Chat and stream calls by outcome.",
             ["tenant", "task", "backend", "outcome"],
-            namespace=namespace,
-            **where,
         )
-        self.duration = prometheus.Histogram(
+        self.duration = histogram(
             "request_duration_seconds",
             "Client latency of chat and stream calls.",
             ["tenant", "task"],
-            namespace=namespace,
-            buckets=bounds,
-            **where,
         )
-        self.cache = prometheus.Counter(
+        self.cache = counter(
             "cache_lookups",
             "Resolver lookups by outcome (hit, miss, stale, error).",
             ["tenant", "outcome"],
-            namespace=namespace,
-            **where,
         )
-        self.fallbacks = prometheus.Counter(
+        self.fallbacks = counter(
             "fallbacks",
             "Calls the base model served instead of an adapter, by reason.",
             ["tenant", "reason"],
-            namespace=namespace,
-            **where,
         )
-        self.adapter_events = prometheus.Counter(
+        self.adapter_events = counter(
             "adapter_events",
             "Adapter loads, hits, evictions and failures in backends.",
             ["backend", "kind"],
-            namespace=namespace,
-            **where,
         )
-        self.load_seconds = prometheus.Histogram(
-            "adapter_load_seconds",
-            "Time to load an adapter into a backend.",
-            ["backend"],
-            namespace=namespace,
-            buckets=bounds,
-            **where,
+        self.load_seconds = histogram(
+            "adapter_load_seconds", "Time to load an adapter into a backend.", ["backend"]
         )
 
     def __call__(self, event: RequestEvent) -> None:
