@@ -30,6 +30,7 @@ __all__ = [
     "decision_plan",
     "erase_plan",
     "make_audit_entry",
+    "stored_audit_entry",
     "publish_plan",
     "restore_plan",
     "rollback_plan",
@@ -45,6 +46,22 @@ Choose = Callable[[Sequence[int], "int | None"], int]
 def summarise(exc: ValidationError) -> str:
     """A one-line summary of a pydantic error: ``field: message; ...``."""
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def stored_audit_entry(raw: object, tenant: object, where: str) -> AuditEntry:
+    """An audit entry read back from a store under ``tenant``; RegistryError ``"{where}:
+    {reason}"`` when it does not parse or names another tenant (never quoting the value)."""
+    try:
+        entry = AuditEntry.model_validate_json(raw)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reason = summarise(exc)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc)
+    else:
+        if entry.tenant == tenant:
+            return entry
+        reason = "the entry names another tenant"
+    raise RegistryError(f"{where}: {reason}", tenant=tenant if isinstance(tenant, str) else None)
 
 
 def make_audit_entry(**fields: Any) -> AuditEntry:

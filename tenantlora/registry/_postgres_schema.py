@@ -9,11 +9,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pydantic import ValidationError
-
 from tenantlora._optional import require
 from tenantlora.errors import ConfigurationError, RegistryError
-from tenantlora.registry._plans import summarise
+from tenantlora.registry._plans import stored_audit_entry
 from tenantlora.registry._rows import COLUMNS, parse_row
 from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
@@ -158,18 +156,8 @@ class Schema:
         return parse_row(row, f"PostgreSQL registry: malformed row in {self.adapters}")
 
     def audit_entry(self, seq: int, tenant: str, text: str) -> AuditEntry:
-        try:
-            entry = AuditEntry.model_validate_json(text)
-        except ValidationError as exc:
-            reason = summarise(exc)
-        else:
-            if entry.tenant == tenant:
-                return entry
-            reason = "the entry names another tenant than its row"
-        raise RegistryError(
-            f"PostgreSQL registry: malformed row in {self.audit} seq {seq}: {reason}",
-            tenant=tenant,
-        )
+        where = f"PostgreSQL registry: malformed row in {self.audit} seq {seq}"
+        return stored_audit_entry(text, tenant, where)
 
     def adapters_of(self, tenant: str, rows: Sequence[Sequence[Any]]) -> TenantAdapters | None:
         if not rows:

@@ -39,6 +39,7 @@ from tenantlora._optional import require
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._feeds import LazyFeed
+from tenantlora.registry._plans import stored_audit_entry
 from tenantlora.registry._redis_feed import Feed, Subscribed, encode_change
 from tenantlora.registry.base import ChangeCallback
 from tenantlora.registry.writable import Plan, TenantState, WritableBase, summarise
@@ -88,18 +89,8 @@ class _Layout:
         return f"{self.prefix}{{{tenant}}}:erasures"
 
     def audit_entry(self, key: str, tenant: str, index: int, value: bytes) -> AuditEntry:
-        try:
-            entry = AuditEntry.model_validate_json(value)
-        except ValidationError as exc:
-            reason = summarise(exc)
-        else:
-            if entry.tenant == tenant:
-                return entry
-            reason = "the entry names another tenant"
-        raise RegistryError(
-            f"Redis registry: malformed value in {self.audit(tenant)!r} at index {index}: {reason}",
-            tenant=tenant,
-        )
+        where = f"Redis registry: malformed value in {key!r} at index {index}"
+        return stored_audit_entry(value, tenant, where)
 
     def fail(self, action: str, reason: str, tenant: str | None = None) -> RegistryError:
         return RegistryError(f"Redis registry: {action} failed: {reason}", tenant=tenant)

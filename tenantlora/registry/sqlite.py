@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from datetime import timezone
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from tenantlora.errors import ConfigurationError, RegistryError
 from tenantlora.naming import validate_tenant
 from tenantlora.registry._feeds import LazyFeed, Subscribed
+from tenantlora.registry._plans import stored_audit_entry
 from tenantlora.registry._rows import parse_row
 from tenantlora.registry._sqlite_feed import NO_FEED, DataVersionFeed, NoFeed
 from tenantlora.registry._sqlite_schema import prepare
@@ -31,7 +30,6 @@ from tenantlora.registry.writable import (
     TenantState,
     WritableBase,
     metadata_json,
-    summarise,
 )
 from tenantlora.types import AdapterRecord, AuditEntry, TenantAdapters
 
@@ -191,19 +189,8 @@ class SQLiteRegistry(WritableBase):
         return [self._audit_entry(seq, name, entry) for seq, name, entry in rows]
 
     def _audit_entry(self, seq: object, tenant: object, text: object) -> AuditEntry:
-        try:
-            entry = AuditEntry.model_validate_json(text)  # type: ignore[arg-type]
-            if entry.tenant != tenant:
-                raise ValueError("the entry names another tenant than its row")
-            return entry
-        except ValidationError as exc:
-            reason = summarise(exc)
-        except (TypeError, ValueError) as exc:
-            reason = str(exc)
-        raise RegistryError(
-            f"SQLite registry {self._path}: malformed audit row {_short(seq)}: {reason}",
-            tenant=tenant if isinstance(tenant, str) else None,
-        )
+        where = f"SQLite registry {self._path}: malformed audit row {_short(seq)}"
+        return stored_audit_entry(text, tenant, where)
 
     def _select(self, tenant: str | None, task: str | None, history: bool) -> list[AdapterRecord]:
         where: list[str] = []
