@@ -129,6 +129,31 @@ class Telemetry:
             from opentelemetry import context
 
             context.detach(token)
+        if span.is_recording():  # a span sampled out records nothing: build nothing for it
+            self._describe(span, event, model, version, response, messages, error)
+        span.end()
+        common = self._attributes(event.backend or "", model)
+        metric = {**common["chat"], "error.type": type(error).__name__} if error else common["chat"]
+        self.duration.record(event.latency_ms / 1000.0, metric)
+        usage = event.usage
+        if usage is not None:
+            self.tokens.record(usage.prompt_tokens, common["input"])
+            self.tokens.record(usage.completion_tokens, common["output"])
+        self._count("tenantlora.cache.lookups", "outcome", event.cache)
+        if event.fallback_reason is not None:
+            self._count("tenantlora.fallbacks", "reason", event.fallback_reason)
+
+    def _describe(
+        self,
+        span: Any,
+        event: RequestEvent,
+        model: str | None,
+        version: int | None,
+        response: ChatResponse | None,
+        messages: Sequence[Message],
+        error: BaseException | None,
+    ) -> None:
+        """Set a recording span's attributes (in one call: the SDK takes its lock once)."""
         attributes: dict[str, Any] = {
             "tenantlora.task": event.task,
             "tenantlora.cache": event.cache,
@@ -162,16 +187,6 @@ class Telemetry:
         span.set_attributes(attributes)
         if error is not None:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, type(error).__name__))
-        span.end()
-        common = self._attributes(event.backend or "", model)
-        metric = {**common["chat"], "error.type": type(error).__name__} if error else common["chat"]
-        self.duration.record(event.latency_ms / 1000.0, metric)
-        if usage is not None:
-            self.tokens.record(usage.prompt_tokens, common["input"])
-            self.tokens.record(usage.completion_tokens, common["output"])
-        self._count("tenantlora.cache.lookups", "outcome", event.cache)
-        if event.fallback_reason is not None:
-            self._count("tenantlora.fallbacks", "reason", event.fallback_reason)
 
     def adapter_event(self, event: AdapterEvent) -> None:
         """A backend's adapter event: a counter, and a span for a load (its duration)."""

@@ -30,9 +30,9 @@ MESSAGES = [{"role": "user", "content": "secret prompt 4711"}]
 
 
 class Recorded:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, sampler: Any = None, **options: Any) -> None:
         self.spans = InMemorySpanExporter()
-        tracer = TracerProvider()
+        tracer = TracerProvider(sampler=sampler)
         tracer.add_span_processor(SimpleSpanProcessor(self.spans))
         self.reader = InMemoryMetricReader()
         meter = MeterProvider(metric_readers=[self.reader])
@@ -88,6 +88,30 @@ def test_a_chat_is_one_genai_span_with_a_registry_child_and_metrics() -> None:
     for points in metrics.values():  # metrics never carry a tenant
         assert all("tenantlora.tenant" not in p.attributes for p in points)
     client.close()
+
+
+def test_a_call_sampled_out_exports_no_span_and_still_counts_in_the_metrics() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    seen = Recorded(sampler=ALWAYS_OFF, capture_content=True, tenant="raw")
+    client = TenantLoRA(backend=FakeBackend(), registry=registry(), telemetry=seen.telemetry)
+    assert client.chat("acme", "icp", MESSAGES).adapter == "acme-v1"
+
+    def down(request: ChatRequest, adapter: str | None) -> str:
+        raise BackendError("down", backend="fake")
+
+    failing = TenantLoRA(backend=FakeBackend(down), registry=registry(), telemetry=seen.telemetry)
+    with pytest.raises(BackendError):
+        failing.chat("acme", "icp", MESSAGES)
+    assert seen.finished() == []
+    metrics = seen.metrics()
+    [ok, failed] = sorted(
+        metrics["gen_ai.client.operation.duration"],
+        key=lambda p: "error.type" in p.attributes,
+    )
+    assert ok.count == 1
+    assert failed.count == 1
+    assert failed.attributes["error.type"] == "BackendError"
 
 
 def test_fallbacks_errors_and_opt_ins() -> None:
