@@ -112,7 +112,7 @@ def _sdk_floor(plain: Any) -> Callable[[], object]:
     duration = meter.create_histogram("gen_ai.client.operation.duration", unit="s")
     tokens = meter.create_histogram("gen_ai.client.token.usage", unit="{token}")
     common = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai_compatible"}
-    done = {
+    done: dict[str, Any] = {
         **{f"tenantlora.attribute.{i}": "value" for i in range(10)},
         "gen_ai.usage.input_tokens": 5,
         "gen_ai.usage.output_tokens": 16,
