@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from tenantlora._ownership import lease, release
 
 if TYPE_CHECKING:
+    from tenantlora.explain import Explanation
     from tenantlora.lifecycle.feedback import FeedbackLog
     from tenantlora.telemetry import Telemetry
 from tenantlora.errors import (
@@ -48,6 +49,7 @@ from tenantlora.routing import (
     route,
 )
 from tenantlora.types import (
+    AdapterRecord,
     CacheOutcome,
     ChatChunk,
     ChatRequest,
@@ -351,6 +353,33 @@ class BaseClient:
         if call.route.adapter is not None and self._remembered(call.route):
             call.route = fallback_route(call.route)  # refused recently: no new load attempt
         return call.route
+
+    def _explanation(
+        self,
+        resolver: Any,
+        tenant: str,
+        task: str,
+        unit: str | None,
+        fetched: AdapterRecord | None,
+        error: str | None,
+    ) -> Explanation:
+        """What ``explain`` answers, once the registry was asked (sync or async)."""
+        from tenantlora.explain import explain
+
+        return explain(
+            tenant,
+            task,
+            backend=self._backend_name,
+            model=self._model,
+            cache=resolver.peek(tenant, task),
+            registry=fetched,
+            registry_error=error,
+            max_stale=resolver._max_stale,
+            on_error=resolver._on_error,
+            experiment=find_experiment(self._experiments, tenant, task),
+            unit=unit,
+            refused=lambda record: self._remembered(Route(record.adapter_id, record)),
+        )
 
     def _remembered(self, route: Route) -> bool:
         if not self._refused:  # the common case: nothing refused, no tuple, no lock

@@ -33,8 +33,14 @@ from tenantlora._lifecycle import AsyncClosing, Closing
 from tenantlora._ownership import registry_from, resolver_from
 from tenantlora._streams import Accumulator, AsyncChatStream, ChatStream, Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
-from tenantlora.errors import AdapterNotAvailableError, BackendError, ConfigurationError
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    AdapterResolutionError,
+    BackendError,
+    ConfigurationError,
+)
 from tenantlora.events import Hook
+from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver
 from tenantlora.retry import RetryPolicy, acall_with_retries, call_with_retries
@@ -42,6 +48,7 @@ from tenantlora.routing import Experiment
 from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
+    from tenantlora.explain import Explanation
     from tenantlora.lifecycle.feedback import FeedbackLog, FeedbackResult
     from tenantlora.telemetry import Telemetry
 
@@ -172,6 +179,21 @@ class TenantLoRA(BaseClient, Closing):
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
         return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+
+    def explain(self, tenant: str, task: str, *, unit: str | None = None) -> Explanation:
+        """How a call for ``tenant``'s ``task`` would be resolved and routed now, and why
+        (see :mod:`tenantlora.explain`): the cache entry, the registry's answer (read now,
+        bypassing the cache), the route and the fallback reason. Sends nothing to the backend
+        and changes no cache entry or counter. ``unit`` is the A/B unit a call would pass.
+        """
+        validate_tenant(tenant)
+        validate_task(task)
+        fetched, error = None, None
+        try:
+            fetched = self.resolver.fetch(tenant, task)
+        except AdapterResolutionError as exc:
+            error = str(exc)
+        return self._explanation(self.resolver, tenant, task, unit, fetched, error)
 
     def feedback(
         self, request_id: str, *, correct: bool | None = None, label: str | None = None
@@ -385,6 +407,17 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
         return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+
+    async def explain(self, tenant: str, task: str, *, unit: str | None = None) -> Explanation:
+        """The asyncio twin of :meth:`TenantLoRA.explain`."""
+        validate_tenant(tenant)
+        validate_task(task)
+        fetched, error = None, None
+        try:
+            fetched = await self.resolver.fetch(tenant, task)
+        except AdapterResolutionError as exc:
+            error = str(exc)
+        return self._explanation(self.resolver, tenant, task, unit, fetched, error)
 
     async def feedback(
         self, request_id: str, *, correct: bool | None = None, label: str | None = None

@@ -54,7 +54,7 @@ from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["AdapterResolver", "AsyncAdapterResolver", "Resolution", "ResolverStats"]
+__all__ = ["AdapterResolver", "AsyncAdapterResolver", "CacheView", "Resolution", "ResolverStats"]
 
 logger = logging.getLogger("tenantlora")
 
@@ -100,6 +100,24 @@ class ResolverStats:
         """The fraction of resolves answered from a fresh cache entry (0.0 before any)."""
         total = self.hits + self.misses + self.stale + self.errors
         return self.hits / total if total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheView:
+    """What a resolver holds for one (tenant, task), read without counting or changing it
+    (:meth:`AdapterResolver.peek`; ``client.explain`` shows it).
+
+    ``state``: ``"fresh"`` (a resolve now is a hit, answered with ``record``), ``"expired"`` (the
+    next resolve reads the registry; ``record`` is the last good answer, served as stale if the
+    read fails within ``max_stale``), ``"failing"`` (a failed read is remembered: resolves fail
+    fast until it expires) or ``"empty"`` (nothing known). ``age`` is the seconds since the
+    last good read; ``expires_in`` the seconds a fresh entry has left.
+    """
+
+    state: Literal["fresh", "expired", "failing", "empty"]
+    record: AdapterRecord | None = None
+    age: float | None = None
+    expires_in: float | None = None
 
 
 _NO_RECORD = Resolution(None, "hit")
@@ -195,6 +213,27 @@ class _ResolverCore:
                 coalesced=self._coalesced,
             )
 
+    def peek(self, tenant: str, task: str) -> CacheView:
+        """What the cache holds for ``tenant``'s ``task``; counts nothing, reads nothing."""
+        with self._lock:
+            now = self._clock()
+            good = self._last_good.get(tenant)
+            fresh = tenant in self._fresh  # checks the entry's expiry against the clock
+            failing = tenant in self._failed
+        if good is None:
+            return CacheView("failing" if failing else "empty")
+        read_at, entry = good
+        age = max(0.0, now - read_at)
+        record = entry.records.get(task)
+        if fresh:
+            return CacheView("fresh", record, age, max(0.0, entry.ttl - age))
+        return CacheView("failing" if failing else "expired", record, age)
+
+    def _checked(self, tenant: str, task: str, result: object) -> AdapterRecord | None:
+        """A registry's answer checked as a resolve checks it (another tenant's record is an
+        error, never returned); the task's record or None."""
+        return self._entry_from(tenant, result).records.get(task)
+
     def _lookup(self, tenant: str, task: str) -> Resolution | Failure | None:
         """Under the lock: a fresh answer, a remembered failure, or None (a read is needed)."""
         entry = self._fresh.get(tenant)
@@ -232,15 +271,18 @@ class _ResolverCore:
         return Entry(records, hits, ttl, len(result.adapters) - len(records))
 
     def _failure_from(self, tenant: str, exc: Exception) -> Failure:
+        message = self._failure_message(tenant, exc)
+        logger.warning("%s; not retrying it for %g s", message, self._failed.ttl)
+        return Failure(message, exc)
+
+    def _failure_message(self, tenant: str, exc: Exception) -> str:
         if is_timeout(exc):
             detail = f"no answer within {self._timeout:g} s" if self._timeout else "timed out"
         elif isinstance(exc, RegistryError):
             detail = str(exc)
         else:  # a foreign exception's text may hold a URL or a secret: name its type only
             detail = type(exc).__name__
-        message = f"adapter registry read failed for tenant {tenant!r}: {detail}"
-        logger.warning("%s; not retrying it for %g s", message, self._failed.ttl)
-        return Failure(message, exc)
+        return f"adapter registry read failed for tenant {tenant!r}: {detail}"
 
     def _join(self, tenant: str, loop: asyncio.AbstractEventLoop | None) -> tuple[Flight, bool]:
         """Under the lock: the read in flight for ``tenant`` (leader=False), or a new one."""
@@ -398,6 +440,16 @@ class AdapterResolver(_ResolverCore):
             return self._get(tenant)
         return self._pool.submit(tenant, self._get).result(timeout=self._timeout)
 
+    def fetch(self, tenant: str, task: str) -> AdapterRecord | None:
+        """The registry's answer now, bypassing (and not changing) the cache, checked as a
+        resolve checks it. Raises :class:`~tenantlora.errors.AdapterResolutionError` when the
+        registry fails or does not answer within ``registry_timeout``."""
+        try:
+            return self._checked(tenant, task, self._read(tenant))
+        except Exception as exc:
+            message = self._failure_message(tenant, exc)
+            raise AdapterResolutionError(message, tenant=tenant, task=task) from exc
+
 
 class AsyncAdapterResolver(_ResolverCore):
     """The asyncio twin of :class:`AdapterResolver`; same options and guarantees.
@@ -493,3 +545,11 @@ class AsyncAdapterResolver(_ResolverCore):
         if self._timeout is None:
             return await call
         return await asyncio.wait_for(call, self._timeout)
+
+    async def fetch(self, tenant: str, task: str) -> AdapterRecord | None:
+        """The asyncio twin of :meth:`AdapterResolver.fetch`."""
+        try:
+            return self._checked(tenant, task, await self._read(tenant))
+        except Exception as exc:
+            message = self._failure_message(tenant, exc)
+            raise AdapterResolutionError(message, tenant=tenant, task=task) from exc
