@@ -38,6 +38,7 @@ __all__ = [
     "CaseResult",
     "EvalCase",
     "EvalReport",
+    "Progress",
     "Scorer",
     "aevaluate",
     "evaluate",
@@ -47,6 +48,10 @@ __all__ = [
 
 Scorer = Callable[[str, str], float]
 """``scorer(prediction, expected) -> score`` in [0, 1]; accuracy is the mean score."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called after each answered call (two per case), ``total`` being
+twice the number of cases."""
 
 
 def exact_match(prediction: str, expected: str) -> float:
@@ -277,21 +282,28 @@ def evaluate(
     seed: int = 0,
     max_tokens: int | None = None,
     temperature: float | None = 0.0,
+    progress: Progress | None = None,
 ) -> EvalReport:
     """Run ``dataset`` through the base model and ``tenant``'s adapter; return the report.
 
     Both arms go through ``client`` (so routing, retries and stats apply), pinned with
     ``arm="control"`` and ``arm="adapter"``. Raises InvalidRequestError for an empty or malformed
     dataset, or when the adapter arm is not served by an adapter (the tenant has none ready).
+    ``progress(done, total)`` is called after every call (see :data:`Progress`).
     """
     params = {"max_tokens": max_tokens, "temperature": temperature}
     options = _Options(scorer, threshold, confidence, resamples, seed, params)
     cases = _setup(client, dataset, want_async=False)
     replies = []
+    total = 2 * len(cases)
     for i, case in enumerate(cases):
         adapted = client.chat(tenant, task, case.messages, arm="adapter", **options.params)
         _served_adapter(adapted, i)
+        if progress is not None:
+            progress(2 * i + 1, total)
         base = client.chat(tenant, task, case.messages, arm="control", **options.params)
+        if progress is not None:
+            progress(2 * i + 2, total)
         replies.append((base, adapted))
     return _report(tenant, task, cases, replies, options)
 
@@ -310,16 +322,23 @@ async def aevaluate(
     max_tokens: int | None = None,
     temperature: float | None = 0.0,
     concurrency: int = 8,
+    progress: Progress | None = None,
 ) -> EvalReport:
     """The async twin of :func:`evaluate`, with up to ``concurrency`` calls in flight."""
     params = {"max_tokens": max_tokens, "temperature": temperature}
     options = _Options(scorer, threshold, confidence, resamples, seed, params)
     cases = _setup(client, dataset, want_async=True)
     gate = asyncio.Semaphore(max(1, concurrency))
+    total, done = 2 * len(cases), 0
 
     async def answer(case: EvalCase, arm: Any) -> ChatResponse:
+        nonlocal done
         async with gate:
-            return await client.chat(tenant, task, case.messages, arm=arm, **options.params)
+            reply = await client.chat(tenant, task, case.messages, arm=arm, **options.params)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return reply
 
     adapted = await asyncio.gather(*(answer(c, "adapter") for c in cases))
     for i, reply in enumerate(adapted):

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 
-def run_demo(workdir: Path) -> str:
+def run_demo(workdir: Path, *, command: tuple[str, ...] = ("tenantlora.demo",)) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "tenantlora.demo", "--workdir", str(workdir)],
+        [sys.executable, "-m", *command, "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -22,7 +22,7 @@ def run_demo(workdir: Path) -> str:
 
 def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> None:
     """First run: three tenants trained, answers differ, unknown tenant on base, each adapter
-    shipped. Second run: nothing rebuilt, retrained or republished."""
+    shipped. Second run, as `tenantlora demo`: nothing rebuilt, retrained or republished."""
     first = run_demo(tmp_path)
     for tenant in ("kahuna", "goliath", "europa"):
         assert f"{tenant}   trained in" in first or f"{tenant}  trained in" in first
@@ -36,7 +36,7 @@ def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> 
     assert any(
         len({cell.strip() for cell in row[47:].split("  ") if cell.strip()}) > 2 for row in rows
     )  # fmt: skip  (tenants disagree on the same lead)
-    second = run_demo(tmp_path)
+    second = run_demo(tmp_path, command=("tenantlora", "demo"))
     assert len(re.findall(r"^ +\w+ +cached +/", second, flags=re.MULTILINE)) == 3
     assert second.count("already published") == 3
     assert "trained in" not in second

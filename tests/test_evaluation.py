@@ -155,3 +155,20 @@ async def test_aevaluate_matches_evaluate(registry: MemoryRegistry) -> None:
     client = AsyncTenantLoRA(backend=rule_backend(), registry=registry)
     report = await aevaluate(client, tenant="acme", task="icp", dataset=DATASET, concurrency=4)
     assert report.to_dict(cases=True) == sync.to_dict(cases=True)
+
+
+async def test_progress_counts_every_call_to_the_total_sync_and_async(
+    registry: MemoryRegistry,
+) -> None:
+    seen: list[tuple[int, int]] = []
+    client = TenantLoRA(backend=rule_backend(), registry=registry)
+
+    def record(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    evaluate(client, tenant="acme", task="icp", dataset=DATASET[:5], progress=record)
+    assert seen == [(i, 10) for i in range(1, 11)]
+    seen.clear()
+    aclient = AsyncTenantLoRA(backend=rule_backend(), registry=registry)
+    await aevaluate(aclient, tenant="acme", task="icp", dataset=DATASET[:5], progress=record)
+    assert seen == [(i, 10) for i in range(1, 11)]

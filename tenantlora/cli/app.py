@@ -7,24 +7,32 @@ own, an unknown URL, no registry configured).
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from tenantlora.cli import serving
+from tenantlora.cli._output import (
+    Actor,
+    JsonFlag,
+    Reason,
+    done,
+    fail,
+    failures,
+    opened,
+    record_row,
+    show,
+)
 from tenantlora.cli.settings import Settings, open_registry, open_store, settings_from
-from tenantlora.errors import ConfigurationError, TenantLoRAError
 
 app = typer.Typer(
     name="tenantlora",
-    help="Operate per-tenant LoRA adapters: list, roll back, audit, erase, validate, copy.\n\n"
+    help="Operate per-tenant LoRA adapters: list, publish, roll back, audit, erase, validate, "
+    "chat, explain, evaluate, probe, check the setup (doctor), watch live stats.\n\n"
     "Example: tenantlora --registry sqlite:///adapters.db adapters list acme",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,13 +45,6 @@ app.add_typer(adapters, name="adapters")
 app.add_typer(tenants, name="tenants")
 app.add_typer(registry_app, name="registry")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # one line per error, for scripts and logs
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Actor = Annotated[str | None, typer.Option(help="Who is doing this (kept in the audit trail).")]
-Reason = Annotated[str | None, typer.Option(help="Why (kept in the audit trail).")]
-
 
 @app.callback()
 def configure(
@@ -54,13 +55,17 @@ def configure(
     store: Annotated[
         str | None, typer.Option(help="Tenant store root or URL (or TENANTLORA_STORE).")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Backend URL, e.g. local:./base (or TENANTLORA_BACKEND)."),
+    ] = None,
     config: Annotated[
         str | None, typer.Option(help="Config file (TOML; or TENANTLORA_CONFIG).")
     ] = None,
 ) -> None:
     """Operate per-tenant LoRA adapters."""
     with failures():
-        ctx.obj = settings_from(registry=registry, store=store, config=config)
+        ctx.obj = settings_from(registry=registry, store=store, backend=backend, config=config)
 
 
 # -- adapters -----------------------------------------------------------------------------------
@@ -81,7 +86,7 @@ def adapters_list(
     with failures(), opened(ctx) as registry:
         records = registry.list(tenant, task, history=history)
         active = {(r.tenant, r.task, r.version) for r in registry.list(tenant, task)}
-    rows = [{**_record(r), "active": (r.tenant, r.task, r.version) in active} for r in records]
+    rows = [{**record_row(r), "active": (r.tenant, r.task, r.version) in active} for r in records]
     columns = ["tenant", "task", "version", "status", "active", "adapter_id", "created_at"]
     show(rows, as_json, columns)
 
@@ -116,7 +121,80 @@ def adapters_show(
     record = found.get(task) if found is not None else None
     if record is None:
         fail(f"{tenant}/{task} has no active adapter")
-    show([_record(record)], as_json, list(_record(record)))
+    show([record_row(record)], as_json, list(record_row(record)))
+
+
+@adapters.command("publish")
+def adapters_publish(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument()],
+    task: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="The adapter directory (PEFT files).")],
+    candidate: Annotated[
+        bool,
+        typer.Option("--candidate", help="Publish as a candidate (not served until promoted)."),
+    ] = False,
+    base: Annotated[str | None, typer.Option(help="The base model directory, to check.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="The base model's name.")] = None,
+    target: Annotated[str, typer.Option(help="workers-ai, vllm or local.")] = "local",
+    adapter_id: Annotated[str | None, typer.Option(help="Default: {task}-{digest}.")] = None,
+    actor: Actor = None,
+    reason: Reason = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate an adapter, put it in the tenant's store (when --store is configured; else
+    the record points at PATH) and publish it as the next version; with --target workers-ai
+    and a workers-ai: backend, upload it as a Workers AI fine-tune instead.
+
+    Example: tenantlora --store /srv/tenants adapters publish acme icp out/acme --candidate
+    """
+    from tenantlora.adapters import digest, validate
+
+    settings: Settings = ctx.obj
+    limits = _limits(target, None)
+    with failures(), opened(ctx) as registry:
+        if target == "workers-ai":
+            from tenantlora.cli.settings import open_backend
+            from tenantlora.publish import publish_adapter
+
+            backend = open_backend(settings.backend, settings.backend_options)
+            try:
+                result = publish_adapter(
+                    backend,
+                    registry,
+                    tenant=tenant,
+                    task=task,
+                    path=path,
+                    actor=actor,
+                    reason=reason,
+                )
+            finally:
+                backend.close()
+            record = result.record
+        else:
+            validate(path, base=base, **limits.as_kwargs())
+            store = open_store(settings.store)
+            versions = [r.version for r in registry.list(tenant, task, history=True)]
+            if store is not None:
+                stored = store.put_adapter(tenant, task, path, version=max(versions, default=0) + 1)
+                uri, content = stored.uri, stored.digest
+            else:
+                uri, content = str(Path(path).resolve()), digest(path)
+            record = registry.publish(
+                tenant,
+                task,
+                adapter_id=adapter_id or f"{task}-{content[7:19]}",
+                base_model=base_model,
+                uri=uri,
+                digest=content,
+                status="candidate" if candidate else "ready",
+                actor=actor,
+                reason=reason,
+            )
+    state = "candidate" if record.status == "candidate" else "active"
+    done(
+        f"{tenant}/{task} version {record.version} published ({state})", record_row(record), as_json
+    )
 
 
 @adapters.command("rollback")
@@ -136,7 +214,7 @@ def adapters_rollback(
     """
     with failures(), opened(ctx) as registry:
         record = registry.rollback(tenant, task, to_version=to, actor=actor, reason=reason)
-    done(f"{tenant}/{task} now serves version {record.version}", _record(record), as_json)
+    done(f"{tenant}/{task} now serves version {record.version}", record_row(record), as_json)
 
 
 @adapters.command("promote")
@@ -158,7 +236,7 @@ def adapters_promote(
         record = registry.promote(
             tenant, task, version, details=details, actor=actor, reason=reason
         )
-    done(f"{tenant}/{task} version {record.version} promoted", _record(record), as_json)
+    done(f"{tenant}/{task} version {record.version} promoted", record_row(record), as_json)
 
 
 @adapters.command("audit")
@@ -235,15 +313,9 @@ def validate_command(
 
     Example: tenantlora validate out/acme-icp --target workers-ai
     """
-    from tenantlora.adapters import WORKERS_AI_LIMITS, AdapterLimits, digest, validate
+    from tenantlora.adapters import digest, validate
 
-    limits = {
-        "workers-ai": WORKERS_AI_LIMITS,
-        "vllm": AdapterLimits(max_rank=max_rank or 16),
-        "local": AdapterLimits(max_rank=max_rank),
-    }.get(target)
-    if limits is None:
-        fail("--target must be workers-ai, vllm or local", code=2)
+    limits = _limits(target, max_rank)
     with failures():
         info = validate(path, base=base, **limits.as_kwargs())
         content = digest(path)
@@ -256,6 +328,20 @@ def validate_command(
         "target": target,
     }
     done(f"{path}: valid for {target} (rank {info.rank}, {content})", row, as_json)
+
+
+def _limits(target: str, max_rank: int | None) -> Any:
+    """The adapter limits of a serving target (exit 2 for an unknown one)."""
+    from tenantlora.adapters import WORKERS_AI_LIMITS, AdapterLimits
+
+    limits = {
+        "workers-ai": WORKERS_AI_LIMITS,
+        "vllm": AdapterLimits(max_rank=max_rank or 16),
+        "local": AdapterLimits(max_rank=max_rank),
+    }.get(target)
+    if limits is None:
+        fail("--target must be workers-ai, vllm or local", code=2)
+    return limits
 
 
 @registry_app.command("copy")
@@ -286,75 +372,13 @@ def registry_copy(
     )
 
 
-# -- output and errors --------------------------------------------------------------------------
+# -- serving, checking, watching ----------------------------------------------------------------
 
-
-@contextmanager
-def opened(ctx: typer.Context) -> Iterator[Any]:
-    settings: Settings = ctx.obj
-    registry = open_registry(settings.registry)
-    try:
-        yield registry
-    finally:
-        registry.close()
-
-
-@contextmanager
-def failures() -> Iterator[None]:
-    """tenantlora errors -> a message on stderr and exit 1 (2 for configuration)."""
-    try:
-        yield
-    except ConfigurationError as exc:
-        fail(str(exc), code=2)
-    except TenantLoRAError as exc:
-        fail(f"{type(exc).__name__}: {exc}", code=1)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    raise typer.Exit(code)
-
-
-def done(message: str, row: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        _print_json(row)
-    else:
-        out.print(message, highlight=False)
-
-
-def show(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
-    if as_json:
-        _print_json(list(rows))
-        return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(table)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=_jsonable, sort_keys=True) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return str(value)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    return str(value)
-
-
-def _record(record: Any) -> dict[str, Any]:
-    data: dict[str, Any] = record.model_dump(mode="json")
-    return data
+app.command("chat")(serving.chat)
+app.command("explain")(serving.explain)
+app.command("eval")(serving.evaluate)
+app.command("probe")(serving.probe)
+app.command("demo")(serving.demo)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
