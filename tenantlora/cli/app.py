@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantlora.cli import serving
+from tenantlora.cli import doctor, serving
 from tenantlora.cli._output import (
     Actor,
     JsonFlag,
@@ -379,6 +379,7 @@ app.command("explain")(serving.explain)
 app.command("eval")(serving.evaluate)
 app.command("probe")(serving.probe)
 app.command("demo")(serving.demo)
+app.command("doctor")(doctor.doctor)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -369,6 +369,19 @@ class VLLM(BaseBackend):
             found.update(names)
         return sorted(found)
 
+    def models(self, replica: str | None = None, *, timeout: float | None = 10.0) -> list[str]:
+        """Every model id a server lists in ``/v1/models`` (the base model and the adapters it
+        holds): one replica's (by URL), by default the first's. ``tenantlora doctor`` checks
+        the base model with it."""
+        target = self._replica(replica) if replica else next(iter(self._replicas.values()))
+        return target.models(timeout=timeout)
+
+    def refusal(self, record: AdapterRecord) -> str | None:
+        """Why this backend would refuse ``record``'s adapter before asking a server (files that
+        are not the ones the registry recorded; the preflight: a rank over ``max_lora_rank``,
+        another base model), or None. Nothing is loaded or sent."""
+        return digest_problem(record, self._digests) or self._preflight.refusal(record)
+
     def close(self) -> None:
         """Close every replica's connection pools; later calls raise."""
         for replica in self._replicas.values():

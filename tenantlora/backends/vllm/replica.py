@@ -60,18 +60,18 @@ def not_found_on_unload(error: BackendStatusError) -> bool:
     return error.status_code == 404
 
 
-def base_children(data: Any, base: str) -> list[str]:
-    """Adapter ids in a ``/v1/models`` payload: entries whose ``parent`` is ``base``."""
+def model_entries(data: Any) -> list[dict[str, Any]]:
+    """The entries of a ``/v1/models`` payload that have a string ``id`` (ValueError when the
+    payload is not ``{"data": [...]}``)."""
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ValueError("no 'data' list")
-    return [
-        entry["id"]
-        for entry in entries
-        if isinstance(entry, dict)
-        and entry.get("parent") == base
-        and isinstance(entry.get("id"), str)
-    ]
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+
+def base_children(data: Any, base: str) -> list[str]:
+    """Adapter ids in a ``/v1/models`` payload: entries whose ``parent`` is ``base``."""
+    return [entry["id"] for entry in model_entries(data) if entry.get("parent") == base]
 
 
 class Request(NamedTuple):
@@ -302,6 +302,15 @@ class Replica:
         ``base``)."""
         response = self.api.request("GET", MODELS_PATH, timeout=timeout)
         return self._children(response.content, base)
+
+    def models(self, timeout: float | None = None) -> list[str]:
+        """Every model id the server lists (``/v1/models``): the base and adapters."""
+        response = self.api.request("GET", MODELS_PATH, timeout=timeout)
+        ctx = CallContext(self._backend, None, MODELS_PATH, "GET")
+        try:
+            return [e["id"] for e in model_entries(decode_json(response.content, ctx))]
+        except ValueError as exc:
+            raise invalid_response(f"unexpected /models payload ({exc})", ctx) from exc
 
     async def aadapters(self, base: str, timeout: float | None = None) -> list[str]:
         """The async twin of :meth:`adapters`."""

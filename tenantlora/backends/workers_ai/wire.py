@@ -50,6 +50,7 @@ __all__ = [
     "CODE_STATUS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MODEL",
+    "LORA_MODELS",
     "MODEL_TYPES",
     "ErrorKind",
     "Finetune",
@@ -70,6 +71,15 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "@cf/mistral/mistral-7b-instruct-v0.2-lora"
+# The catalog's base models that accept LoRA adapters (property "lora": "true"); see
+# ../shared/cloudflare/README.md in the design notes.
+LORA_MODELS = frozenset(
+    {
+        "@cf/meta-llama/llama-2-7b-chat-hf-lora",
+        "@cf/mistral/mistral-7b-instruct-v0.2-lora",
+        "@cf/google/gemma-7b-it-lora",
+    }
+)
 
 # Body keys the backend owns: request.extra may not set them (``prompt`` is read from extra).
 _RESERVED = frozenset({"messages", "prompt", "raw", "lora", "stream", "options"})
