@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 
-def run_demo(workdir: Path, *, command: tuple[str, ...] = ("tenantlora.demo",)) -> str:
+def run_demo(workdir: Path, *command: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", *command, "--workdir", str(workdir)],
+        [sys.executable, "-m", *(command or ["tenantlora.demo"]), "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return proc
 
 
 def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> None:
     """First run: three tenants trained, answers differ, unknown tenant on base, each adapter
-    shipped. Second run, as `tenantlora demo`: nothing rebuilt, retrained or republished."""
-    first = run_demo(tmp_path)
+    shipped. Second run, as `tenantlora demo --json`: nothing rebuilt, retrained or
+    republished."""
+    first = run_demo(tmp_path).stdout
     for tenant in ("kahuna", "goliath", "europa"):
         assert f"{tenant}   trained in" in first or f"{tenant}  trained in" in first
         assert f"{tenant}   published" in first or f"{tenant}  published" in first
@@ -36,7 +38,9 @@ def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> 
     assert any(
         len({cell.strip() for cell in row[47:].split("  ") if cell.strip()}) > 2 for row in rows
     )  # fmt: skip  (tenants disagree on the same lead)
-    second = run_demo(tmp_path, command=("tenantlora", "demo"))
+    rerun = run_demo(tmp_path, "tenantlora", "demo", "--json")  # the demo's text on stderr
+    second = rerun.stderr
+    assert len(json.loads(rerun.stdout)["seconds"]) == 6
     assert len(re.findall(r"^ +\w+ +cached +/", second, flags=re.MULTILINE)) == 3
     assert second.count("already published") == 3
     assert "trained in" not in second

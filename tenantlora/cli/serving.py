@@ -248,17 +248,31 @@ def demo(
         ".tenantlora/demo"
     ),
     fresh: Annotated[bool, typer.Option("--fresh", help="Rebuild everything.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The demo's text on stderr, its timings as JSON.")
+    ] = False,
 ) -> None:
     """The whole per-tenant loop on CPU, offline: build a toy base model, train three tenants'
     adapters, publish, serve side by side, A/B-evaluate, print stats (needs the peft extra).
 
     Example: tenantlora demo --workdir /tmp/tenantlora-demo
     """
+    import shutil
+    import sys
+    from contextlib import redirect_stdout
+    from pathlib import Path
+
     from tenantlora._optional import require
 
     with failures():
         for module in ("torch", "transformers", "peft"):
             require(module, needed_by="tenantlora demo", extra="peft")
-    from tenantlora.demo import main
+    from tenantlora import demo as job
 
-    raise typer.Exit(main(["--workdir", workdir, *(["--fresh"] if fresh else [])]))
+    if not as_json:
+        raise typer.Exit(job.main(["--workdir", workdir, *(["--fresh"] if fresh else [])]))
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    with redirect_stdout(sys.stderr):
+        timings = job.run(Path(workdir))
+    print_json({"workdir": workdir, "seconds": timings})

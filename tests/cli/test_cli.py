@@ -193,3 +193,25 @@ def test_the_real_entry_points(entry: list[str], db: str) -> None:
         [*command, "adapters", "nonsense"], capture_output=True, text=True, timeout=60, check=False
     )
     assert bad.returncode == 2
+
+
+def test_every_command_has_an_example_and_json_output() -> None:
+    """The contract of the command, for every command there is (a new one cannot skip it)."""
+    import typer
+
+    from tenantlora.cli.app import app
+
+    def leaves(command: Any, path: str) -> list[tuple[str, Any]]:
+        if hasattr(command, "commands"):  # a group (typer may bring its own click)
+            return [
+                leaf
+                for name, sub in command.commands.items()
+                for leaf in leaves(sub, f"{path} {name}")
+            ]
+        return [(path, command)]
+
+    found = leaves(typer.main.get_command(app), "tenantlora")
+    assert len(found) >= 16
+    for path, command in found:
+        assert "Example: tenantlora" in (command.help or ""), path
+        assert any("--json" in param.opts for param in command.params), path
