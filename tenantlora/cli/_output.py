@@ -12,14 +12,33 @@ from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from tenantlora.cli.settings import Settings, open_backend, open_registry
 from tenantlora.errors import ConfigurationError, TenantLoRAError
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # one line per error, for scripts and logs
+
+class _Console:
+    """A rich Console made on first use: rich.console costs ~45 ms to import, which
+    ``tenantlora --help`` and a ``--json`` command never need."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def real(self) -> Any:
+        """The rich Console itself (made now if needed)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+out: Any = _Console()
+err: Any = _Console(stderr=True, soft_wrap=True)  # one line per error, for scripts and logs
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Actor = Annotated[str | None, typer.Option(help="Who is doing this (kept in the audit trail).")]
@@ -48,7 +67,10 @@ def failures() -> Iterator[None]:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # The message is text, never markup: "pip install 'tenantlora[peft]'" must print as is.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -63,6 +85,8 @@ def show(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str]) 
     if as_json:
         print_json(list(rows))
         return
+    from rich.table import Table
+
     table = Table(*columns)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantlora.cli import doctor, serving
+from tenantlora.cli import doctor, serving, stats
 from tenantlora.cli._output import (
     Actor,
     JsonFlag,
@@ -33,14 +33,18 @@ app = typer.Typer(
     name="tenantlora",
     help="Operate per-tenant LoRA adapters: list, publish, roll back, audit, erase, validate, "
     "chat, explain, evaluate, probe, check the setup (doctor), watch live stats.\n\n"
-    "Example: tenantlora --registry sqlite:///adapters.db adapters list acme",
+    "\b\nExample: tenantlora --registry sqlite:///adapters.db adapters list acme",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help text: typer's rich help loads a Markdown parser (about 100 ms) before it
+    # prints a line, which would double the start-up time of `tenantlora --help`.
+    rich_markup_mode=None,
 )
-adapters = typer.Typer(help="A tenant's adapters in the registry.", no_args_is_help=True)
-tenants = typer.Typer(help="Whole tenants.", no_args_is_help=True)
-registry_app = typer.Typer(help="Registries as a whole.", no_args_is_help=True)
+_GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
+adapters = typer.Typer(help="A tenant's adapters in the registry.", **_GROUP)
+tenants = typer.Typer(help="Whole tenants.", **_GROUP)
+registry_app = typer.Typer(help="Registries as a whole.", **_GROUP)
 app.add_typer(adapters, name="adapters")
 app.add_typer(tenants, name="tenants")
 app.add_typer(registry_app, name="registry")
@@ -71,7 +75,7 @@ def configure(
 # -- adapters -----------------------------------------------------------------------------------
 
 
-@adapters.command("list")
+@adapters.command("list", short_help="Active adapters (every version with --history).")
 def adapters_list(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Argument(help="Only this tenant.")] = None,
@@ -81,6 +85,7 @@ def adapters_list(
 ) -> None:
     """Active adapters (every version with --history).
 
+    \b
     Example: tenantlora adapters list acme --task icp_classifier --history
     """
     with failures(), opened(ctx) as registry:
@@ -91,7 +96,7 @@ def adapters_list(
     show(rows, as_json, columns)
 
 
-@adapters.command("history")
+@adapters.command("history", short_help="Every version of a tenant's adapters.")
 def adapters_history(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument(help="The tenant.")],
@@ -100,12 +105,13 @@ def adapters_history(
 ) -> None:
     """Every version of a tenant's adapters (the same as list --history).
 
+    \b
     Example: tenantlora adapters history acme
     """
     adapters_list(ctx, tenant, task, True, as_json)
 
 
-@adapters.command("show")
+@adapters.command("show", short_help="The adapter a tenant's task is served with now.")
 def adapters_show(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument()],
@@ -114,6 +120,7 @@ def adapters_show(
 ) -> None:
     """The adapter a tenant's task is served with now (exit 1 when it has none).
 
+    \b
     Example: tenantlora adapters show acme icp_classifier
     """
     with failures(), opened(ctx) as registry:
@@ -124,7 +131,7 @@ def adapters_show(
     show([record_row(record)], as_json, list(record_row(record)))
 
 
-@adapters.command("publish")
+@adapters.command("publish", short_help="Validate, store and publish an adapter version.")
 def adapters_publish(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument()],
@@ -146,6 +153,7 @@ def adapters_publish(
     the record points at PATH) and publish it as the next version; with --target workers-ai
     and a workers-ai: backend, upload it as a Workers AI fine-tune instead.
 
+    \b
     Example: tenantlora --store /srv/tenants adapters publish acme icp out/acme --candidate
     """
     from tenantlora.adapters import digest, validate
@@ -197,7 +205,7 @@ def adapters_publish(
     )
 
 
-@adapters.command("rollback")
+@adapters.command("rollback", short_help="Re-activate the previous version (or --to N).")
 def adapters_rollback(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument()],
@@ -210,6 +218,7 @@ def adapters_rollback(
     """Re-activate the previous version (or --to N); every process follows at once when the
     registry has a change feed.
 
+    \b
     Example: tenantlora adapters rollback acme icp_classifier --actor oncall --reason "bad uplift"
     """
     with failures(), opened(ctx) as registry:
@@ -217,7 +226,7 @@ def adapters_rollback(
     done(f"{tenant}/{task} now serves version {record.version}", record_row(record), as_json)
 
 
-@adapters.command("promote")
+@adapters.command("promote", short_help="Make a candidate the active version.")
 def adapters_promote(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument()],
@@ -229,6 +238,7 @@ def adapters_promote(
 ) -> None:
     """Make a candidate the active version without the gate (the audit says who and why).
 
+    \b
     Example: tenantlora adapters promote acme icp_classifier 4 --actor ml-lead --reason "signed off"
     """
     with failures(), opened(ctx) as registry:
@@ -239,7 +249,7 @@ def adapters_promote(
     done(f"{tenant}/{task} version {record.version} promoted", record_row(record), as_json)
 
 
-@adapters.command("audit")
+@adapters.command("audit", short_help="Who did what, when, from which version to which.")
 def adapters_audit(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Argument()] = None,
@@ -251,6 +261,7 @@ def adapters_audit(
 ) -> None:
     """Who did what, when, from which version to which.
 
+    \b
     Example: tenantlora adapters audit acme --since 2026-12-01T00:00:00+00:00
     """
     with failures(), opened(ctx) as registry:
@@ -263,7 +274,7 @@ def adapters_audit(
 # -- tenants ------------------------------------------------------------------------------------
 
 
-@tenants.command("erase")
+@tenants.command("erase", short_help="Erase a tenant from the registry and the store.")
 def tenants_erase(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Argument()],
@@ -275,6 +286,7 @@ def tenants_erase(
     """Erase a tenant from the registry and the store; prints the report per step (exit 1
     when a step failed: run it again).
 
+    \b
     Example: tenantlora --store /srv/tenants tenants erase acme --yes --actor dpo
     """
     from tenantlora.lifecycle import erase_tenant
@@ -299,7 +311,7 @@ def tenants_erase(
 # -- files and registries -----------------------------------------------------------------------
 
 
-@app.command("validate")
+@app.command("validate", short_help="Check an adapter's files before publishing them.")
 def validate_command(
     path: Annotated[str, typer.Argument(help="An adapter directory.")],
     base: Annotated[str | None, typer.Option(help="The base model directory.")] = None,
@@ -311,6 +323,7 @@ def validate_command(
 ) -> None:
     """Check an adapter's files before publishing them (exit 1 with the reasons if unusable).
 
+    \b
     Example: tenantlora validate out/acme-icp --target workers-ai
     """
     from tenantlora.adapters import digest, validate
@@ -344,7 +357,7 @@ def _limits(target: str, max_rank: int | None) -> Any:
     return limits
 
 
-@registry_app.command("copy")
+@registry_app.command("copy", short_help="Copy every tenant with its history to another registry.")
 def registry_copy(
     src: Annotated[str, typer.Argument(help="Source registry URL.")],
     dst: Annotated[str, typer.Argument(help="Destination registry URL.")],
@@ -353,6 +366,7 @@ def registry_copy(
     """Copy every tenant with its versions, active versions and audit trail (refused before
     any write when the destination already holds one of the tenants).
 
+    \b
     Example: tenantlora registry copy sqlite:///adapters.db postgresql://app@db/app
     """
     from tenantlora.registry import copy
@@ -374,12 +388,17 @@ def registry_copy(
 
 # -- serving, checking, watching ----------------------------------------------------------------
 
-app.command("chat")(serving.chat)
-app.command("explain")(serving.explain)
-app.command("eval")(serving.evaluate)
-app.command("probe")(serving.probe)
-app.command("demo")(serving.demo)
-app.command("doctor")(doctor.doctor)
+app.command("chat", short_help="Send one message as a tenant and print the answer.")(serving.chat)
+app.command("explain", short_help="Why a tenant's call would be served as it would.")(
+    serving.explain
+)
+app.command("eval", short_help="A/B-evaluate a tenant's adapter on held-out cases.")(
+    serving.evaluate
+)
+app.command("probe", short_help="Run the isolation probe against the backend.")(serving.probe)
+app.command("demo", short_help="The whole per-tenant loop, offline, on a toy model.")(serving.demo)
+app.command("stats", short_help="A live per-tenant view of a client's metrics.")(stats.stats)
+app.command("doctor", short_help="Check the whole setup and say how to fix it.")(doctor.doctor)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -290,6 +290,7 @@ def doctor(
     and with --tenant that tenant's adapters valid for the backend; says how to fix what is
     wrong (exit 1 when a check failed).
 
+    \b
     Example: tenantlora --registry sqlite:///adapters.db --backend local:./base doctor --tenant acme
     """
     settings: Settings = ctx.obj

@@ -81,6 +81,7 @@ def chat(
     """Send one message as TENANT for TASK and print the answer; what served it goes to stderr
     (with --json: one object, or with --stream one JSON line per chunk).
 
+    \b
     Example: tenantlora --backend local:./base chat acme icp_classifier "40 staff, PE-backed?"
     """
     messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -125,6 +126,7 @@ def explain(
     the route, the fallback reason. Nothing is sent to the backend. This process starts with an
     empty cache: in an application, client.explain() shows that client's own cache.
 
+    \b
     Example: tenantlora explain acme icp_classifier --json
     """
     with failures(), client_of(ctx, backend_required=False) as client:
@@ -152,6 +154,7 @@ def evaluate(
     """A/B-evaluate TENANT's adapter for TASK against the base model on held-out cases
     (greedy); prints accuracies, uplift with its 95% interval and the ship decision.
 
+    \b
     Example: tenantlora eval acme icp_classifier --heldout heldout.jsonl --gate
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -212,6 +215,7 @@ def probe(
     TENANTS (default: every tenant in the registry, up to --limit): every answer must equal
     its reference however requests overlap (exit 1 when one changed).
 
+    \b
     Example: tenantlora --backend vllm+http://127.0.0.1:8000?model=base probe acme globex
     """
     from tenantlora.probe import SEQUENCES, isolation_probe
@@ -255,6 +259,7 @@ def demo(
     """The whole per-tenant loop on CPU, offline: build a toy base model, train three tenants'
     adapters, publish, serve side by side, A/B-evaluate, print stats (needs the peft extra).
 
+    \b
     Example: tenantlora demo --workdir /tmp/tenantlora-demo
     """
     import shutil

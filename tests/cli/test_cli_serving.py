@@ -284,3 +284,13 @@ def test_through_the_real_entry_point(db: str) -> None:
         check=False,
     )
     assert (proc.returncode, proc.stdout) == (0, "[acme-v1] hello\n"), proc.stderr
+
+
+def test_error_messages_print_as_text_not_markup(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    code, _, err = run(
+        capsys, "--registry", db, "--backend", "gopher:[bold]x[/bold]", "chat", "a", "t", "m"
+    )
+    assert code == 2
+    assert "gopher:[bold]x[/bold]" in err
