@@ -7,7 +7,6 @@ only add the awaits (or not) around it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -17,13 +16,13 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from cachetools import TTLCache
 from pydantic import ValidationError
 
-from tenantlora._ownership import lease, release
+from tenantlora._ownership import lease, registry_from, release, resolver_from
+from tenantlora._refusals import RefusalMemory
+from tenantlora.policy import Policy
 
 if TYPE_CHECKING:
     from tenantlora.explain import Explanation
@@ -74,33 +73,6 @@ _ARMS = (None, ARM_ADAPTER, ARM_CONTROL)
 MessagesInput = Sequence[Message | Mapping[str, Any]]
 
 
-@dataclass(frozen=True)
-class Policy:
-    """What the client does when something is missing or down.
-
-    ``on_registry_error``: when the registry fails and no stale entry can serve, ``"fallback"``
-    serves the base model (``fallback_reason="registry_error"``), ``"raise"`` raises
-    :class:`~tenantlora.errors.AdapterResolutionError`.
-    ``on_adapter_unavailable``: when the backend lacks the adapter, ``"fallback"`` re-sends once
-    on the base model (``fallback_reason="adapter_unavailable"``), ``"raise"`` raises
-    :class:`~tenantlora.errors.AdapterNotAvailableError`.
-    ``refusal_ttl``: seconds a refused adapter version is remembered (with ``"fallback"``):
-    requests for the same record (tenant, task, id, version, digest, uri) go straight to the
-    base model, without asking the backend to load it again or re-reading the registry each
-    time. A new record (a publish, a rollback) is tried at once. 0 turns the memory off.
-    """
-
-    on_registry_error: Literal["fallback", "raise"] = "fallback"
-    on_adapter_unavailable: Literal["fallback", "raise"] = "fallback"
-    refusal_ttl: float = 30.0
-
-    def __post_init__(self) -> None:
-        ttl = self.refusal_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl < 1e9:
-            raise ConfigurationError(f"refusal_ttl must be seconds in [0, 1e9), not {ttl!r}")
-
-
-_MAX_REFUSALS = 10_000
 MAX_TIMEOUT = 86_400.0  # a day: longer is a mistake (1e12 overflowed the transports' timers)
 
 
@@ -111,20 +83,6 @@ def _timeout_problem(timeout: object) -> str | None:
     if not (0 < timeout <= MAX_TIMEOUT):  # also False for NaN
         return f"must be > 0 and at most {MAX_TIMEOUT:g} seconds"
     return None
-
-
-def _refusal_key(route: Route) -> tuple[object, ...] | None:
-    record = route.record
-    if record is None:
-        return None
-    return (
-        record.tenant,
-        record.task,
-        record.adapter_id,
-        record.version,
-        record.digest,
-        record.uri,
-    )
 
 
 class CallState:
@@ -235,9 +193,9 @@ class BaseClient:
         self,
         *,
         backend: object,
-        backend_name: str,
-        policy: Policy,
-        retry: RetryPolicy,
+        protocol: type[Any],
+        policy: Policy | None,
+        retry: RetryPolicy | None,
         experiments: Sequence[Experiment],
         hooks: Sequence[Hook],
         timeout: float | None,
@@ -245,7 +203,12 @@ class BaseClient:
         feedback: FeedbackLog | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self._backend_name = backend_name
+        if not isinstance(backend, protocol):
+            raise ConfigurationError(
+                f"{type(backend).__name__} does not implement {protocol.__name__}"
+            )
+        policy = policy or Policy()
+        self._backend_name: str = backend.name
         self._feedback = feedback
         self._telemetry = telemetry
         self._model: str | None = getattr(backend, "model", None)
@@ -253,7 +216,7 @@ class BaseClient:
         self._owned_registry: Any = None  # a registry the client opened from a path (closes it)
         self._closed = True  # until _hold(): a constructor that fails holds nothing
         self._policy = policy
-        self._retry = retry
+        self._retry = retry or RetryPolicy()
         self._experiments = tuple(experiments)
         self._collector = StatsCollector()
         self._hooks: tuple[Hook, ...] = (*hooks, self._collector)
@@ -267,10 +230,29 @@ class BaseClient:
             raise ConfigurationError(f"timeout={timeout!r}: {problem}")
         self._timeout = timeout
         self._clock = clock
-        self._refused: TTLCache[tuple[object, ...], bool, float] = TTLCache(
-            _MAX_REFUSALS, policy.refusal_ttl or 1e-9, timer=clock
+        self._refusals = RefusalMemory(policy.refusal_ttl, clock)
+
+    def _attach(
+        self,
+        resolver_cls: type[Any],
+        registry: Any,
+        resolver: Any,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+        telemetry: Telemetry | None,
+    ) -> Any:
+        """The twins' last constructor steps: the registry (opened from a path when given one,
+        traced with telemetry), the resolver on it, then the backend lease. Returns the
+        resolver."""
+        chosen, owned = registry_from(registry)
+        traced = telemetry.traced(chosen) if telemetry is not None and chosen is not None else None
+        found = resolver_from(
+            resolver_cls, traced or chosen, resolver, ttl=ttl, policy=self._policy, clock=clock
         )
-        self._refused_lock = threading.Lock()
+        self._owned_registry = chosen if owned else None
+        self._hold()
+        return found
 
     def _hold(self) -> None:
         """The last step of a twin's constructor: lease the backend (see :func:`release`)."""
@@ -298,11 +280,15 @@ class BaseClient:
         """Per-tenant counts, latency percentiles, cache hit rate and fallbacks so far."""
         return self._collector.snapshot()
 
+    @staticmethod
+    def _check_ids(tenant: str, task: str) -> None:
+        validate_tenant(tenant)
+        validate_task(task)
+
     def _prepare(
         self, tenant: str, task: str, messages: MessagesInput, params: dict[str, Any]
     ) -> ChatRequest:
-        validate_tenant(tenant)
-        validate_task(task)
+        self._check_ids(tenant, task)
         # Exact-type check first: the ABC isinstance below is slow and this runs on every call.
         if type(messages) is not list and (
             isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)
@@ -350,7 +336,7 @@ class BaseClient:
             arm=ab[1],
         )
         call.requested = call.route.adapter
-        if call.route.adapter is not None and self._remembered(call.route):
+        if call.route.adapter is not None and self._refusals.remembered(call.route):
             call.route = fallback_route(call.route)  # refused recently: no new load attempt
         return call.route
 
@@ -378,27 +364,8 @@ class BaseClient:
             on_error=resolver._on_error,
             experiment=find_experiment(self._experiments, tenant, task),
             unit=unit,
-            refused=lambda record: self._remembered(Route(record.adapter_id, record)),
+            refused=lambda record: self._refusals.remembered(Route(record.adapter_id, record)),
         )
-
-    def _remembered(self, route: Route) -> bool:
-        if not self._refused:  # the common case: nothing refused, no tuple, no lock
-            return False
-        key = _refusal_key(route)
-        if key is None:
-            return False
-        with self._refused_lock:
-            return key in self._refused
-
-    def _remember(self, route: Route) -> bool:
-        """Remember a refused record; True when it was not remembered already."""
-        key = _refusal_key(route)
-        if key is None or not self._policy.refusal_ttl:
-            return True
-        with self._refused_lock:
-            fresh = key not in self._refused
-            self._refused[key] = True
-        return fresh
 
     def _timeout_for(self, timeout: float | None) -> float | None:
         if timeout is None:
@@ -413,7 +380,7 @@ class BaseClient:
         assert call.route is not None
         if call.route.adapter is None or self._policy.on_adapter_unavailable == "raise":
             raise exc
-        if self._remember(call.route):
+        if self._refusals.remember(call.route):
             self._invalidate(call)  # once per refused version: the registry may have moved on
         logger.warning(
             "adapter %r unavailable on %s for tenant %r task %r; falling back to the base model",

@@ -30,17 +30,14 @@ from tenantlora._base_client import (
     as_generator,
 )
 from tenantlora._lifecycle import AsyncClosing, Closing
-from tenantlora._ownership import registry_from, resolver_from
 from tenantlora._streams import Accumulator, AsyncChatStream, ChatStream, Outcome
 from tenantlora.backends.base import AsyncBackend, Backend
 from tenantlora.errors import (
     AdapterNotAvailableError,
     AdapterResolutionError,
     BackendError,
-    ConfigurationError,
 )
 from tenantlora.events import Hook
-from tenantlora.naming import validate_task, validate_tenant
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.resolver import AdapterResolver, AsyncAdapterResolver
 from tenantlora.retry import RetryPolicy, acall_with_retries, call_with_retries
@@ -83,14 +80,11 @@ class TenantLoRA(BaseClient, Closing):
         feedback: FeedbackLog | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if not isinstance(backend, Backend):
-            raise ConfigurationError(f"{type(backend).__name__} does not implement Backend")
-        policy = policy or Policy()
         super().__init__(
             backend=backend,
-            backend_name=backend.name,
+            protocol=Backend,
             policy=policy,
-            retry=retry or RetryPolicy(),
+            retry=retry,
             experiments=experiments,
             hooks=hooks,
             timeout=timeout,
@@ -99,13 +93,9 @@ class TenantLoRA(BaseClient, Closing):
             telemetry=telemetry,
         )
         self.backend = backend
-        chosen, owned = registry_from(registry)
-        traced = telemetry.traced(chosen) if telemetry is not None and chosen is not None else None
-        self.resolver: AdapterResolver = resolver_from(
-            AdapterResolver, traced or chosen, resolver, ttl=ttl, policy=policy, clock=clock
+        self.resolver: AdapterResolver = self._attach(
+            AdapterResolver, registry, resolver, ttl=ttl, clock=clock, telemetry=telemetry
         )
-        self._owned_registry = chosen if owned else None
-        self._hold()
         self._sleep = sleep
 
     def chat(
@@ -186,13 +176,11 @@ class TenantLoRA(BaseClient, Closing):
         bypassing the cache), the route and the fallback reason. Sends nothing to the backend
         and changes no cache entry or counter. ``unit`` is the A/B unit a call would pass.
         """
-        validate_tenant(tenant)
-        validate_task(task)
-        fetched, error = None, None
+        self._check_ids(tenant, task)
         try:
-            fetched = self.resolver.fetch(tenant, task)
+            fetched, error = self.resolver.fetch(tenant, task), None
         except AdapterResolutionError as exc:
-            error = str(exc)
+            fetched, error = None, str(exc)
         return self._explanation(self.resolver, tenant, task, unit, fetched, error)
 
     def feedback(
@@ -316,14 +304,11 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         feedback: FeedbackLog | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if not isinstance(backend, AsyncBackend):
-            raise ConfigurationError(f"{type(backend).__name__} does not implement AsyncBackend")
-        policy = policy or Policy()
         super().__init__(
             backend=backend,
-            backend_name=backend.name,
+            protocol=AsyncBackend,
             policy=policy,
-            retry=retry or RetryPolicy(),
+            retry=retry,
             experiments=experiments,
             hooks=hooks,
             timeout=timeout,
@@ -332,13 +317,9 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
             telemetry=telemetry,
         )
         self.backend = backend
-        chosen, owned = registry_from(registry)
-        traced = telemetry.traced(chosen) if telemetry is not None and chosen is not None else None
-        self.resolver: AsyncAdapterResolver = resolver_from(
-            AsyncAdapterResolver, traced or chosen, resolver, ttl=ttl, policy=policy, clock=clock
+        self.resolver: AsyncAdapterResolver = self._attach(
+            AsyncAdapterResolver, registry, resolver, ttl=ttl, clock=clock, telemetry=telemetry
         )
-        self._owned_registry = chosen if owned else None
-        self._hold()
         if sleep is None:
             # Resolved here, not as the default value, so `import tenantlora.client` (which the
             # sync client needs too) does not import asyncio.
@@ -410,13 +391,11 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
 
     async def explain(self, tenant: str, task: str, *, unit: str | None = None) -> Explanation:
         """The asyncio twin of :meth:`TenantLoRA.explain`."""
-        validate_tenant(tenant)
-        validate_task(task)
-        fetched, error = None, None
+        self._check_ids(tenant, task)
         try:
-            fetched = await self.resolver.fetch(tenant, task)
+            fetched, error = await self.resolver.fetch(tenant, task), None
         except AdapterResolutionError as exc:
-            error = str(exc)
+            fetched, error = None, str(exc)
         return self._explanation(self.resolver, tenant, task, unit, fetched, error)
 
     async def feedback(

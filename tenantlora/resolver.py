@@ -32,7 +32,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cachetools import LRUCache, TLRUCache, TTLCache
@@ -40,16 +39,19 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from tenantlora._read_pool import ReadPool
 from tenantlora._resolver_state import (
     INTERRUPTED,
+    CacheView,
     Entry,
     Failure,
     Flight,
+    Resolution,
+    ResolverStats,
     check_options,
     expires,
     is_timeout,
 )
 from tenantlora.errors import AdapterResolutionError, ConfigurationError, RegistryError
 from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry, Change
-from tenantlora.types import AdapterRecord, CacheOutcome, TenantAdapters
+from tenantlora.types import AdapterRecord, TenantAdapters
 
 if TYPE_CHECKING:
     import asyncio
@@ -59,65 +61,6 @@ __all__ = ["AdapterResolver", "AsyncAdapterResolver", "CacheView", "Resolution",
 logger = logging.getLogger("tenantlora")
 
 OnError = Literal["fallback", "raise"]
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """How a (tenant, task) resolved.
-
-    ``record`` is the tenant's active record for the task (checked to belong to that tenant), or
-    None when there is none or the registry could not answer. ``outcome`` says where the answer
-    came from: a fresh cache entry (``"hit"``), a registry read (``"miss"``), an expired entry
-    served because the registry failed (``"stale"``), or nothing (``"error"``). ``error`` is the
-    :class:`~tenantlora.errors.AdapterResolutionError` behind a ``"stale"`` or ``"error"``.
-    """
-
-    record: AdapterRecord | None
-    outcome: CacheOutcome
-    error: RegistryError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResolverStats:
-    """Counters since the resolver was created.
-
-    Every ``resolve`` counts once in ``hits``, ``misses`` (answered by a registry read, its own
-    or one it shared), ``stale`` or ``errors`` (including raised ones). ``reads`` counts registry
-    reads made, ``coalesced`` the resolves that joined a read already in flight, and
-    ``isolation_drops`` the records dropped for belonging to another tenant or task.
-    """
-
-    hits: int
-    misses: int
-    stale: int
-    errors: int
-    reads: int
-    isolation_drops: int
-    coalesced: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        """The fraction of resolves answered from a fresh cache entry (0.0 before any)."""
-        total = self.hits + self.misses + self.stale + self.errors
-        return self.hits / total if total else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CacheView:
-    """What a resolver holds for one (tenant, task), read without counting or changing it
-    (:meth:`AdapterResolver.peek`; ``client.explain`` shows it).
-
-    ``state``: ``"fresh"`` (a resolve now is a hit, answered with ``record``), ``"expired"`` (the
-    next resolve reads the registry; ``record`` is the last good answer, served as stale if the
-    read fails within ``max_stale``), ``"failing"`` (a failed read is remembered: resolves fail
-    fast until it expires) or ``"empty"`` (nothing known). ``age`` is the seconds since the
-    last good read; ``expires_in`` the seconds a fresh entry has left.
-    """
-
-    state: Literal["fresh", "expired", "failing", "empty"]
-    record: AdapterRecord | None = None
-    age: float | None = None
-    expires_in: float | None = None
 
 
 _NO_RECORD = Resolution(None, "hit")
