@@ -105,15 +105,17 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatResponse:
         """Answer with ``tenant``'s adapter for ``task``; see :meth:`TenantLoRA.chat`."""
         # Two lines, not nine: the four call sites of the twins stay short and identical.
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm,
+                      on_no_adapter=on_no_adapter)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False, request=request)
         try:
-            self._route(call, await self.resolver.resolve(tenant, task), (unit, arm))
+            self._route(call, await self.resolver.resolve(tenant, task), (unit, arm, on_no_adapter))
             try:
                 response = await self._send(call, request, timeout)
             except AdapterNotAvailableError as exc:
@@ -140,15 +142,18 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> AsyncChatStream:
         """Like :meth:`chat`, streamed: ``async for chunk in client.stream(...)``."""
         # Two lines, not nine: the four call sites of the twins stay short and identical.
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm,
+                      on_no_adapter=on_no_adapter)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
-        return AsyncChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+        chunks = self._chunks(call, request, (unit, arm, on_no_adapter), timeout, outcome)
+        return AsyncChatStream(chunks, outcome)
 
     async def explain(self, tenant: str, task: str, *, unit: str | None = None) -> Explanation:
         """The asyncio twin of :meth:`TenantLoRA.explain`."""
@@ -230,7 +235,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         self,
         call: CallState,
         request: ChatRequest,
-        ab: tuple[str | None, str | None],
+        pins: tuple[str | None, str | None, str | None],
         timeout: float | None,
         outcome: Outcome,
     ) -> AsyncGenerator[ChatChunk, None]:
@@ -238,7 +243,7 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         acc = Accumulator()
         ended = False  # the backend's stream reached its end (else: closed, cancelled early)
         try:
-            self._route(call, await self.resolver.resolve(call.tenant, call.task), ab)
+            self._route(call, await self.resolver.resolve(call.tenant, call.task), pins)
             try:
                 chunks, chunk = await self._open(call, request, timeout)
             except AdapterNotAvailableError as exc:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
     Callable,
-    Generator,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -20,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from tenantlora._calls import CallState, as_agenerator, as_generator
 from tenantlora._ownership import lease, registry_from, release, resolver_from
 from tenantlora._refusals import RefusalMemory
 from tenantlora.policy import Policy
@@ -33,6 +30,7 @@ from tenantlora.errors import (
     BackendError,
     ConfigurationError,
     InvalidRequestError,
+    NoAdapterError,
     RegistryError,
 )
 from tenantlora.events import Hook, RequestEvent, Stats, StatsCollector, emit
@@ -49,7 +47,6 @@ from tenantlora.routing import (
 )
 from tenantlora.types import (
     AdapterRecord,
-    CacheOutcome,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -69,6 +66,8 @@ __all__ = [
 
 logger = logging.getLogger("tenantlora")
 _ARMS = (None, ARM_ADAPTER, ARM_CONTROL)
+_NO_ADAPTER = ("no_adapter", "adapter_not_ready")
+_MAX_ANNOUNCED = 10_000
 
 MessagesInput = Sequence[Message | Mapping[str, Any]]
 
@@ -83,72 +82,6 @@ def _timeout_problem(timeout: object) -> str | None:
     if not (0 < timeout <= MAX_TIMEOUT):  # also False for NaN
         return f"must be > 0 and at most {MAX_TIMEOUT:g} seconds"
     return None
-
-
-class CallState:
-    """The state of one request as it moves through the flow (never shared between requests)."""
-
-    __slots__ = (
-        "cache",
-        "failed",
-        "messages",
-        "requested",
-        "retries",
-        "route",
-        "span",
-        "started",
-        "stream",
-        "task",
-        "tenant",
-        "token",
-    )
-
-    def __init__(self, tenant: str, task: str, started: float, *, stream: bool) -> None:
-        self.tenant = tenant
-        self.task = task
-        self.started = started
-        self.stream = stream
-        self.cache: CacheOutcome = "error"
-        self.route: Route | None = None
-        self.requested: str | None = None
-        self.retries = 0
-        self.failed = False
-        self.messages: Sequence[Message] = ()
-        self.span: Any = None
-        self.token: Any = None
-
-
-def as_generator(chunks: Iterator[ChatChunk]) -> Generator[ChatChunk, None, None]:
-    """A closable generator over a backend's stream (backends usually return one already)."""
-    if isinstance(chunks, Generator):
-        return chunks
-
-    def wrapped() -> Generator[ChatChunk, None, None]:
-        try:
-            yield from chunks
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    return wrapped()
-
-
-def as_agenerator(chunks: AsyncIterator[ChatChunk]) -> AsyncGenerator[ChatChunk, None]:
-    """The async twin of :func:`as_generator`."""
-    if isinstance(chunks, AsyncGenerator):
-        return chunks
-
-    async def wrapped() -> AsyncGenerator[ChatChunk, None]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    return wrapped()
 
 
 def _where(loc: Sequence[object]) -> str:
@@ -231,6 +164,7 @@ class BaseClient:
         self._timeout = timeout
         self._clock = clock
         self._refusals = RefusalMemory(policy.refusal_ttl, clock)
+        self._announced: dict[str, bool] = {}  # tenants whose first fallback was logged
 
     def _attach(
         self,
@@ -298,6 +232,8 @@ class BaseClient:
             )
         if params.pop("arm", None) not in _ARMS:
             raise InvalidRequestError("arm must be None, 'adapter' or 'control'")
+        if params.pop("on_no_adapter", None) not in (None, "fallback", "raise"):
+            raise InvalidRequestError("on_no_adapter must be None, 'fallback' or 'raise'")
         fields = {k: v for k, v in params.items() if v is not None}
         try:
             return ChatRequest(messages=messages, **fields)
@@ -318,8 +254,13 @@ class BaseClient:
         return call
 
     def _route(
-        self, call: CallState, resolution: Resolution, ab: tuple[str | None, str | None]
+        self,
+        call: CallState,
+        resolution: Resolution,
+        pins: tuple[str | None, str | None, str | None],
     ) -> Route:
+        """Route the call (``pins``: the caller's unit, arm and on_no_adapter); raise
+        NoAdapterError when the tenant has no ready adapter and the call or policy says so."""
         call.cache = resolution.outcome
         experiment = (
             find_experiment(self._experiments, call.tenant, call.task)
@@ -332,13 +273,33 @@ class BaseClient:
             task=call.task,
             outcome=resolution.outcome,
             experiment=experiment,
-            unit=ab[0],
-            arm=ab[1],
+            unit=pins[0],
+            arm=pins[1],
         )
         call.requested = call.route.adapter
         if call.route.adapter is not None and self._refusals.remembered(call.route):
             call.route = fallback_route(call.route)  # refused recently: no new load attempt
+        reason = call.route.fallback_reason
+        if reason is not None:
+            self._fell_back(call.tenant, call.task, reason, pins[2])
         return call.route
+
+    def _fell_back(self, tenant: str, task: str, reason: str, on_no_adapter: str | None) -> None:
+        """A call goes to the base model: raise if asked to, and say so in the log (DEBUG
+        every time, INFO the first time for a tenant)."""
+        if reason in _NO_ADAPTER and (on_no_adapter or self._policy.on_no_adapter) == "raise":
+            raise NoAdapterError(
+                f"tenant {tenant!r} has no ready adapter for task {task!r} ({reason})",
+                tenant=tenant,
+                task=task,
+                reason=reason,
+            )
+        logger.debug("tenant %r task %r: the base model serves (%s)", tenant, task, reason)
+        if tenant not in self._announced and logger.isEnabledFor(logging.INFO):
+            if len(self._announced) >= _MAX_ANNOUNCED:  # bounded: a flood of tenants
+                self._announced.clear()
+            self._announced[tenant] = True
+            logger.info("tenant %r falls back to the base model (%r: %s)", tenant, task, reason)
 
     def _explanation(
         self,
@@ -365,6 +326,7 @@ class BaseClient:
             experiment=find_experiment(self._experiments, tenant, task),
             unit=unit,
             refused=lambda record: self._refusals.remembered(Route(record.adapter_id, record)),
+            on_no_adapter=self._policy.on_no_adapter,
         )
 
     def _timeout_for(self, timeout: float | None) -> float | None:

@@ -102,6 +102,7 @@ class TenantLoRA(BaseClient, Closing):
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatResponse:
         """Answer ``messages`` with ``tenant``'s adapter for ``task`` (or the base model).
 
@@ -113,11 +114,12 @@ class TenantLoRA(BaseClient, Closing):
         """
         # Two lines, not nine: the four call sites of the twins stay short and identical.
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm,
+                      on_no_adapter=on_no_adapter)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False, request=request)
         try:
-            self._route(call, self.resolver.resolve(tenant, task), (unit, arm))
+            self._route(call, self.resolver.resolve(tenant, task), (unit, arm, on_no_adapter))
             try:
                 response = self._send(call, request, timeout)
             except AdapterNotAvailableError as exc:
@@ -144,6 +146,7 @@ class TenantLoRA(BaseClient, Closing):
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatStream:
         """Like :meth:`chat`, streamed: iterate the returned :class:`ChatStream` for deltas.
 
@@ -152,11 +155,13 @@ class TenantLoRA(BaseClient, Closing):
         """
         # Two lines, not nine: the four call sites of the twins stay short and identical.
         params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm)  # fmt: skip
+                      seed=seed, response_format=response_format, extra=extra, arm=arm,
+                      on_no_adapter=on_no_adapter)  # fmt: skip
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()
-        return ChatStream(self._chunks(call, request, (unit, arm), timeout, outcome), outcome)
+        chunks = self._chunks(call, request, (unit, arm, on_no_adapter), timeout, outcome)
+        return ChatStream(chunks, outcome)
 
     def explain(self, tenant: str, task: str, *, unit: str | None = None) -> Explanation:
         """How a call for ``tenant``'s ``task`` would be resolved and routed now, and why
@@ -236,7 +241,7 @@ class TenantLoRA(BaseClient, Closing):
         self,
         call: CallState,
         request: ChatRequest,
-        ab: tuple[str | None, str | None],
+        pins: tuple[str | None, str | None, str | None],
         timeout: float | None,
         outcome: Outcome,
     ) -> Generator[ChatChunk, None, None]:
@@ -244,7 +249,7 @@ class TenantLoRA(BaseClient, Closing):
         acc = Accumulator()
         ended = False  # the backend's stream reached its end (else: closed or abandoned early)
         try:
-            self._route(call, self.resolver.resolve(call.tenant, call.task), ab)
+            self._route(call, self.resolver.resolve(call.tenant, call.task), pins)
             try:
                 chunks, chunk = self._open(call, request, timeout)
             except AdapterNotAvailableError as exc:

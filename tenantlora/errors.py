@@ -11,6 +11,8 @@ TenantLoRAError
 │   └── InvalidTaskError          bad task name
 ├── RegistryError                 a registry read or write failed (.tenant .task)
 │   └── AdapterResolutionError    the registry failed and no stale entry could serve
+├── NoAdapterError                no ready adapter for (tenant, task), and the policy says raise
+│                                 (.tenant .task .reason; Policy(on_no_adapter="raise"))
 ├── StoreError                    the tenant store failed or holds something unusable (.tenant)
 ├── AdapterValidationError        adapter files unusable (rank, size, base model, config)
 ├── AdapterLocationError (ValueError)   an adapter uri outside the tenant's store prefix
@@ -99,6 +101,18 @@ class RegistryError(TenantLoRAError):
         super().__init__(message)
         self.tenant = tenant
         self.task = task
+
+
+class NoAdapterError(TenantLoRAError):
+    """The tenant has no ready adapter for the task (``reason`` ``"no_adapter"`` or
+    ``"adapter_not_ready"``) and ``on_no_adapter="raise"`` asked for an error instead of the
+    base model: for development, where a silent fallback hides a missing publish."""
+
+    def __init__(self, message: str, *, tenant: str, task: str, reason: str) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.task = task
+        self.reason = reason
 
 
 class StoreError(TenantLoRAError):

@@ -37,7 +37,9 @@ class Explanation:
     with ``outcome="error"`` and ``on_error="raise"`` means the call would raise). ``adapter``
     is what the backend would be asked for (``None``: the base model, for ``fallback_reason``),
     ``arm`` the experiment arm, ``refused`` whether the backend refused this version recently
-    (the client then serves the base model without asking again). ``reasons`` says it in words.
+    (the client then serves the base model without asking again), ``raises`` whether the call
+    would raise instead (``on_registry_error`` or ``on_no_adapter`` set to ``"raise"``; then
+    ``fallback_reason`` says why it would). ``reasons`` says it in words.
     """
 
     tenant: str
@@ -192,6 +194,7 @@ def explain(
     experiment: Experiment | None = None,
     unit: str | None = None,
     refused: Callable[[AdapterRecord], bool] = lambda record: False,
+    on_no_adapter: Literal["fallback", "raise"] = "fallback",
 ) -> Explanation:
     """The decision behind :class:`Explanation`, from what was observed (pure; no I/O).
 
@@ -212,6 +215,9 @@ def explain(
         reasons.append(_FALLBACKS.get(chosen.fallback_reason, chosen.fallback_reason))
     if chosen.fallback_reason == "adapter_not_ready" and record is not None:
         reasons[-1] = f"version {record.version} has status {record.status!r}: " + reasons[-1]
+    if chosen.fallback_reason in ("no_adapter", "adapter_not_ready") and on_no_adapter == "raise":
+        raises = True
+        reasons.append("on_no_adapter='raise': the call raises NoAdapterError instead")
     return Explanation(
         tenant=tenant,
         task=task,
@@ -223,7 +229,7 @@ def explain(
         outcome=outcome,
         record=record,
         adapter=chosen.adapter,
-        fallback_reason=None if raises else chosen.fallback_reason,
+        fallback_reason=chosen.fallback_reason,
         arm=chosen.arm,
         experiment=experiment.name if experiment is not None and chosen.arm else None,
         refused=was_refused,

@@ -21,6 +21,10 @@ class Policy:
     ``on_adapter_unavailable``: when the backend lacks the adapter, ``"fallback"`` re-sends once
     on the base model (``fallback_reason="adapter_unavailable"``), ``"raise"`` raises
     :class:`~tenantlora.errors.AdapterNotAvailableError`.
+    ``on_no_adapter``: when the tenant has no ready adapter for the task
+    (``fallback_reason`` ``"no_adapter"`` or ``"adapter_not_ready"``), ``"fallback"`` serves the
+    base model, ``"raise"`` raises :class:`~tenantlora.errors.NoAdapterError` (for development:
+    a missing publish shows at once); a call's ``on_no_adapter=`` overrides it.
     ``refusal_ttl``: seconds a refused adapter version is remembered (with ``"fallback"``):
     requests for the same record (tenant, task, id, version, digest, uri) go straight to the
     base model, without asking the backend to load it again or re-reading the registry each
@@ -29,9 +33,13 @@ class Policy:
 
     on_registry_error: Literal["fallback", "raise"] = "fallback"
     on_adapter_unavailable: Literal["fallback", "raise"] = "fallback"
+    on_no_adapter: Literal["fallback", "raise"] = "fallback"
     refusal_ttl: float = 30.0
 
     def __post_init__(self) -> None:
+        for name in ("on_registry_error", "on_adapter_unavailable", "on_no_adapter"):
+            if getattr(self, name) not in ("fallback", "raise"):
+                raise ConfigurationError(f"{name} must be 'fallback' or 'raise'")
         ttl = self.refusal_ttl
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 <= ttl < 1e9:
             raise ConfigurationError(f"refusal_ttl must be seconds in [0, 1e9), not {ttl!r}")
