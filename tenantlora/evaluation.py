@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tenantlora._display import Rows, html_table
 from tenantlora.datasets import Example
 from tenantlora.errors import ConfigurationError, InvalidRequestError
 from tenantlora.types import ChatResponse, Message
@@ -152,6 +153,39 @@ class EvalReport:
 
     def __str__(self) -> str:
         return self.table()
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalReport(tenant={self.tenant!r}, task={self.task!r}, n={self.n}, "
+            f"base={self.base_accuracy:.1f}, adapter={self.adapter_accuracy:.1f}, "
+            f"uplift={self.uplift:+.1f} [{self.ci_low:+.1f}, {self.ci_high:+.1f}], "
+            f"ship={self.ship})"
+        )
+
+    def to_records(self) -> Rows:
+        """One plain row per held-out case: the expected answer, both answers, both scores."""
+        columns = ("index", "expected", "base_answer", "adapter_answer")
+        return Rows.of((asdict(c) for c in self.cases), (*columns, "base_score", "adapter_score"))
+
+    def to_pandas(self) -> Any:
+        """The per-case rows as a pandas DataFrame (needs pandas)."""
+        return self.to_records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        pct = f"{self.confidence * 100:.0f}% CI"
+        row = {
+            "tenant": self.tenant,
+            "task": self.task,
+            "adapter": self.adapter,
+            "cases": self.n,
+            "base %": self.base_accuracy,
+            "adapter %": self.adapter_accuracy,
+            "uplift (points)": self.uplift,
+            pct: f"{self.ci_low:+.1f} .. {self.ci_high:+.1f}",
+            "decision": "SHIP" if self.ship else "do not ship",
+        }
+        caption = f"A/B evaluation (ship when uplift > {self.threshold:g} points)"
+        return html_table([row], list(row), caption=caption)
 
 
 def summarize(

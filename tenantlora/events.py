@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
+from tenantlora._display import Rows, html_table
 from tenantlora._latency import Epochs, LatencyWindow, merged, percentiles
 from tenantlora.errors import ConfigurationError
 from tenantlora.types import CacheOutcome, FallbackReason, Usage
@@ -170,6 +171,48 @@ class Stats(BaseModel):
     adapter_digest_mismatches: int = 0
     adapter_load_p50_ms: float | None = None
     adapter_load_max_ms: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Stats(requests={self.requests}, errors={self.errors}, "
+            f"cache_hit_rate={self.cache_hit_rate:.2f}, fallbacks={self.fallbacks}, "
+            f"tenants={len(self.tenants)}, latency_p50_ms={self.latency_p50_ms})"
+        )
+
+    def to_records(self) -> Rows:
+        """One plain row per tenant (busiest first): counts, hit rate, fallbacks, latency."""
+        rows = [
+            {"tenant": tenant, **t.model_dump(), "cache_hit_rate": t.cache_hit_rate}
+            for tenant, t in sorted(self.tenants.items(), key=lambda kv: -kv[1].requests)
+        ]
+        return Rows.of(rows, _TENANT_COLUMNS)
+
+    def to_pandas(self) -> Any:
+        """The per-tenant rows as a pandas DataFrame (needs pandas)."""
+        return self.to_records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        caption = (
+            f"{self.requests} requests, {self.errors} errors, cache hit rate "
+            f"{self.cache_hit_rate:.0%}, p50 {self.latency_p50_ms or 0:.1f} ms, "
+            f"adapter loads {self.adapter_loads}, evictions {self.adapter_evictions}"
+        )
+        return html_table(self.to_records(), _TENANT_COLUMNS, caption=caption, digits=2)
+
+
+_TENANT_COLUMNS = (
+    "tenant",
+    "requests",
+    "errors",
+    "adapter_requests",
+    "base_requests",
+    "cache_hit_rate",
+    "fallbacks",
+    "retries",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+)
 
 
 _QS = (0.50, 0.95, 0.99)

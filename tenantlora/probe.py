@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tenantlora._display import Rows, html_table
 from tenantlora._probe_plan import (
     SEQUENCES,
     Ask,
@@ -168,6 +169,30 @@ class ProbeReport:
                 f"{change.sequential!r} -> {change.concurrent!r}"
             )
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProbeReport(ok={self.ok}, targets={len(self.adapters)}, checked={self.checked}, "
+            f"changes={len(self.changes)}, sequences={list(self.sequences)})"
+        )
+
+    def to_records(self) -> Rows:
+        """One plain row per changed answer (empty when ``ok``)."""
+        columns = ("sequence", "adapter", "prompt", "round", "sequential", "concurrent", "detail")
+        return Rows.of((asdict(change) for change in self.changes), columns)
+
+    def to_pandas(self) -> Any:
+        """The changed answers as a pandas DataFrame (needs pandas)."""
+        return self.to_records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        verdict = "no answer changed" if self.ok else f"{len(self.changes)} answers CHANGED"
+        caption = (
+            f"isolation probe ({', '.join(self.sequences)}): {len(self.adapters)} targets, "
+            f"{self.checked} answers checked, {verdict}"
+        )
+        rows = self.to_records()
+        return html_table(rows, rows.columns, caption=caption)
 
     def to_dict(self) -> dict[str, Any]:
         return {

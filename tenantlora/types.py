@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tenantlora._display import clip, html_table
 from tenantlora.naming import validate_task, validate_tenant
 
 __all__ = [
@@ -135,6 +136,27 @@ class ChatResponse(_Frozen):
     latency_ms: float = 0.0
     retries: int = 0
     request_id: str | None = None
+
+    def __repr__(self) -> str:
+        served = (
+            f"adapter={self.adapter!r}"
+            if self.adapter
+            else f"adapter=None, fallback_reason={self.fallback_reason!r}"
+        )
+        return (
+            f"ChatResponse(text={clip(self.text)!r}, {served}, tenant={self.tenant!r}, "
+            f"task={self.task!r}, latency_ms={self.latency_ms:.1f})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [{"field": f, "value": getattr(self, f)} for f in _RESPONSE_FIELDS]
+        rows.append({"field": "request_id", "value": self.request_id})
+        rows.append({"field": "usage", "value": self.usage.model_dump()})
+        return html_table(rows, ("field", "value"))
+
+
+_RESPONSE_FIELDS: tuple[str, ...] = ("text", "adapter", "fallback_reason", "arm", "tenant")
+_RESPONSE_FIELDS += ("task", "backend", "model", "finish_reason", "latency_ms", "retries")
 
 
 class ChatChunk(_Frozen):

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from tenantlora._display import Records
 from tenantlora._lifecycle import Closing
 from tenantlora.errors import InvalidRequestError, RegistryError
 from tenantlora.naming import validate_task, validate_tenant
@@ -295,13 +296,14 @@ class WritableBase(Closing):
     def list(
         self, tenant: str | None = None, task: str | None = None, *, history: bool = False
     ) -> builtins.list[AdapterRecord]:
-        """Active records (every version with ``history=True``) by tenant, task, version."""
+        """Active records (every version with ``history=True``) by tenant, task, version (a
+        list that shows as a table in a notebook and has ``to_records()`` / ``to_pandas()``)."""
         if tenant is not None:
             validate_tenant(tenant)
         if task is not None:
             validate_task(task)
         found = self._select(tenant, task, history)
-        return sorted(found, key=lambda r: (r.tenant, r.task, r.version))
+        return Records(sorted(found, key=lambda r: (r.tenant, r.task, r.version)))
 
     # -- the storage hooks --------------------------------------------------------------------
 
