@@ -19,10 +19,11 @@ import asyncio
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TASK = "icp_classifier"
 UNKNOWN_TENANT = "newco"
@@ -30,6 +31,18 @@ TRAIN_LEADS, HELDOUT_LEADS, SHOWN_LEADS = 320, 100, 6
 # One intra-op thread: the toy model is far too small to gain from more, and two threads on a
 # 2-core machine that is busy elsewhere made each forward pass hundreds of times slower.
 THREADS = 1
+_T = TypeVar("_T")
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(coroutine)``, also from code already inside an event loop (a notebook
+    cell): then on a thread of its own, whose loop is created and closed there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantlora-demo") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @contextmanager
@@ -193,7 +206,7 @@ def run(workdir: Path) -> dict[str, float]:
             side_by_side(client, list(rules), heldout[:SHOWN_LEADS])
             stats = client.stats()
         with phase("5. A/B evaluation on held-out leads (ship on > 3 points)", timings):
-            asyncio.run(evaluate_all(base, registry, rules, heldout))
+            run_coroutine(evaluate_all(base, registry, rules, heldout))
         with phase("6. client stats (phase 4)", timings):
             print_stats(stats)
     return timings

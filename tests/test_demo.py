@@ -44,3 +44,21 @@ def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> 
     assert len(re.findall(r"^ +\w+ +cached +/", second, flags=re.MULTILINE)) == 3
     assert second.count("already published") == 3
     assert "trained in" not in second
+
+
+def test_the_demo_runs_its_async_phase_from_inside_a_running_event_loop() -> None:
+    """As in a notebook cell: asyncio.run would refuse ("cannot be called from a running event
+    loop"); the demo's helper runs the coroutine on a thread of its own instead."""
+    import asyncio
+
+    from tenantlora.demo import run_coroutine
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def cell() -> int:
+        return run_coroutine(answer())
+
+    assert run_coroutine(answer()) == 42
+    assert asyncio.run(cell()) == 42
