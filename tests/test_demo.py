@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run_demo(workdir: Path, *command: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
@@ -21,6 +23,7 @@ def run_demo(workdir: Path, *command: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.mark.timeout(900)  # two real runs of the main job: minutes on a busy 2-core machine
 def test_demo_trains_serves_evaluates_then_reuses_everything(tmp_path: Path) -> None:
     """First run: three tenants trained, answers differ, unknown tenant on base, each adapter
     shipped. Second run, as `tenantlora demo --json`: nothing rebuilt, retrained or
