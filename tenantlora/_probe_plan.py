@@ -16,6 +16,7 @@ from tenantlora.errors import ConfigurationError
 from tenantlora.types import AdapterRecord
 
 __all__ = [
+    "requests_in",
     "SEQUENCES",
     "Ask",
     "Between",
@@ -67,6 +68,17 @@ class Between:
 
 
 Step = Ask | Together | DecodeWhileLoad | Between
+
+
+def requests_in(step: Step) -> int:
+    """How many requests a step sends (for progress)."""
+    if isinstance(step, Ask):
+        return 1
+    if isinstance(step, Together):
+        return len(step.asks)
+    if isinstance(step, DecodeWhileLoad):
+        return len(step.decoders) + 1
+    return 0
 
 
 def check(

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tenantlora._display import Rows, html_table
+from tenantlora._progress import Progress, ProgressArg, reporter
 from tenantlora.datasets import Example
 from tenantlora.errors import ConfigurationError, InvalidRequestError
 from tenantlora.types import ChatResponse, Message
@@ -49,10 +50,6 @@ __all__ = [
 
 Scorer = Callable[[str, str], float]
 """``scorer(prediction, expected) -> score`` in [0, 1]; accuracy is the mean score."""
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called after each answered call (two per case), ``total`` being
-twice the number of cases."""
 
 
 def exact_match(prediction: str, expected: str) -> float:
@@ -316,28 +313,30 @@ def evaluate(
     seed: int = 0,
     max_tokens: int | None = None,
     temperature: float | None = 0.0,
-    progress: Progress | None = None,
+    progress: ProgressArg = None,
 ) -> EvalReport:
     """Run ``dataset`` through the base model and ``tenant``'s adapter; return the report.
 
     Both arms go through ``client`` (so routing, retries and stats apply), pinned with
     ``arm="control"`` and ``arm="adapter"``. Raises InvalidRequestError for an empty or malformed
     dataset, or when the adapter arm is not served by an adapter (the tenant has none ready).
-    ``progress(done, total)`` is called after every call (see :data:`Progress`).
+    ``progress``: True shows a bar (in Jupyter, or on a terminal; nothing in a log), or a
+    callable ``progress(done, total)`` is called after every call (two per case).
     """
     params = {"max_tokens": max_tokens, "temperature": temperature}
     options = _Options(scorer, threshold, confidence, resamples, seed, params)
     cases = _setup(client, dataset, want_async=False)
+    report_to = reporter(progress, f"evaluating {tenant}/{task}")
     replies = []
     total = 2 * len(cases)
     for i, case in enumerate(cases):
         adapted = client.chat(tenant, task, case.messages, arm="adapter", **options.params)
         _served_adapter(adapted, i)
-        if progress is not None:
-            progress(2 * i + 1, total)
+        if report_to is not None:
+            report_to(2 * i + 1, total)
         base = client.chat(tenant, task, case.messages, arm="control", **options.params)
-        if progress is not None:
-            progress(2 * i + 2, total)
+        if report_to is not None:
+            report_to(2 * i + 2, total)
         replies.append((base, adapted))
     return _report(tenant, task, cases, replies, options)
 
@@ -356,12 +355,13 @@ async def aevaluate(
     max_tokens: int | None = None,
     temperature: float | None = 0.0,
     concurrency: int = 8,
-    progress: Progress | None = None,
+    progress: ProgressArg = None,
 ) -> EvalReport:
     """The async twin of :func:`evaluate`, with up to ``concurrency`` calls in flight."""
     params = {"max_tokens": max_tokens, "temperature": temperature}
     options = _Options(scorer, threshold, confidence, resamples, seed, params)
     cases = _setup(client, dataset, want_async=True)
+    report_to = reporter(progress, f"evaluating {tenant}/{task}")
     gate = asyncio.Semaphore(max(1, concurrency))
     total, done = 2 * len(cases), 0
 
@@ -370,8 +370,8 @@ async def aevaluate(
         async with gate:
             reply = await client.chat(tenant, task, case.messages, arm=arm, **options.params)
         done += 1
-        if progress is not None:
-            progress(done, total)
+        if report_to is not None:
+            report_to(done, total)
         return reply
 
     adapted = await asyncio.gather(*(answer(c, "adapter") for c in cases))

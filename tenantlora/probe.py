@@ -52,12 +52,15 @@ from tenantlora._probe_plan import (
     Ask,
     Between,
     DecodeWhileLoad,
+    Step,
     Target,
     Together,
     check,
     plan,
+    requests_in,
     targets_of,
 )
+from tenantlora._progress import ProgressArg, reporter
 from tenantlora.backends.base import AsyncBackend, Backend
 from tenantlora.types import AdapterRecord, ChatRequest, Message
 
@@ -206,6 +209,23 @@ class ProbeReport:
         }
 
 
+def _ticker(steps: Sequence[Step], progress: ProgressArg) -> Callable[[Step | None], None]:
+    """Called with each step as it starts (and None at the end): reports requests sent so far."""
+    report_to = reporter(progress, "isolation probe")
+    total = sum(requests_in(step) for step in steps)
+    done = 0
+
+    def tick(step: Step | None) -> None:
+        nonlocal done
+        if report_to is None:
+            return
+        report_to(done, total)
+        if step is not None:
+            done += requests_in(step)
+
+    return tick
+
+
 def _request(prompt: str, max_tokens: int, extra: Mapping[str, Any] | None) -> ChatRequest:
     return ChatRequest(
         messages=[Message(role="user", content=prompt)],
@@ -257,6 +277,7 @@ def isolation_probe(
     sequences: Iterable[str] = SEQUENCES,
     between: Callable[[], None] | None = None,
     loads: Iterable[AdapterRecord | str] = (),
+    progress: ProgressArg = None,
 ) -> ProbeReport:
     """Probe ``backend`` for cross-tenant leaks; see the module docstring.
 
@@ -275,6 +296,9 @@ def isolation_probe(
     share batches, so answers that stop after a few tokens give a leak few chances; on vLLM,
     ``extra={"min_tokens": 32}`` (with ``max_tokens`` >= 32) keeps every row generating, and in
     the same batches, for 32 steps.
+
+    ``progress``: True shows a bar (in Jupyter, or on a terminal), or a callable
+    ``progress(done, total)`` counts the requests as each step starts (and at the end).
     """
     chosen = check(prompts, rounds, max_tokens, sequences)
     targets = targets_of(adapters, include_base)
@@ -307,8 +331,10 @@ def isolation_probe(
 
     seen: _Seen = []
     width = max(len(targets) * len(prompts), len(targets))
+    tick = _ticker(steps, progress)
     with ThreadPoolExecutor(max_workers=width) as pool:
         for step in steps:
+            tick(step)
             if isinstance(step, Ask):
                 seen.append((step, ask(step)))
             elif isinstance(step, Between):
@@ -325,6 +351,7 @@ def isolation_probe(
                 seen.extend(zip(step.asks, [f.result() for f in futures], strict=True))
             else:
                 seen.extend(_decode_while_load(pool, step, ask, decode, timeout))
+    tick(None)
     return _report(targets, prompts, rounds, chosen, seen)
 
 
@@ -364,6 +391,7 @@ async def aisolation_probe(
     sequences: Iterable[str] = SEQUENCES,
     between: Callable[[], Any] | None = None,
     loads: Iterable[AdapterRecord | str] = (),
+    progress: ProgressArg = None,
 ) -> ProbeReport:
     """The async twin of :func:`isolation_probe` (a concurrent round is one ``gather``).
 
@@ -402,7 +430,9 @@ async def aisolation_probe(
         return "".join(parts)
 
     seen: _Seen = []
+    tick = _ticker(steps, progress)
     for step in steps:
+        tick(step)
         if isinstance(step, Ask):
             seen.append((step, await ask(step)))
         elif isinstance(step, Between):
@@ -428,4 +458,5 @@ async def aisolation_probe(
             go.set()
             decoded = await asyncio.gather(*tasks)
             seen.extend([*zip(step.decoders, decoded, strict=True), (step.load, loaded)])
+    tick(None)
     return _report(targets, prompts, rounds, chosen, seen)

@@ -874,9 +874,11 @@ def check_preloaded(result: Preloaded, fake: VLLMFake) -> None:
 def test_preload_loads_what_it_can_and_reports_the_rest(fake: VLLMFake, tmp_path: Path) -> None:
     """preload returns Preloaded(loaded, failed); a preloaded adapter then costs one chat."""
     records = preload_records(tmp_path)
+    seen: list[tuple[int, int]] = []
     with make(fake.url, max_lora_rank=8) as backend:
-        result = backend.preload(records)
+        result = backend.preload(records, progress=lambda done, total: seen.append((done, total)))
         check_preloaded(result, fake)
+        assert seen == [(i, 5) for i in range(6)]
         before = len(fake.server.requests)
         assert backend.chat(REQUEST, adapter="good-1", record=records[0]).text == answer("good-1")
         assert fake.trace()[before:] == ["chat good-1"]
@@ -889,8 +891,11 @@ async def test_apreload_loads_what_it_can_and_reports_the_rest(
 ) -> None:
     """The async twin of preload."""
     records = preload_records(tmp_path)
+    seen: list[tuple[int, int]] = []
     async with make(fake.url, max_lora_rank=8) as backend:
-        check_preloaded(await backend.apreload(records), fake)
+        result = await backend.apreload(records, progress=lambda d, t: seen.append((d, t)))
+        check_preloaded(result, fake)
+        assert seen == [(i, 5) for i in range(6)]
         assert sorted(ids(await backend.aloaded())) == sorted([ADAPTER, "good-1", "good-2"])
 
 

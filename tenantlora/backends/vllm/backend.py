@@ -31,6 +31,7 @@ from tenantlora._digests import DigestMemo
 from tenantlora._env import build_from_env
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
+from tenantlora._progress import ProgressArg, reporter
 from tenantlora.backends._stored import alocalized, localized
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.http import DEFAULT_TIMEOUT
@@ -318,14 +319,21 @@ class VLLM(BaseBackend):
             if close is not None:
                 close()
 
-    def preload(self, records: Iterable[AdapterRecord]) -> Preloaded:
+    def preload(
+        self, records: Iterable[AdapterRecord], *, progress: ProgressArg = None
+    ) -> Preloaded:
         """Load each record's adapter on its tenant's replica now (warm-up before traffic).
 
         Never raises for one adapter: what could not be loaded is in ``failed`` with the reason.
+        ``progress``: True shows a bar (Jupyter or a terminal), or ``progress(done, total)``.
         """
         loaded: dict[str, str] = {}
         failed: dict[str, str] = {}
-        for record in records:
+        records = list(records)
+        report_to = reporter(progress, "preloading adapters")
+        for done, record in enumerate(records):
+            if report_to is not None:
+                report_to(done, len(records))
             adapter = record.adapter_id
             try:
                 record = localized(self._store, record, self.name, adapter) or record
@@ -337,6 +345,8 @@ class VLLM(BaseBackend):
                 failed[adapter] = str(exc)
             else:
                 loaded[adapter] = replica.url
+        if report_to is not None:
+            report_to(len(records), len(records))
         return Preloaded(loaded, failed)
 
     def forget_tenant(self, tenant: str, digests: Iterable[str] = ()) -> list[str]:
@@ -425,11 +435,17 @@ class VLLM(BaseBackend):
             if aclose is not None:
                 await aclose()
 
-    async def apreload(self, records: Iterable[AdapterRecord]) -> Preloaded:
+    async def apreload(
+        self, records: Iterable[AdapterRecord], *, progress: ProgressArg = None
+    ) -> Preloaded:
         """The async twin of :meth:`preload` (loads one after another, in order)."""
         loaded: dict[str, str] = {}
         failed: dict[str, str] = {}
-        for record in records:
+        records = list(records)
+        report_to = reporter(progress, "preloading adapters")
+        for done, record in enumerate(records):
+            if report_to is not None:
+                report_to(done, len(records))
             adapter = record.adapter_id
             try:
                 record = await alocalized(self._store, record, self.name, adapter) or record
@@ -441,6 +457,8 @@ class VLLM(BaseBackend):
                 failed[adapter] = str(exc)
             else:
                 loaded[adapter] = replica.url
+        if report_to is not None:
+            report_to(len(records), len(records))
         return Preloaded(loaded, failed)
 
     async def aloaded(self, replica: str | None = None) -> list[str]:
