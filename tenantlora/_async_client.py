@@ -29,7 +29,7 @@ from tenantlora.registry.base import AdapterRegistry, AsyncAdapterRegistry
 from tenantlora.resolver import AsyncAdapterResolver
 from tenantlora.retry import RetryPolicy, acall_with_retries
 from tenantlora.routing import Experiment
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Tool
 
 if TYPE_CHECKING:
     from tenantlora.explain import Explanation
@@ -104,14 +104,25 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatResponse:
         """Answer with ``tenant``'s adapter for ``task``; see :meth:`TenantLoRA.chat`."""
-        # Two lines, not nine: the four call sites of the twins stay short and identical.
-        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm,
-                      on_no_adapter=on_no_adapter)  # fmt: skip
+        params = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            extra=extra,
+            arm=arm,
+            on_no_adapter=on_no_adapter,
+        )
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False, request=request)
         try:
@@ -141,14 +152,25 @@ class AsyncTenantLoRA(BaseClient, AsyncClosing):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> AsyncChatStream:
         """Like :meth:`chat`, streamed: ``async for chunk in client.stream(...)``."""
-        # Two lines, not nine: the four call sites of the twins stay short and identical.
-        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm,
-                      on_no_adapter=on_no_adapter)  # fmt: skip
+        params = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            extra=extra,
+            arm=arm,
+            on_no_adapter=on_no_adapter,
+        )
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()

@@ -7,6 +7,7 @@ only add the awaits (or not) around it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import (
     Callable,
     Mapping,
@@ -92,13 +93,34 @@ def _where(loc: Sequence[object]) -> str:
     return text
 
 
+# The names pydantic puts in a location for the branch of a union it tried ("str",
+# "tuple[function-after[...], ...]"): not fields, so not shown.
+_BRANCH = re.compile(r"[\[(]|^(str|int|float|bool|none|dict|list|tuple)$")
 _PHRASES = {
     "missing": "is required",
     "string_type": "must be a string",
-    "model_type": "must be a {'role': ..., 'content': ...} mapping",
-    "dict_type": "must be a {'role': ..., 'content': ...} mapping",
     "too_short": "needs at least one message",
 }
+_EITHER = {  # what a field that takes either of two shapes must be
+    "content": "must be a string or a list of content parts",
+    "tool_choice": "must be 'auto', 'none', 'required' or a mapping naming a function",
+}
+
+
+def _phrase(err: Any, path: Sequence[object]) -> str:
+    if err["type"] in ("model_type", "dict_type"):
+        at_message = len(path) == 2 and path[0] == "messages"
+        return (
+            "must be a {'role': ..., 'content': ...} mapping"
+            if at_message
+            else ("must be a mapping")
+        )
+    found = _PHRASES.get(err["type"])
+    if found is not None:
+        return found
+    # Pydantic's own text for the rest never holds the input (include_input=False); ours
+    # (the model validators') names fields only.
+    return str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
 
 
 def _invalid_messages(exc: ValidationError) -> InvalidRequestError:
@@ -107,16 +129,30 @@ def _invalid_messages(exc: ValidationError) -> InvalidRequestError:
     Built from locations and error types only: pydantic's own text quotes the input (a prompt),
     so it is neither copied nor chained. When a message is invalid, pydantic also reports the
     list as empty ("at least 1 item after validation"), which is false: that line is dropped.
+    A field that takes either of two shapes (content: text or parts) gets one line, not one per
+    shape tried.
     """
     errors = exc.errors(include_input=False, include_url=False)
     items = any(len(err["loc"]) > 1 for err in errors)
-    problems = []
+    problems: dict[str, str] = {}
+    branches: set[str] = set()  # where a union's branch failed: dropped if another went deeper
     for err in errors:
-        if err["type"] == "too_short" and items:
+        if err["type"] == "too_short" and items and len(err["loc"]) == 1:
             continue
-        phrase = _PHRASES.get(err["type"]) or err["msg"].replace("Input should be", "must be")
-        problems.append(f"{_where(err['loc'])} {phrase}")
-    return InvalidRequestError("invalid chat request: " + "; ".join(problems))
+        path = [p for p in err["loc"] if not (isinstance(p, str) and _BRANCH.search(p))]
+        where, phrase = _where(path), _phrase(err, path)
+        if len(path) < len(err["loc"]):
+            branches.add(where)
+        if where in problems and problems[where] != phrase:
+            last = path[-1] if path else ""
+            phrase = _EITHER.get(str(last), "has the wrong type")
+        problems[where] = phrase
+    for where in branches:
+        if any(other.startswith((where + "[", where + ".")) for other in problems):
+            del problems[where]  # e.g. content was not text, but parts with a bad part
+    return InvalidRequestError(
+        "invalid chat request: " + "; ".join(f"{w} {p}" for w, p in problems.items())
+    )
 
 
 class BaseClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Generator
 
 from tenantlora._lifecycle import AsyncClosing, Closing
-from tenantlora.types import ChatChunk, ChatResponse, Usage
+from tenantlora.types import ChatChunk, ChatResponse, FunctionCall, ToolCall, Usage
 
 __all__ = ["AsyncChatStream", "ChatStream"]
 
@@ -13,10 +13,11 @@ __all__ = ["AsyncChatStream", "ChatStream"]
 class Accumulator:
     """Builds the final :class:`ChatResponse` of a stream from its chunks."""
 
-    __slots__ = ("finish_reason", "model", "parts", "request_id", "usage")
+    __slots__ = ("calls", "finish_reason", "model", "parts", "request_id", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.model: str | None = None
@@ -28,14 +29,24 @@ class Accumulator:
         self.usage = chunk.usage or self.usage
         self.model = chunk.model or self.model
         self.request_id = chunk.request_id or self.request_id
+        for piece in chunk.tool_calls or ():
+            call = self.calls.setdefault(piece.index, ["", "", ""])
+            call[0] = piece.id or call[0]
+            call[1] = piece.name or call[1]
+            call[2] += piece.arguments
 
     def response(self) -> ChatResponse:
+        calls = tuple(
+            ToolCall(id=c[0] or f"call_{i}", function=FunctionCall(name=c[1], arguments=c[2]))
+            for i, c in sorted(self.calls.items())
+        )
         return ChatResponse(
             text="".join(self.parts),
             finish_reason=self.finish_reason,
             usage=self.usage or Usage(),
             model=self.model,
             request_id=self.request_id,
+            tool_calls=calls or None,
         )
 
 

@@ -29,7 +29,7 @@ from tenantlora.registry.base import AdapterRegistry
 from tenantlora.resolver import AdapterResolver
 from tenantlora.retry import RetryPolicy, call_with_retries
 from tenantlora.routing import Experiment
-from tenantlora.types import ChatChunk, ChatRequest, ChatResponse
+from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Tool
 
 if TYPE_CHECKING:
     from tenantlora.explain import Explanation
@@ -101,6 +101,8 @@ class TenantLoRA(BaseClient, Closing):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatResponse:
@@ -108,14 +110,27 @@ class TenantLoRA(BaseClient, Closing):
 
         ``unit`` is the A/B unit key (a user or session ID); ``arm`` pins the A/B arm
         (``"control"`` = the base model, ``"adapter"`` = the tenant's adapter when it has a ready
-        one) whatever the experiments say; ``timeout`` overrides the client's.
+        one) whatever the experiments say; ``timeout`` overrides the client's. ``messages``,
+        ``tools``, ``tool_choice`` and ``response_format`` take OpenAI's shapes (content parts,
+        tool calls and answers; see ``docs/tools.md``) and the reply carries ``tool_calls``; a
+        backend that cannot honour one raises InvalidRequestError before sending anything.
+        ``on_no_adapter`` overrides the policy's for this call.
         Raises :class:`~tenantlora.errors.InvalidRequestError` before any I/O on bad input, and
         :class:`~tenantlora.errors.BackendError` subclasses when the backend fails after retries.
         """
-        # Two lines, not nine: the four call sites of the twins stay short and identical.
-        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm,
-                      on_no_adapter=on_no_adapter)  # fmt: skip
+        params = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            extra=extra,
+            arm=arm,
+            on_no_adapter=on_no_adapter,
+        )
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=False, request=request)
         try:
@@ -145,6 +160,8 @@ class TenantLoRA(BaseClient, Closing):
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         on_no_adapter: Literal["fallback", "raise"] | None = None,
     ) -> ChatStream:
@@ -153,10 +170,19 @@ class TenantLoRA(BaseClient, Closing):
         Input is validated now; the registry and backend are reached on the first ``next()``.
         Retries and the base-model fallback apply until the first chunk arrives.
         """
-        # Two lines, not nine: the four call sites of the twins stay short and identical.
-        params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                      seed=seed, response_format=response_format, extra=extra, arm=arm,
-                      on_no_adapter=on_no_adapter)  # fmt: skip
+        params = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            response_format=response_format,
+            tools=tools,
+            tool_choice=tool_choice,
+            extra=extra,
+            arm=arm,
+            on_no_adapter=on_no_adapter,
+        )
         request = self._prepare(tenant, task, messages, params)
         call = self._start(tenant, task, stream=True, request=request)
         outcome = Outcome()

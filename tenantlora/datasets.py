@@ -43,7 +43,7 @@ class Example:
     @property
     def messages(self) -> list[dict[str, str]]:
         """The whole conversation as chat dicts, the completion last as the assistant's turn."""
-        prompt = [{"role": m.role, "content": m.content} for m in self.prompt_messages]
+        prompt = [{"role": m.role, "content": m.text} for m in self.prompt_messages]
         return [*prompt, {"role": "assistant", "content": self.completion}]
 
 
@@ -71,7 +71,7 @@ def _chat_row(messages: object) -> Example:
         raise ValueError("the last message must be the assistant's (the training target)")
     if not any(m.role == "user" for m in parsed[:-1]):
         raise ValueError("no user message before the assistant's answer")
-    return Example(prompt_messages=tuple(parsed[:-1]), completion=parsed[-1].content)
+    return Example(prompt_messages=tuple(parsed[:-1]), completion=parsed[-1].text)
 
 
 def _parse_row(row: object) -> Example:
@@ -112,7 +112,7 @@ def _rows(
 
 
 def _prompt_key(example: Example) -> str:
-    blob = json.dumps([[m.role, m.content] for m in example.prompt_messages])
+    blob = json.dumps([[m.role, m.text] for m in example.prompt_messages])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -121,12 +121,9 @@ def normalized_prompt_key(messages: Iterable[Message | Mapping[str, Any]]) -> st
     held-out case is also a training example (an overlap that would flatter the adapter)."""
     parts = []
     for message in messages:
-        role, content = (
-            (message.role, message.content)
-            if isinstance(message, Message)
-            else (message.get("role"), message.get("content"))
-        )
-        parts.append([str(role), " ".join(str(content).split()).casefold()])
+        if not isinstance(message, Message):
+            message = Message.model_validate(dict(message))
+        parts.append([message.role, " ".join(message.text.split()).casefold()])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -139,7 +136,7 @@ def _count_tokens(tokenizer: PreTrainedTokenizerBase, example: Example) -> int:
 def _check_example(
     example: Example, max_chars: int | None, max_tokens: int | None, tokenizer: Any
 ) -> None:
-    chars = sum(len(m.content) for m in example.prompt_messages) + len(example.completion)
+    chars = sum(len(m.text) for m in example.prompt_messages) + len(example.completion)
     if max_chars is not None and chars > max_chars:
         raise ValueError(f"too long: {chars} characters (max_chars={max_chars})")
     if max_tokens is not None:

@@ -178,7 +178,7 @@ class Telemetry:
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
         if self.capture_content:
             attributes["gen_ai.input.messages"] = json.dumps(
-                [{"role": m.role, "content": m.content} for m in messages]
+                [m.model_dump(mode="json", exclude_none=True) for m in messages]
             )
             if response is not None:
                 attributes["gen_ai.output.messages"] = json.dumps(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tenantlora._display import clip, html_table
 from tenantlora.naming import validate_task, validate_tenant
@@ -24,11 +24,18 @@ __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResponse",
+    "ContentPart",
     "FallbackReason",
+    "FunctionCall",
+    "FunctionSpec",
+    "ImageURL",
     "Message",
     "Role",
     "Route",
     "TenantAdapters",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
@@ -78,12 +85,114 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ImageURL(_Frozen):
+    """An image in a message, by URL (``https://...`` or a ``data:`` URL), as OpenAI takes it."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ContentPart(_Frozen):
+    """One part of a message's content, shaped as in OpenAI's API: ``{"type": "text", "text":
+    ...}`` or ``{"type": "image_url", "image_url": {"url": ...}}``."""
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ContentPart:
+        if self.type == "text" and (self.text is None or self.image_url is not None):
+            raise ValueError("a text part has text (and no image_url)")
+        if self.type == "image_url" and (self.image_url is None or self.text is not None):
+            raise ValueError("an image_url part has image_url (and no text)")
+        return self
+
+
+class FunctionCall(_Frozen):
+    """The function a model asked to call: its name and its arguments as the JSON text the
+    model wrote (parse it yourself: a model may write invalid JSON)."""
+
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Frozen):
+    """One tool call in an assistant's reply (and in the history you send back)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(_Frozen):
+    """A piece of a tool call in a stream: ``index`` says which call it extends; ``id`` and
+    ``name`` come once, ``arguments`` in fragments. The stream's ``response`` has them whole."""
+
+    index: int = Field(ge=0)
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class FunctionSpec(_Frozen):
+    """A function the model may call: name, description, JSON Schema of its parameters."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Frozen):
+    """A tool offered to the model (``tools=[...]`` on a chat), as in OpenAI's API."""
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
 class Message(_Frozen):
-    """One chat message."""
+    """One chat message, as in OpenAI's API: ``content`` is text or content parts (text and
+    images); an assistant message may carry ``tool_calls`` (then ``content`` may be None) and a
+    ``tool`` message answers one of them (``tool_call_id``)."""
 
     role: Role
-    content: str
+    content: str | tuple[ContentPart, ...] | None
     name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _assistant_calls(cls, data: Any) -> Any:
+        # An assistant message that only calls tools may leave content out, as OpenAI's does.
+        if isinstance(data, dict) and data.get("tool_calls") and "content" not in data:
+            return {**data, "content": None}
+        return data
+
+    @model_validator(mode="after")
+    def _roles(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (None only on an assistant's tool calls)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls belong to assistant messages")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs tool_call_id (and only a tool message has one)")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The message's text: ``content`` itself, or its text parts joined ("" for none)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content or ())
+
+    @property
+    def has_images(self) -> bool:
+        """Whether ``content`` has an image part."""
+        return not isinstance(self.content, str) and any(
+            part.type == "image_url" for part in self.content or ()
+        )
 
 
 class Usage(_Frozen):
@@ -107,6 +216,8 @@ class ChatRequest(_Frozen):
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     response_format: dict[str, Any] | None = None
+    tools: tuple[Tool, ...] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("stop", mode="before")
@@ -136,6 +247,7 @@ class ChatResponse(_Frozen):
     latency_ms: float = 0.0
     retries: int = 0
     request_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
 
     def __repr__(self) -> str:
         served = (
@@ -170,6 +282,7 @@ class ChatChunk(_Frozen):
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str | None = None
+    tool_calls: tuple[ToolCallDelta, ...] | None = None
     tenant: str | None = None
     task: str | None = None
     adapter: str | None = None

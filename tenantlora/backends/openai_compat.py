@@ -30,7 +30,12 @@ from tenantlora._http.secrets import foreign
 from tenantlora._http.sse import SSEEvent
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora.backends.http import DEFAULT_TIMEOUT, AssemblerBase, HTTPBackend
-from tenantlora.backends.wire import add_sampling, parse_usage
+from tenantlora.backends.wire import (
+    add_sampling,
+    parse_tool_call_deltas,
+    parse_tool_calls,
+    parse_usage,
+)
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -139,10 +144,23 @@ class OpenAICodec:
 # -- request ------------------------------------------------------------------------------------
 
 
-def _message(message: Message) -> dict[str, str]:
-    item = {"role": message.role, "content": message.content}
+def _message(message: Message) -> dict[str, Any]:
+    """A message as OpenAI's API takes it (parts, tool calls and tool answers included)."""
+    content = message.content
+    item: dict[str, Any] = {
+        "role": message.role,
+        "content": (
+            [part.model_dump(exclude_none=True) for part in content]
+            if isinstance(content, tuple)
+            else content
+        ),
+    }
     if message.name is not None:
         item["name"] = message.name
+    if message.tool_call_id is not None:
+        item["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
     return item
 
 
@@ -150,6 +168,10 @@ def build_body(request: ChatRequest, model: str, *, stream: bool) -> dict[str, A
     """The chat/completions body: set fields only, then ``request.extra`` (minus reserved keys)."""
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
     add_sampling(body, request)
+    if request.tools:
+        body["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -244,6 +266,10 @@ def _parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -
         raise invalid_response("choices[0] has no message object", ctx)
     # Values are type-checked above, so validation cannot fail; pydantic-core's validating
     # constructor is also faster than model_construct here (about 2 us vs 6 us).
+    try:
+        calls = parse_tool_calls(message.get("tool_calls"))
+    except ValueError as exc:
+        raise invalid_response(f"choices[0].message: {exc}", ctx) from None
     return ChatResponse(
         text=_content(message.get("content"), ctx),
         finish_reason=_str_or_none(choice.get("finish_reason")),
@@ -252,6 +278,7 @@ def _parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -
         adapter=ctx.adapter,
         backend=ctx.backend,
         request_id=_request_id(headers, data),
+        tool_calls=calls,
     )
 
 
@@ -296,7 +323,17 @@ class ChunkAssembler(AssemblerBase):
         choice = choices[0]
         delta = choice.get("delta")
         text = _content(delta.get("content"), self._ctx) if isinstance(delta, dict) else ""
+        try:
+            calls = parse_tool_call_deltas(delta.get("tool_calls")) if delta else None
+        except ValueError as exc:
+            raise invalid_response(f"a stream event: {exc}", self._ctx) from None
         finish = _str_or_none(choice.get("finish_reason"))
+        if calls:
+            # Tool-call pieces go out at once, on a chunk of their own (with any text).
+            chunk = self._chunk(text).model_copy(update={"tool_calls": calls})
+            if finish is not None:
+                self._finish = finish
+            return chunk
         if finish is not None:
             self._finish, self._tail = finish, self._tail + text
             return None

@@ -199,7 +199,7 @@ class FeedbackLog:
         if label is not None and self.store is not None and served.prompt is not None:
             example = {
                 "messages": [
-                    *({"role": m.role, "content": m.content} for m in served.prompt),
+                    *({"role": m.role, "content": m.text} for m in served.prompt),
                     {"role": "assistant", "content": label},
                 ]
             }

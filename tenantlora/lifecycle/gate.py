@@ -162,7 +162,7 @@ def decide(
 
 def evaluation_digest(cases: Sequence[EvalCase]) -> str:
     """``sha256:`` over the held-out set (prompts and expected answers, in order)."""
-    blob = json.dumps([[[m.role, m.content] for m in c.messages] + [c.expected] for c in cases])
+    blob = json.dumps([[[m.role, m.text] for m in c.messages] + [c.expected] for c in cases])
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -99,7 +99,7 @@ def scripted(*outcomes: ChatResponse | str | BaseException) -> Handler:
 
 
 def _echo(request: ChatRequest, adapter: str | None) -> str:
-    return f"[{adapter or 'base'}] {request.messages[-1].content}"
+    return f"[{adapter or 'base'}] {request.messages[-1].text}"
 
 
 class FakeBackend(BaseBackend):

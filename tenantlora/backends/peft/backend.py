@@ -33,6 +33,7 @@ from tenantlora._location import local_path
 from tenantlora.backends._stored import alocalized, localized
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.peft.worker import DeltaSink, Job, LocalPeftStats, Worker
+from tenantlora.backends.wire import refuse_unsupported
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendTimeoutError,
@@ -188,7 +189,9 @@ class LocalPeft(BaseBackend):
     # -- requests ----------------------------------------------------------------------------
 
     def _check_sampling(self, request: ChatRequest, adapter: str | None) -> None:
-        """Refuse, before the request is queued, what ``generate`` would fail on midway."""
+        """Refuse, before the request is queued, what ``generate`` would fail on midway, and
+        what a local model cannot do here (images, tools)."""
+        refuse_unsupported(request, self.name)
         problem = sampling_problem(request.temperature, request.seed)
         if problem is not None:
             raise BadRequestError(

@@ -148,7 +148,7 @@ class RowStops(StoppingCriteria):
 def render_prompt(tokenizer: PreTrainedTokenizerBase, job: Job) -> str:
     """The request's messages through the chat template, ready for the assistant's turn."""
     messages = [
-        {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+        {"role": m.role, "content": m.text, **({"name": m.name} if m.name else {})}
         for m in job.request.messages
     ]
     if tokenizer.chat_template:

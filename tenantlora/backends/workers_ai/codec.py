@@ -15,6 +15,7 @@ from tenantlora._http.errors import CallContext, ErrorInfo, error_info, invalid_
 from tenantlora._http.secrets import foreign
 from tenantlora._http.sse import SSEEvent
 from tenantlora.backends.http import AssemblerBase
+from tenantlora.backends.wire import parse_tool_calls
 from tenantlora.backends.workers_ai.wire import (
     CODE_STATUS,
     build_run_body,
@@ -49,6 +50,7 @@ class WorkersAICodec:
             raise _envelope_error(data, headers, ctx)
         try:
             text, usage, finish = parse_run_result(result)
+            calls = parse_tool_calls(result.get("tool_calls"))
         except ValueError as exc:
             raise invalid_response(str(exc), ctx) from None
         return ChatResponse(
@@ -59,6 +61,7 @@ class WorkersAICodec:
             adapter=ctx.adapter,
             backend=ctx.backend,
             request_id=headers.get("cf-ray"),
+            tool_calls=calls,
         )
 
     def assembler(self, ctx: CallContext) -> StreamAssembler:

@@ -35,7 +35,7 @@ from tenantlora._http.errors import (
     default_status_error,
     describe_status,
 )
-from tenantlora.backends.wire import add_sampling, parse_usage
+from tenantlora.backends.wire import add_sampling, parse_usage, refuse_unsupported
 from tenantlora.errors import (
     AdapterNotAvailableError,
     BackendError,
@@ -120,9 +120,17 @@ def model_type_for(model: str) -> str | None:
 # -- requests -----------------------------------------------------------------------------------
 
 
-def _message(message: Message) -> dict[str, str]:
-    # Only role and content: the schemas declare nothing else for a message.
-    return {"role": message.role, "content": message.content}
+def _message(message: Message) -> dict[str, Any]:
+    # Role and content (text, or text parts): the schemas declare nothing else for a message;
+    # a tool's answer goes as role "tool" with its text, an assistant's calls as their text.
+    if isinstance(message.content, tuple):
+        parts = [{"type": "text", "text": part.text or ""} for part in message.content]
+        return {"role": message.role, "content": parts}
+    return {"role": message.role, "content": message.text}
+
+
+def _tools(request: ChatRequest) -> list[dict[str, Any]]:
+    return [tool.model_dump(exclude_none=True) for tool in request.tools or ()]
 
 
 def build_run_body(
@@ -143,10 +151,13 @@ def build_run_body(
     """
     if request.stop is not None:
         raise InvalidRequestError("Workers AI has no stop sequences; remove request.stop")
+    refuse_unsupported(request, "Workers AI", tools=True)
     prompt = request.extra.get("prompt")
     body: dict[str, Any]
     if prompt is None:
         body = {"messages": [_message(m) for m in request.messages]}
+        if request.tools:
+            body["tools"] = _tools(request)
     elif isinstance(prompt, str) and prompt:
         body = {"prompt": prompt, "raw": True}
     else:
