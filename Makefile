@@ -16,8 +16,9 @@ VLLM_VENV  ?= $(CACHE_DIR)/venv-$(subst ==,-,$(VLLM))
 VLLM_STAMP := $(VLLM_VENV)/.installed
 export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 
-# Debian packages the tests run for real (real servers, not mocks), installed when missing.
-DEBIAN_PACKAGES ?= redis-server postgresql
+# Debian packages the tests run for real (real servers, not mocks; chromium for the docs site
+# check, scripts/check_site.py), installed when missing.
+DEBIAN_PACKAGES ?= redis-server postgresql chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install vllm system lint typecheck pytest docs test bench demo clean
@@ -45,7 +46,7 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 vllm: $(VLLM_STAMP)
 
 system:
-	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/postgres; } >/dev/null 2>&1 || \
+	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/postgres && command -v chromium; } >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
 lint: install
@@ -59,7 +60,7 @@ pytest: install vllm system
 	$(BIN)/pytest -q
 
 docs: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint typecheck pytest docs
 
