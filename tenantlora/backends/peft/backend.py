@@ -373,6 +373,8 @@ def _engine_class() -> type[Engine]:
         missing = exc.name or "a dependency"
         raise ConfigurationError(
             f"LocalPeft needs {missing!r}, which is not installed; "
-            "install it with: pip install 'tenantlora[peft]'"
+            "install it with: pip install 'tenantlora[peft]' (install the torch build you want "
+            "first, e.g. the CPU one: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu)"
         ) from exc
     return Engine
