@@ -205,9 +205,15 @@ class HTTPBackend(BaseBackend):
         )
 
     def _encode(
-        self, request: ChatRequest, adapter: str | None, ctx: CallContext, *, stream: bool
+        self,
+        codec: ChatCodec,
+        request: ChatRequest,
+        adapter: str | None,
+        ctx: CallContext,
+        *,
+        stream: bool,
     ) -> bytes:
-        body = self.codec.body(request, adapter, stream=stream)  # may refuse: InvalidRequestError
+        body = codec.body(request, adapter, stream=stream)  # may refuse: InvalidRequestError
         try:
             return _ENCODER.encode(body).encode()
         except (TypeError, ValueError) as exc:
@@ -221,25 +227,32 @@ class HTTPBackend(BaseBackend):
 
     def _chat(self, call: Call) -> ChatResponse:
         """One chat call; see :class:`~tenantlora.backends.Backend`."""
-        request, adapter, timeout = call.request, call.adapter, call.timeout
-        codec = self.codec
-        ctx = CallContext(self.name, adapter, codec.path)
-        body = self._encode(request, adapter, ctx, stream=False)
-        data, headers = self._http.send_json(
-            "POST", codec.path, ctx=ctx, content=body, timeout=timeout
-        )
-        return codec.response(data, headers, ctx)
+        return self._chat_with(self.codec, call)
 
     def _stream(self, call: Call) -> Iterator[ChatChunk]:
         """Stream text deltas; the last chunk carries finish_reason and usage.
 
         Close the generator if you stop early: the response is drained and closed either way.
         """
+        return self._stream_with(self.codec, call)
+
+    def _chat_with(self, codec: ChatCodec, call: Call) -> ChatResponse:
+        """One chat call encoded and decoded by ``codec`` (a backend whose body depends on
+        per-call facts, as llama.cpp's adapter ids, makes one per call)."""
         request, adapter, timeout = call.request, call.adapter, call.timeout
-        ctx = CallContext(self.name, adapter, self.codec.path)
-        body = self._encode(request, adapter, ctx, stream=True)
-        events = self._http.stream_sse(self.codec.path, body, ctx=ctx, timeout=timeout)
-        assembler = self.codec.assembler(ctx)
+        ctx = CallContext(self.name, adapter, codec.path)
+        body = self._encode(codec, request, adapter, ctx, stream=False)
+        data, headers = self._http.send_json(
+            "POST", codec.path, ctx=ctx, content=body, timeout=timeout
+        )
+        return codec.response(data, headers, ctx)
+
+    def _stream_with(self, codec: ChatCodec, call: Call) -> Iterator[ChatChunk]:
+        request, adapter, timeout = call.request, call.adapter, call.timeout
+        ctx = CallContext(self.name, adapter, codec.path)
+        body = self._encode(codec, request, adapter, ctx, stream=True)
+        events = self._http.stream_sse(codec.path, body, ctx=ctx, timeout=timeout)
+        assembler = codec.assembler(ctx)
         try:
             for event in events:
                 chunk = assembler.feed(event)
@@ -283,22 +296,28 @@ class HTTPBackend(BaseBackend):
 
     async def _achat(self, call: Call) -> ChatResponse:
         """The async twin of :meth:`chat`."""
+        return await self._achat_with(self.codec, call)
+
+    def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
+        """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+        return self._astream_with(self.codec, call)
+
+    async def _achat_with(self, codec: ChatCodec, call: Call) -> ChatResponse:
+        """The async twin of :meth:`_chat_with`."""
         request, adapter, timeout = call.request, call.adapter, call.timeout
-        codec = self.codec
         ctx = CallContext(self.name, adapter, codec.path)
-        body = self._encode(request, adapter, ctx, stream=False)
+        body = self._encode(codec, request, adapter, ctx, stream=False)
         data, headers = await self._transport(ctx).send_json(
             "POST", codec.path, ctx=ctx, content=body, timeout=timeout
         )
         return codec.response(data, headers, ctx)
 
-    async def _astream(self, call: Call) -> AsyncIterator[ChatChunk]:
-        """The async twin of :meth:`stream` (an async generator: ``aclose()`` it if you stop)."""
+    async def _astream_with(self, codec: ChatCodec, call: Call) -> AsyncIterator[ChatChunk]:
         request, adapter, timeout = call.request, call.adapter, call.timeout
-        ctx = CallContext(self.name, adapter, self.codec.path)
-        body = self._encode(request, adapter, ctx, stream=True)
-        events = self._transport(ctx).stream_sse(self.codec.path, body, ctx=ctx, timeout=timeout)
-        assembler = self.codec.assembler(ctx)
+        ctx = CallContext(self.name, adapter, codec.path)
+        body = self._encode(codec, request, adapter, ctx, stream=True)
+        events = self._transport(ctx).stream_sse(codec.path, body, ctx=ctx, timeout=timeout)
+        assembler = codec.assembler(ctx)
         try:
             async for event in events:
                 chunk = assembler.feed(event)

@@ -43,7 +43,7 @@ from tenantlora.errors import (
 )
 from tenantlora.types import ChatChunk, ChatRequest, ChatResponse, Message, Usage
 
-__all__ = ["OpenAICodec", "OpenAICompatible", "build_body"]
+__all__ = ["ChunkAssembler", "OpenAICodec", "OpenAICompatible", "build_body", "parse_completion"]
 
 CHAT_PATH = "/chat/completions"
 # Body keys the backend owns: request.extra may not override them.
@@ -132,7 +132,7 @@ class OpenAICodec:
         return build_body(request, adapter or self.model, stream=stream)
 
     def response(self, data: Any, headers: Mapping[str, str], ctx: CallContext) -> ChatResponse:
-        return _parse_completion(data, headers, ctx)
+        return parse_completion(data, headers, ctx)
 
     def assembler(self, ctx: CallContext) -> ChunkAssembler:
         return ChunkAssembler(ctx)
@@ -258,7 +258,7 @@ def _first_choice(data: object, ctx: CallContext) -> dict[str, Any]:
     return choices[0]
 
 
-def _parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -> ChatResponse:
+def parse_completion(data: Any, headers: Mapping[str, str], ctx: CallContext) -> ChatResponse:
     """A ChatResponse from a chat.completion body, tolerant of what providers leave out."""
     choice = _first_choice(data, ctx)
     message = choice.get("message")

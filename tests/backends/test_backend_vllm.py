@@ -1114,3 +1114,42 @@ def test_an_adapter_in_a_remote_store_is_loaded_from_the_verified_cache(
                     REQUEST, adapter="v2", record=record("v2", tampered.uri, digest=tampered.digest)
                 )
         assert len(bare.loads) == 1  # nothing was loaded for the tampered version
+
+
+class _Replica:
+    """Just what with_adapter asks of a replica: whether it holds a name."""
+
+    url = "http://replica"
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+
+    def known(self, name: str) -> bool:
+        return name in self.held
+
+    def note(self, name: str) -> None:
+        self.held.add(name)
+
+    def recent_failure(self, name: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize("loaded_meanwhile", [True, False])
+def test_a_refusal_older_than_a_concurrent_load_sends_again(loaded_meanwhile: bool) -> None:
+    """Two first calls race: both are refused (not loaded yet), one loads. The other, refused
+    before that load landed, must not load again (a second 'load' event, a wasted request):
+    it sends again. Without the concurrent load it loads, as usual."""
+    from tenantlora.backends.vllm.flow import Load, Send, with_adapter
+
+    replica = _Replica()
+    flow = with_adapter(replica, "tl-acme-x", "/adapters/x", lambda: None)  # type: ignore[arg-type]
+    assert isinstance(next(flow), Send)
+    if loaded_meanwhile:
+        replica.note("tl-acme-x")  # the other call's load landed while this call was refused
+    step = flow.throw(AdapterNotAvailableError("refused", adapter="tl-acme-x"))
+    assert isinstance(step, Send if loaded_meanwhile else Load)
+    if not loaded_meanwhile:
+        assert isinstance(flow.send(None), Send)
+    with pytest.raises(StopIteration) as done:
+        flow.send("answer")
+    assert done.value.value == "answer"

@@ -12,7 +12,8 @@ the steps with their own I/O. The decisions, in order:
 3. An adapter not known there is checked first (digest, preflight; ``refuse`` raises), then a
    recent refused load on that replica fails at once without a request, then the call is sent
    anyway (the server may serve it already: ``--lora-modules``, another client), and only on
-   "not available" is it loaded, and the call sent once more.
+   "not available" is it loaded, and the call sent once more; unless a concurrent call loaded
+   it in the meantime (its refusal was older than that load), then it is only sent again.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def with_adapter(replica: Replica, name: str, uri: str | None, refuse: Refuse) -
         try:
             result = yield Send(replica)  # it may be served already
         except AdapterNotAvailableError:
-            pass
+            if replica.known(name):  # another call loaded it while this one was refused
+                return (yield Send(replica))
         else:
             replica.note(name)
             return result
