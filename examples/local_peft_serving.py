@@ -60,6 +60,28 @@ def leads_to_show() -> list[Lead]:
     return list(shown.values())
 
 
+def print_leads(client: TenantLoRA) -> list[dict[str, str]]:
+    """One line per lead to show, with each tenant's answer (``*``: the base model answered);
+    returns the last prompt asked."""
+    columns = [*TENANTS, UNKNOWN]
+    print("lead".ljust(44) + "".join(c.ljust(22) for c in columns))
+    prompt: list[dict[str, str]] = []
+    for lead in leads_to_show():
+        # The user message is the lead as the toy model reads it: "company acme corp staff
+        # 400 funding pe-backed sector saas region emea"; the answer "[not] qualified <why>".
+        prompt = [{"role": "user", "content": lead_prompt(lead)}]
+        cells = []
+        for tenant in columns:
+            reply = client.chat(tenant, TASK, prompt, max_tokens=4, temperature=0.0)
+            # reply.adapter is None when the base model answered; fallback_reason says why.
+            # (Servers such as llama.cpp keep the space before the first word: strip it.)
+            mark = "*" if reply.adapter is None else ""
+            cells.append(f"{reply.text.strip()}{mark}".ljust(22))
+        label = f"{lead['staff']} staff, {lead['funding']}, {lead['sector']}, {lead['region']}"
+        print(label.ljust(44) + "".join(cells))
+    return prompt
+
+
 def default_workdir() -> Path:
     return Path(os.environ.get("TENANTLORA_EXAMPLES_DIR", ".tenantlora/examples"))
 
@@ -104,20 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     # far too small to gain from more (and contending threads slow it down a lot).
     backend = LocalPeft(base, threads=1, max_new_tokens=8)
     with TenantLoRA(backend=backend, registry=registry) as client:  # closes the backend too
-        columns = [*TENANTS, UNKNOWN]
-        print("lead".ljust(44) + "".join(c.ljust(22) for c in columns))
-        for lead in leads_to_show():
-            # The user message is the lead as the toy model reads it: "company acme corp staff
-            # 400 funding pe-backed sector saas region emea"; the answer "[not] qualified <why>".
-            prompt = [{"role": "user", "content": lead_prompt(lead)}]
-            cells = []
-            for tenant in columns:
-                reply = client.chat(tenant, TASK, prompt, max_tokens=4, temperature=0.0)
-                # reply.adapter is None when the base model answered; fallback_reason says why.
-                mark = "*" if reply.adapter is None else ""
-                cells.append(f"{reply.text}{mark}".ljust(22))
-            label = f"{lead['staff']} staff, {lead['funding']}, {lead['sector']}, {lead['region']}"
-            print(label.ljust(44) + "".join(cells))
+        prompt = print_leads(client)
         reply = client.chat(UNKNOWN, TASK, prompt, max_tokens=4, temperature=0.0)
         print(f"* {UNKNOWN}: adapter={reply.adapter} fallback_reason={reply.fallback_reason}")
 

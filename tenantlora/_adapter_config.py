@@ -6,12 +6,11 @@ and alpha, the pattern tables, the target modules. Every problem is an
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from tenantlora._adapter_rules import PatternTable
+from tenantlora._adapter_rules import PatternTable, finite_number
 from tenantlora._adapter_rules import fail as _fail
 from tenantlora._safetensors import show_name
 
@@ -57,15 +56,19 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+MAX_RANK = 1 << 16
+"""No LoRA rank is larger (ranks are at most a layer's width): a larger ``r`` is refused."""
+
+
 def rank_and_alpha(config: Mapping[str, Any], path: str) -> tuple[int, float]:
     """Effective rank (``r`` and every ``rank_pattern`` value) and ``lora_alpha`` (default 8)."""
     if "r" not in config:
         raise _fail(path, "missing 'r' (the LoRA rank)")
     r = config["r"]
-    if not is_int(r) or r < 1:
-        raise _fail(path, f"'r' must be a positive integer, got {describe(r)}")
+    if not is_int(r) or not 1 <= r <= MAX_RANK:
+        raise _fail(path, f"'r' must be an integer from 1 to {MAX_RANK}, got {describe(r)}")
     alpha = config.get("lora_alpha", 8)  # PEFT's LoraConfig default
-    if not is_number(alpha) or not math.isfinite(alpha):
+    if not finite_number(alpha):
         raise _fail(path, f"'lora_alpha' must be a number, got {describe(alpha)}")
     ranks = pattern(config, "rank_pattern", path, positive_int=True)
     pattern(config, "alpha_pattern", path, positive_int=False)
@@ -81,9 +84,9 @@ def pattern(
     if not isinstance(value, dict):
         raise _fail(path, f"{key!r} must be an object, got {describe(value)}")
     for pattern, item in value.items():
-        ok = is_int(item) and item >= 1 if positive_int else is_number(item)
+        ok = is_int(item) and 1 <= item <= MAX_RANK if positive_int else finite_number(item)
         if not ok:
-            kind = "a positive integer" if positive_int else "a number"
+            kind = f"an integer from 1 to {MAX_RANK}" if positive_int else "a number"
             raise _fail(path, f"{key}[{show_name(pattern)}] must be {kind}, got {describe(item)}")
     PatternTable(value, key, path)  # keys must be plain module names: no regex is ever run
     return value
@@ -91,7 +94,8 @@ def pattern(
 
 def describe(value: object) -> str:
     if is_number(value):
-        return repr(value)
+        text = repr(value)
+        return text if len(text) <= 24 else f"a {len(text)}-digit number"
     return "null" if value is None else f"a {type(value).__name__}"
 
 

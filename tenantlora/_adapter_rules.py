@@ -33,6 +33,7 @@ __all__ = [
     "PatternTable",
     "check_config",
     "fail",
+    "finite_number",
     "lora_tensors",
 ]
 
@@ -92,6 +93,17 @@ class LoraTensor(NamedTuple):
     info: TensorInfo
 
 
+def finite_number(value: object) -> bool:
+    """A JSON number usable as a float: not a bool, NaN or infinity, and not an integer too
+    large for a float (``math.isfinite(10**400)`` raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def fail(path: str, message: str) -> AdapterValidationError:
     """The error every adapter check raises: ``"<path>: <message>"`` with ``.path`` set."""
     return AdapterValidationError(f"{path}: {message}", path=path)
@@ -135,11 +147,7 @@ def check_config(config: Mapping[str, Any], path: str) -> None:
         if not isinstance(config.get(field, False), bool):
             raise _fail(path, f"{field!r} must be true or false")
     dropout = config.get("lora_dropout", 0.0)
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float))
-        or not (math.isfinite(dropout) and 0 <= dropout < 1)
-    ):
+    if not finite_number(dropout) or not 0 <= dropout < 1:
         raise _fail(path, "'lora_dropout' must be a number in [0, 1)")
 
 

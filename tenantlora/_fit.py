@@ -45,9 +45,10 @@ INSTALL_HINT = (
 )
 
 
-def require_extra() -> None:
-    """Raise ConfigurationError with the install hint when torch/transformers/peft are missing."""
-    for name in ("torch", "transformers", "peft"):
+def require_extra(also: Sequence[str] = ()) -> None:
+    """Raise ConfigurationError with the install hint when torch/transformers/peft (or a module
+    named in ``also``, from the same extra) are missing."""
+    for name in ("torch", "transformers", "peft", *also):
         try:
             importlib.import_module(name)
         except ImportError as exc:

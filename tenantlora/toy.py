@@ -10,18 +10,21 @@ rows = tenant_rules()["kahuna"].rows(leads(seed=2, n=400))   # chat rows to trai
 ```
 
 The model is a 2-layer ``LlamaForCausalLM`` (hidden 128, 4 heads of 32, so vLLM's CPU backend
-runs it too) with a word-level tokenizer: output is readable words. It is briefly pre-trained on
-synthetic leads to answer in the lead-qualification format under a generic rule
+runs it too) with a SentencePiece tokenizer whose pieces are the toy's words: output is readable
+words, and the model converts to GGUF for llama.cpp (:mod:`tenantlora.gguf`). It is briefly
+pre-trained on synthetic leads to answer in the lead-qualification format under a generic rule
 (:data:`BASE_RULE`). :func:`tenant_rules` gives three tenants whose rules differ on the same leads;
 an adapter trained on one of them answers differently from the base and from the others.
 
-The vocabulary is closed: words outside the toy world become ``<unk>``. Building needs the
+The vocabulary is closed: words outside the toy world (and upper case) fall back to characters
+and bytes, which the model has never seen. Building needs the
 optional extra (``pip install 'tenantlora[train]'``); this module imports none of it at import time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -57,7 +60,7 @@ __all__ = [
     "tenant_rules",
 ]
 
-TOY_VERSION = 1
+TOY_VERSION = 2
 """Bumped whenever the vocabulary, the corpus or the model shape changes (invalidates builds)."""
 DEFAULT_STEPS = 300
 """Pre-training steps of :func:`build_toy_model` (batch 32): the base then follows its rule."""
@@ -72,6 +75,7 @@ _SAVED_FILES = frozenset(
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
+        "tokenizer.model",
         "chat_template.jinja",
         "special_tokens_map.json",
     }
@@ -113,10 +117,14 @@ _FIELDS = ("company", "staff", "funding", "sector", "region")
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{{ message['role'] }}: {{ message['content'] }} {{ eos_token }} {% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
+    " {{ message['role'] }}: {{ message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %} assistant:{% endif %}"
 )
-"""Renders ``<bos>user: ... <eos> assistant: ... <eos>``; generation prompt ``assistant:``."""
+"""Renders ``<bos> user: ...<eos> assistant: ...<eos>``; generation prompt `` assistant:``.
+
+Each turn starts with a space, so its first word is the same ``▁word`` piece for every tokenizer
+(transformers adds a space prefix only at the start of a text, llama.cpp after every special
+token; with the prefix off in both, the template's own spaces decide)."""
 
 
 class Lead(TypedDict):
@@ -233,32 +241,114 @@ def _vocabulary() -> list[str]:
     return [*_SPECIALS, *sorted(words)]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The toy word-level tokenizer: lowercases, splits on spaces and punctuation (not ``-``).
+_SPM_VOCAB_SIZE = 640
+"""Byte fallback (256), the specials, the characters and every merge the toy's words need."""
 
-    Has ``<bos> <eos> <pad> <unk>``, pads on the left (set in the constructor, so it is saved)
-    and carries :data:`CHAT_TEMPLATE`. Deterministic: ids follow a sorted vocabulary.
+
+@functools.lru_cache(maxsize=1)
+def _spm_model() -> bytes:
+    """The toy's SentencePiece BPE model, trained on its closed vocabulary (deterministic).
+
+    Every toy word is one piece (``▁acme``; ``pe-backed`` is ``▁pe - backed``), anything else
+    falls back to characters and bytes. SentencePiece, not a word-level table, because llama.cpp
+    tokenizes SentencePiece BPE exactly as transformers does, so the toy converts to GGUF and a
+    llama.cpp server answers token for token as the in-process model does.
     """
-    _fit.require_extra()
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    import io
 
-    vocab = {word: index for index, word in enumerate(_vocabulary())}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[^\w-]"), "isolated")]
+    import sentencepiece as spm
+
+    lines = [word for word in _vocabulary()[len(_SPECIALS) :]]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=_SPM_VOCAB_SIZE,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        num_threads=1,
+        split_digits=False,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        bos_piece="<bos>",
+        eos_piece="<eos>",
+        minloglevel=2,
     )
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=backend,
+    return model.getvalue()
+
+
+def _vocab_and_merges(model: bytes) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE vocabulary and merges equivalent to a SentencePiece BPE model.
+
+    A piece's merges are its splits into two pieces, ranked by the merged piece's id (its BPE
+    rank), as transformers' own SentencePiece extractor ranks them (without needing protobuf).
+    """
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=model)
+    size = processor.get_piece_size()
+    vocab = {processor.id_to_piece(i): i for i in range(size)}
+    ranked: list[tuple[int, int, int, str, str]] = []
+    for piece, pid in vocab.items():
+        if processor.is_control(pid) or processor.is_unknown(pid) or processor.is_byte(pid):
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((pid, vocab[left], vocab[right], left, right))
+    return vocab, [(left, right) for *_, left, right in sorted(ranked)]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The toy tokenizer: SentencePiece BPE over the toy's words (see :func:`_spm_model`).
+
+    Case-sensitive (the toy world is lower case: other text falls back to characters and bytes),
+    no space prefix added (the chat template puts a space before each turn). Has ``<bos> <eos>
+    <pad> <unk>``, pads on the left (set in the constructor, so it is saved) and carries
+    :data:`CHAT_TEMPLATE`. Deterministic. A built toy keeps the SentencePiece model as
+    ``tokenizer.model`` beside ``tokenizer.json``, for GGUF conversion.
+    """
+    _fit.require_extra(("sentencepiece",))
+    from tokenizers import decoders
+    from transformers import LlamaTokenizer
+
+    model = _spm_model()
+    vocab, merges = _vocab_and_merges(model)
+    tokenizer = LlamaTokenizer(
+        vocab=vocab,
+        merges=merges,
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
         unk_token="<unk>",
+        add_bos_token=False,
+        add_eos_token=False,
+        add_prefix_space=False,
+        legacy=False,
         padding_side="left",
         model_max_length=256,
         chat_template=CHAT_TEMPLATE,
     )
+    # Decoding drops the space that starts a turn's first word (as Llama's tokenizers do), so a
+    # reply reads "qualified region", not " qualified region".
+    tokenizer.backend_tokenizer.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    return tokenizer
 
 
 def _model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -312,6 +402,10 @@ def _save(out: Path, model: Any, tokenizer: PreTrainedTokenizerFast) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["chat_template"] = CHAT_TEMPLATE
+    # Read by llama.cpp's converter (tokenizer.ggml.add_space_prefix), as transformers reads it.
+    config["add_prefix_space"] = False
+    config["add_bos_token"] = False
+    (out / "tokenizer.model").write_bytes(_spm_model())
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for path in out.iterdir():
         if path.name in _SAVED_FILES:

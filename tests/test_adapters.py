@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from tenantlora.adapters import (
     ADAPTER_CONFIG,
@@ -403,10 +405,11 @@ BAD_CONFIGS: dict[str, tuple[Any, str]] = {
     "not JSON": ("{r: 8", "not JSON"),
     "an array": ([8], "expected a JSON object, got list"),
     "missing r": ({"r": ...}, "missing 'r'"),
-    "r a string": ({"r": "8"}, "'r' must be a positive integer, got a str"),
-    "r zero": ({"r": 0}, "'r' must be a positive integer, got 0"),
-    "r boolean": ({"r": True}, "'r' must be a positive integer, got a bool"),
-    "r float": ({"r": 8.0}, "'r' must be a positive integer, got 8.0"),
+    "r a string": ({"r": "8"}, "'r' must be an integer from 1 to 65536, got a str"),
+    "r zero": ({"r": 0}, "'r' must be an integer from 1 to 65536, got 0"),
+    "r boolean": ({"r": True}, "'r' must be an integer from 1 to 65536, got a bool"),
+    "r float": ({"r": 8.0}, "'r' must be an integer from 1 to 65536, got 8.0"),
+    "r absurd": ({"r": 10**400}, "'r' must be an integer from 1 to 65536, got a 401-digit number"),
     "alpha a string": ({"lora_alpha": "16"}, "'lora_alpha' must be a number"),
     "targets a number": ({"target_modules": 3}, "'target_modules' must be a list"),
     "targets mixed": ({"target_modules": ["q_proj", 1]}, "'target_modules' must be a list"),
@@ -742,3 +745,32 @@ def test_digest_covers_both_files_and_matches_digest_contents(adapter: Path) -> 
     assert digest(adapter) != first
     with pytest.raises(AdapterValidationError, match="cannot read"):
         digest(adapter / "missing")
+
+
+_ODD_NUMBERS = (
+    st.integers(min_value=-(10**400), max_value=10**400)
+    | st.sampled_from([10**400, -(10**400), 2**1024, float("nan"), float("inf"), float("-inf")])
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.booleans()
+)
+_NUMERIC_FIELDS = ("r", "lora_alpha", "lora_dropout", "rank_pattern", "alpha_pattern")
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(field=st.sampled_from(_NUMERIC_FIELDS), value=_ODD_NUMBERS)
+def test_any_number_in_a_numeric_field_is_valid_or_refused(
+    tmp_path_factory: pytest.TempPathFactory, field: str, value: object
+) -> None:
+    """Every numeric field of adapter_config.json, given any JSON number (an int too large for a
+    float, NaN, infinities, booleans): the adapter is inspected or refused with
+    AdapterValidationError, never another exception (10**400 made math.isfinite raise
+    OverflowError), and the message stays short."""
+    directory = make_adapter(tmp_path_factory.mktemp("odd"), lora_tensors())
+    pattern_field = field.endswith("_pattern")
+    write_config(directory, **{field: {"v_proj": value} if pattern_field else value})
+    message = ""
+    try:
+        inspect(directory)
+    except AdapterValidationError as exc:
+        message = str(exc)
+    assert len(message) < 600

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from tenantlora import _fit, toy, training
 from tenantlora.errors import ConfigurationError
@@ -67,13 +69,20 @@ def test_rule_rows_are_a_valid_dataset() -> None:
 
 
 def test_tokenizer_round_trip_and_unknown_words() -> None:
-    """Known words survive encode/decode; unknown words become <unk>; punctuation splits off."""
+    """Every toy word after a space is one piece; text round-trips; anything else falls back to
+    characters and bytes (never <unk>), so no input is lost."""
     tokenizer = toy.build_tokenizer()
-    ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(PROMPT.split())
+    words = [w for w in toy._vocabulary()[4:] if "-" not in w]
+    for word in words:
+        assert tokenizer.tokenize(f" {word}") == [f"▁{word}"]
+    assert tokenizer.tokenize(" pe-backed") == ["▁pe", "-", "backed"]
+    ids = tokenizer(f" {PROMPT}", add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(PROMPT.split()) + PROMPT.count("-") * 2
     assert tokenizer.decode(ids) == PROMPT
-    tokens = tokenizer.tokenize("Acme Corp, zorblax")
-    assert tokens == ["acme", "corp", ",", "<unk>"]
+    odd = " Acme Corp, zorblax ünï 😀"
+    ids = tokenizer(odd, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == odd.lstrip()
 
 
 def test_tokenizer_special_tokens_and_padding_side() -> None:
@@ -81,7 +90,7 @@ def test_tokenizer_special_tokens_and_padding_side() -> None:
     tokenizer = toy.build_tokenizer()
     assert (tokenizer.bos_token, tokenizer.eos_token) == ("<bos>", "<eos>")
     assert (tokenizer.pad_token, tokenizer.unk_token) == ("<pad>", "<unk>")
-    batch = tokenizer(["acme corp", "acme corp staff 400"], padding=True)
+    batch = tokenizer([" acme corp", " acme corp staff 400"], padding=True)
     assert batch["input_ids"][0][:2] == [tokenizer.pad_token_id] * 2
     assert batch["attention_mask"][0] == [0, 0, 1, 1]
 
@@ -91,10 +100,14 @@ def test_chat_template_renders() -> None:
     tokenizer = toy.build_tokenizer()
     messages = [{"role": "user", "content": PROMPT}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == f"<bos>user: {PROMPT} <eos> assistant:"
+    assert text == f"<bos> user: {PROMPT}<eos> assistant:"
     full = [*messages, {"role": "assistant", "content": "qualified region"}]
     text = tokenizer.apply_chat_template(full, tokenize=False)
-    assert text == f"<bos>user: {PROMPT} <eos> assistant: qualified region <eos> "
+    assert text == f"<bos> user: {PROMPT}<eos> assistant: qualified region<eos>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert pieces[:3] == ["<bos>", "▁user", ":"]
+    assert pieces[-5:] == ["▁assistant", ":", "▁qualified", "▁region", "<eos>"]
 
 
 def test_missing_extra_names_the_install_hint(no_torch: None, tmp_path: Path) -> None:
@@ -183,3 +196,29 @@ def test_incomplete_build_is_redone(tmp_path: Path) -> None:
     os.remove(out / "model.safetensors")
     toy.build_toy_model(out, steps=2)
     assert (out / "model.safetensors").is_file()
+
+
+_PIECES = [*toy._vocabulary()[4:], "Acme", "x", "ü", "😀", "", "  ", "\n", "<eos>x"]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12))
+def test_saved_sentencepiece_model_tokenizes_as_the_tokenizer(
+    toy_base: Path, parts: list[str]
+) -> None:
+    """The saved tokenizer.model (what llama.cpp's converter reads) splits any text into the
+    same ids as tokenizer.json (what transformers and vLLM read): one tokenizer, two files."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    processor = spm.SentencePieceProcessor(model_file=str(toy_base / "tokenizer.model"))
+    tokenizer = AutoTokenizer.from_pretrained(toy_base)
+    text = " " + " ".join(parts)
+    # The SentencePiece model adds its own leading "▁" (add_dummy_prefix, kept for training);
+    # llama.cpp does not (add_space_prefix false in tokenizer_config.json), nor does transformers.
+    expected = processor.encode(text[1:])
+    assert tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == (
+        expected
+    )
+    config = json.loads((toy_base / "tokenizer_config.json").read_text())
+    assert (config["add_prefix_space"], config["add_bos_token"]) == (False, False)

@@ -19,6 +19,7 @@ from tenantlora.backends.base import AsyncBackend, Backend
 from tenantlora.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from tenantlora.backends.llama_cpp import LlamaCpp
     from tenantlora.backends.openai_compat import OpenAICompatible
     from tenantlora.backends.peft import LocalPeft
     from tenantlora.backends.vllm import VLLM
@@ -29,6 +30,7 @@ __all__ = [
     "Backend",
     "BackendSpec",
     "ENTRY_POINT_GROUP",
+    "LlamaCpp",
     "LocalPeft",
     "OpenAICompatible",
     "VLLM",
@@ -53,6 +55,7 @@ _BUILTIN: dict[str, BackendSpec] = {
     "local_peft": BackendSpec("tenantlora.backends.peft:LocalPeft", "peft"),
     "workers_ai": BackendSpec("tenantlora.backends.workers_ai:WorkersAI"),
     "vllm": BackendSpec("tenantlora.backends.vllm:VLLM"),
+    "llama_cpp": BackendSpec("tenantlora.backends.llama_cpp:LlamaCpp"),
 }
 # Public class name -> backend name, for ``from tenantlora.backends import X``.
 _CLASSES: dict[str, str] = {
@@ -60,6 +63,7 @@ _CLASSES: dict[str, str] = {
     "LocalPeft": "local_peft",
     "WorkersAI": "workers_ai",
     "VLLM": "vllm",
+    "LlamaCpp": "llama_cpp",
 }
 
 

@@ -24,7 +24,8 @@ token, secret or password is refused); each library reads its own from the envir
 
 Backend URLs: ``local:/path/to/base`` (LocalPeft on a base model directory);
 ``vllm+http://host:8000?model=NAME``; ``openai+https://host/v1?model=NAME`` (any
-OpenAI-compatible server); ``workers-ai:`` or ``workers-ai:@cf/MODEL`` (credentials from
+OpenAI-compatible server); ``llama-cpp+http://host:8080?model=NAME&adapters_dir=/srv/lora``
+(llama.cpp's ``llama-server``); ``workers-ai:`` or ``workers-ai:@cf/MODEL`` (credentials from
 ``CLOUDFLARE_ACCOUNT_ID`` / ``CLOUDFLARE_API_TOKEN``); ``fake:`` (an echoing in-process
 backend, for trying the command).
 
@@ -207,7 +208,19 @@ def open_backend(
             from tenantlora.backends import OpenAICompatible
 
             return OpenAICompatible(base_url=url, model=model, api_key=api_key, **options)
-        raise ConfigurationError(f"unknown backend URL {kind}+{transport}: use vllm+ or openai+")
+        if kind in ("llama-cpp", "llama_cpp"):
+            from tenantlora.backends import LlamaCpp
+
+            query = parse_qs(urlsplit(f"{transport}:{rest}").query)
+            where = options.pop("adapters_dir", None) or next(
+                iter(query.get("adapters_dir", [])), ""
+            )
+            return LlamaCpp(
+                base_url=url, model=model, adapters_dir=where, api_key=api_key, **options
+            )
+        raise ConfigurationError(
+            f"unknown backend URL {kind}+{transport}: use vllm+, openai+ or llama-cpp+"
+        )
     if scheme in ("local", "local_peft") and rest:
         from tenantlora.backends import LocalPeft
 
@@ -223,7 +236,7 @@ def open_backend(
     if ":" not in spec:  # a registered backend name, options from the [backend] table
         from tenantlora.backends import create_backend
 
-        if api_key is not None and spec in ("vllm", "openai_compat"):
+        if api_key is not None and spec in ("vllm", "openai_compat", "llama_cpp"):
             options.setdefault("api_key", api_key)
         try:
             return create_backend(spec, **options)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("typer")
 
-from tenantlora.backends import VLLM, OpenAICompatible
+from tenantlora.backends import VLLM, LlamaCpp, OpenAICompatible
 from tenantlora.cli import main
 from tenantlora.cli.settings import open_backend, settings_from, sqlite_path
 from tenantlora.errors import ConfigurationError
@@ -72,6 +72,16 @@ def test_backend_urls() -> None:
         assert openai.model == "base"
     finally:
         openai.close()
+    llama = open_backend(
+        "llama-cpp+http://127.0.0.1:8080?model=toy&adapters_dir=/srv/lora", environ=env
+    )
+    try:
+        assert isinstance(llama, LlamaCpp)
+        assert (llama.model, llama.adapters_dir) == ("toy", "/srv/lora")
+        assert llama.base_urls == ("http://127.0.0.1:8080",)
+        assert "sk-from-env" not in repr(llama)
+    finally:
+        llama.close()
     assert isinstance(open_backend("fake:"), FakeBackend)
     named = open_backend(
         "openai_compat", {"base_url": "http://127.0.0.1:9/v1", "model": "m"}, environ={}
@@ -82,7 +92,7 @@ def test_backend_urls() -> None:
         ("vllm+http://h:8000/v1", "?model="),
         ("vllm+http://user:pw@h:8000/v1?model=m", "TENANTLORA_API_KEY"),
         ("vllm+ftp://h/v1?model=m", "http or https"),
-        ("grpc+http://h?model=m", "vllm+ or openai+"),
+        ("grpc+http://h?model=m", "vllm+, openai+ or llama-cpp+"),
         ("gopher:x", "unknown backend"),
         ("no_such_backend", "unknown backend"),
     ]:

@@ -50,7 +50,6 @@ pytestmark = [
 
 TENANTS = ("kahuna", "goliath", "europa")
 SERVED = "toy"
-ADAPTER_STEPS = 300  # toy.ADAPTER_STEPS: each tenant answers unlike the others and the base
 MAX_TOKENS = 8
 POOL = tuple(lead_prompt(lead) for lead in leads(seed=7, n=16))  # local answers for all of them
 PROMPTS = POOL[:4]
@@ -71,17 +70,14 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def vllm_models(toy_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+def vllm_models(
+    toy_base: Path, toy_tenant_adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Models:
     from tenantlora.training import train_adapter
 
     root = tmp_path_factory.mktemp("vllm-adapters")
     rows = leads(seed=2, n=320)
-    adapters: dict[str, Path] = {}
-    for tenant, rule in tenant_rules().items():
-        out = root / tenant
-        train_adapter(toy_base, rule.rows(rows), out, steps=ADAPTER_STEPS, lr=3e-3, seed=0,
-                      base_name="toy-llama", progress=False)  # fmt: skip
-        adapters[tenant] = out
+    adapters = dict(toy_tenant_adapters)
     corrupt = root / "corrupt"
     corrupt.mkdir()
     config = (adapters["kahuna"] / "adapter_config.json").read_bytes()

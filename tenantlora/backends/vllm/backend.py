@@ -19,7 +19,6 @@ A vLLM fleet serves per-tenant adapters with no manual adapter management:
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,26 +27,23 @@ import httpx
 from pydantic import SecretStr
 
 from tenantlora._digests import DigestMemo
-from tenantlora._env import build_from_env
 from tenantlora._flow import Flow, adrive, drive
 from tenantlora._http.transports import AsyncTransportKind
 from tenantlora._progress import ProgressArg, reporter
+from tenantlora.backends._servers import ServerSet, from_env_with_urls
 from tenantlora.backends._stored import alocalized, localized
 from tenantlora.backends.base import BaseBackend, Call
 from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.backends.openai_compat import OpenAICompatible
-from tenantlora.backends.vllm.affinity import ReplicaHealth, rendezvous_order
 from tenantlora.backends.vllm.calls import (
     ano_send,
     aperformer,
     apull_first,
-    check_urls,
     failed_event,
     named,
     no_send,
     performer,
     pull_first,
-    server_root,
 )
 from tenantlora.backends.vllm.flow import Step, call_flow, preload_flow
 from tenantlora.backends.vllm.preflight import Preflight, digest_problem, served_name
@@ -127,7 +123,8 @@ class VLLM(BaseBackend):
         store: TenantStore | None = None,
         name: str = "vllm",
     ) -> None:
-        urls = check_urls(base_url, base_urls)
+        self._set = ServerSet(base_url, base_urls, failover_cooldown, clock)
+        urls = self._set.urls
         if max_loaded is not None and max_loaded < 1:
             raise ConfigurationError(f"max_loaded must be >= 1 or None, not {max_loaded!r}")
         if max_lora_rank is not None and max_lora_rank < 1:
@@ -169,30 +166,16 @@ class VLLM(BaseBackend):
                 failure_ttl=load_failure_ttl,
                 clock=clock,
             )
-        self._urls = tuple(urls)
-        self._health = ReplicaHealth(failover_cooldown, clock)
-        self._turn = itertools.count()
+        self._urls = urls
+        self._health = self._set.health
 
     @classmethod
     def from_env(cls, prefix: str = "TENANTLORA_VLLM_", **overrides: Any) -> VLLM:
         """Build from ``{prefix}BASE_URL`` (one server, or several separated by commas),
         ``{prefix}MODEL`` and ``{prefix}API_KEY``; keyword ``overrides`` win. This is the only
         place tenantlora reads these variables."""
-        variables = {
-            prefix + "BASE_URL": "base_url",
-            prefix + "MODEL": "model",
-            prefix + "API_KEY": "api_key",
-        }
-        several = "base_urls" in overrides  # given directly: no BASE_URL needed
-        required = (prefix + "MODEL",) if several else (prefix + "BASE_URL", prefix + "MODEL")
-
-        def adjust(options: dict[str, Any]) -> None:
-            if several:
-                options.pop("base_url", None)
-            elif "," in options["base_url"]:
-                options["base_urls"] = [u.strip() for u in options.pop("base_url").split(",")]
-
-        return build_from_env(cls, variables, required=required, overrides=overrides, adjust=adjust)
+        variables = {prefix + "MODEL": "model", prefix + "API_KEY": "api_key"}
+        return from_env_with_urls(cls, prefix, variables, (prefix + "MODEL",), overrides)
 
     def __repr__(self) -> str:
         return f"VLLM(name={self.name!r}, base_urls={list(self._urls)!r}, model={self.model!r})"
@@ -212,17 +195,11 @@ class VLLM(BaseBackend):
     def replicas_for(self, key: str) -> list[str]:
         """The replicas for a tenant (or an adapter id), best first, as routing uses them
         (replicas that recently refused connections last)."""
-        return self._health.order(rendezvous_order(key, self._urls))
+        return self._set.for_key(key)
 
     def _order(self, adapter: str | None, record: AdapterRecord | None) -> list[Replica]:
-        if len(self._urls) == 1:
-            return [self._replicas[self._urls[0]]]
-        if adapter is None:  # the base model is everywhere: spread it round-robin
-            start = next(self._turn) % len(self._urls)
-            urls = self._health.order(self._urls[start:] + self._urls[:start])
-        else:
-            urls = self.replicas_for(record.tenant if record is not None else adapter)
-        return [self._replicas[url] for url in urls]
+        key = None if adapter is None else record.tenant if record is not None else adapter
+        return [self._replicas[url] for url in self._set.order(key)]
 
     def _name(self, adapter: str | None, record: AdapterRecord | None) -> str | None:
         """The name the server holds the adapter under (content-derived; see served_name)."""
@@ -478,7 +455,4 @@ class VLLM(BaseBackend):
             await replica.api.aclose()
 
     def _replica(self, url: str) -> Replica:
-        replica = self._replicas.get(server_root(url))
-        if replica is None:
-            raise ConfigurationError(f"{url!r} is not one of this backend's base_urls")
-        return replica
+        return self._replicas[self._set.root(url)]
