@@ -98,7 +98,7 @@ test: lint typecheck pytest docs package
 demo: install
 	$(BIN)/python -m tenantlora.demo
 
-bench: install vllm
+bench: install vllm llama-server
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.propagation
 	$(BIN)/python -m benchmarks.propagation --store postgres
@@ -109,6 +109,7 @@ bench: install vllm
 	$(BIN)/python -m benchmarks.reads
 	$(BIN)/python -m benchmarks.peft
 	$(BIN)/python -m benchmarks.vllm
+	$(BIN)/python -m benchmarks.llama_cpp
 
 clean:
 	rm -rf $(VENV) site dist .pytest_cache .mypy_cache .ruff_cache

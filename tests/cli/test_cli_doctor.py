@@ -207,3 +207,33 @@ def test_workers_ai(
     assert code == 1
     assert "takes no LoRA adapters" in checks["backend"]["detail"]
     assert "cf-token-123" not in json.dumps(checks)
+
+
+def test_llama_cpp(capsys: pytest.CaptureFixture[str], setup: tuple[str, str]) -> None:
+    """A llama-server started with globex's staged adapter: the server is checked by its name
+    (which must prove its adapter list), each tenant by whether a server holds its file."""
+    from llama_fake import LlamaFake
+
+    from tenantlora.backends.llama_cpp import adapter_path
+
+    db, _ = setup
+    with SQLiteRegistry(db.removeprefix("sqlite:///")) as registry:
+        globex = registry.list("globex")[0]
+    assert globex.digest is not None
+    staged = adapter_path("/srv/lora", "globex", globex.digest)
+    with LlamaFake([staged]) as fake:
+        backend = f"llama-cpp+{fake.url}?model=toy&adapters_dir=/srv/lora"
+        args = ("--registry", db, "--backend", backend, "doctor", "--tenant", "globex")
+        code, checks = doctor(capsys, *args, "--tenant", "acme")
+        assert checks["backend"]["status"] == "ok"
+        assert "serves 'toy'" in checks["backend"]["detail"]
+        assert checks[f"globex/{TASK} v1"]["status"] == "ok"
+        acme = checks[f"acme/{TASK} v1"]
+        assert acme["status"] == "fail"
+        assert "no server holds /srv/lora/acme/" in acme["detail"]
+        assert code == 1
+        fake.alias = "toy.gguf"  # started by hand: its name proves nothing
+        code, checks = doctor(capsys, *args)
+        assert checks["backend"]["status"] == "fail"
+        assert "toy.gguf" in checks["backend"]["detail"]
+        assert checks[f"globex/{TASK} v1"]["status"] == "fail"

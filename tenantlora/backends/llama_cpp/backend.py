@@ -42,7 +42,12 @@ from tenantlora.backends.http import DEFAULT_TIMEOUT
 from tenantlora.backends.llama_cpp.adapters import AdapterTable, adapter_path, parse_adapters
 from tenantlora.backends.llama_cpp.flow import Fetch, Send, Step, call_flow
 from tenantlora.backends.openai_compat import OpenAICompatible
-from tenantlora.errors import AdapterNotAvailableError, AdapterValidationError, ConfigurationError
+from tenantlora.errors import (
+    AdapterNotAvailableError,
+    AdapterValidationError,
+    BackendError,
+    ConfigurationError,
+)
 from tenantlora.types import AdapterRecord, ChatChunk, ChatResponse
 
 __all__ = ["LlamaCpp", "Server"]
@@ -194,8 +199,11 @@ class LlamaCpp(BaseBackend):
         return self._set.for_key(key)
 
     def _order(self, key: str | None, record: AdapterRecord | None) -> list[Server]:
-        owner = None if key is None else record.tenant if record is not None else key
-        return [self._servers[url] for url in self._set.order(owner)]
+        if key is None or len(self._urls) == 1:
+            urls = self._set.order(None)  # the base model is everywhere: round robin
+        else:  # through the public method, which a subclass may override
+            urls = self.servers_for(record.tenant if record is not None else key)
+        return [self._servers[url] for url in urls]
 
     def adapter_path(self, record: AdapterRecord) -> str:
         """Where ``record``'s adapter is staged, as the servers see it (the key of its id in a
@@ -285,6 +293,33 @@ class LlamaCpp(BaseBackend):
         target = self._server(server) if server else self._servers[self._urls[0]]
         table = target.fetch(self._clock(), self.timeout)
         return dict(table.ids) if table.verified else {}
+
+    def models(self, server: str | None = None, *, timeout: float | None = 10.0) -> list[str]:
+        """The names a server answers to (one server by URL, by default the first): ``[model]``
+        when its name proves its adapter list was staged for this backend's ``model``
+        (``server_command``), else the name it gives (``tenantlora doctor`` checks it)."""
+        target = self._server(server) if server else self._servers[self._urls[0]]
+        table = target.fetch(self._clock(), timeout)
+        return [self.model] if table.verified else [table.alias]
+
+    def refusal(self, record: AdapterRecord) -> str | None:
+        """Why the servers would not serve ``record``'s adapter now (each server's list is read
+        again), or None when one holds it. Nothing is sent to a model."""
+        try:
+            key = self.adapter_path(record)
+        except AdapterNotAvailableError as exc:
+            return str(exc)
+        for server in self._servers.values():
+            try:
+                table = server.fetch(self._clock(), self.timeout)
+            except BackendError:
+                continue
+            if table.id_of(key) is not None:
+                return None
+        return (
+            f"no server holds {key} (adapters are loaded at start: stage the registry's adapters "
+            "and restart the servers with server_command)"
+        )
 
     def close(self) -> None:
         """Close every server's connection pools; later calls raise."""

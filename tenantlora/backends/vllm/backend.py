@@ -198,8 +198,11 @@ class VLLM(BaseBackend):
         return self._set.for_key(key)
 
     def _order(self, adapter: str | None, record: AdapterRecord | None) -> list[Replica]:
-        key = None if adapter is None else record.tenant if record is not None else adapter
-        return [self._replicas[url] for url in self._set.order(key)]
+        if adapter is None or len(self._urls) == 1:
+            urls = self._set.order(None)  # the base model is everywhere: round robin
+        else:  # through the public method, which a subclass may override (benchmarks.fleet)
+            urls = self.replicas_for(record.tenant if record is not None else adapter)
+        return [self._replicas[url] for url in urls]
 
     def _name(self, adapter: str | None, record: AdapterRecord | None) -> str | None:
         """The name the server holds the adapter under (content-derived; see served_name)."""
