@@ -214,6 +214,8 @@ def test_saved_sentencepiece_model_tokenizes_as_the_tokenizer(
     processor = spm.SentencePieceProcessor(model_file=str(toy_base / "tokenizer.model"))
     tokenizer = AutoTokenizer.from_pretrained(toy_base)
     text = " " + " ".join(parts)
+    # SentencePiece encodes "" as nothing, not as its dummy-prefix space: not a tokenizer case.
+    hypothesis.assume(text != " ")
     # The SentencePiece model adds its own leading "▁" (add_dummy_prefix, kept for training);
     # llama.cpp does not (add_space_prefix false in tokenizer_config.json), nor does transformers.
     expected = processor.encode(text[1:])
