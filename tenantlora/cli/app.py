@@ -396,6 +396,9 @@ app.command("eval", short_help="A/B-evaluate a tenant's adapter on held-out case
     serving.evaluate
 )
 app.command("probe", short_help="Run the isolation probe against the backend.")(serving.probe)
+adapters.command("gate", short_help="Gate a candidate: evaluate it, promote or reject it.")(
+    serving.gate
+)
 app.command("demo", short_help="The whole per-tenant loop, offline, on a toy model.")(serving.demo)
 app.command("stats", short_help="A live per-tenant view of a client's metrics.")(stats.stats)
 app.command("doctor", short_help="Check the whole setup and say how to fix it.")(doctor.doctor)

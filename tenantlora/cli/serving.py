@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tenantlora.cli._output import (
+    Actor,
     JsonFlag,
+    Reason,
     backend_of,
     err,
     fail,
@@ -190,6 +192,68 @@ def evaluate(
     else:
         out.print(report.table(), highlight=False, markup=False)
     if gate and not report.ship:
+        raise typer.Exit(1)
+
+
+def gate(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Argument()],
+    task: Annotated[str, typer.Argument()],
+    heldout: Annotated[
+        str, typer.Option(help="Held-out cases, JSONL ({prompt, completion} or chat rows).")
+    ],
+    version: Annotated[
+        int | None, typer.Option(help="The candidate version (default: the newest).")
+    ] = None,
+    min_uplift: Annotated[
+        float, typer.Option(help="Ship on more than this many points over the base.")
+    ] = 3.0,
+    tolerance: Annotated[
+        float, typer.Option(help="At most this many points below the active adapter.")
+    ] = 1.0,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    apply: Annotated[
+        bool,
+        typer.Option("--apply", help="Promote the candidate when it passes, reject it if not."),
+    ] = False,
+    actor: Actor = None,
+    reason: Reason = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Gate a candidate adapter: evaluate it against the base model and the active adapter on
+    held-out cases (greedy) by the rollout rule; with --apply, promote or reject it (the
+    figures go into the audit trail). Exit 1 when it does not pass.
+
+    \b
+    Example: tenantlora adapters gate acme icp_classifier --heldout heldout.jsonl --apply
+    """
+    from tenantlora.datasets import load_examples
+    from tenantlora.lifecycle import ShipRule, promote
+    from tenantlora.lifecycle import gate as run_gate
+
+    with failures():
+        rule = ShipRule(min_uplift=min_uplift, tolerance=tolerance)
+        cases = load_examples(heldout)
+        with opened(ctx) as registry, backend_of(ctx) as backend:
+            report = run_gate(
+                backend,
+                registry,
+                tenant=tenant,
+                task=task,
+                heldout=cases,
+                version=version,
+                rule=rule,
+                max_tokens=max_tokens,
+            )
+            record = promote(registry, report, actor=actor, reason=reason) if apply else None
+    status = None if record is None else record.status
+    if as_json:
+        print_json({**report.details(), "applied": status})
+    else:
+        out.print(str(report), highlight=False, markup=False)
+        if status is not None:
+            out.print(f"-> version {report.version} is now {status}", highlight=False)
+    if not report.passed:
         raise typer.Exit(1)
 
 

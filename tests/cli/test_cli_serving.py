@@ -217,6 +217,47 @@ def test_eval_reports_and_gates(
     assert "line 1" in err
 
 
+def test_adapters_gate_promotes_or_rejects_a_candidate(
+    capsys: pytest.CaptureFixture[str], db: str, tmp_path: Path
+) -> None:
+    """`adapters gate`: a candidate evaluated against the base and the active adapter; with
+    --apply it is promoted (it beats both) or rejected (it does not), the figures in the audit.
+    FakeBackend answers "[<adapter>] <prompt>", so held-out answers decide who is right."""
+    path = db.removeprefix("sqlite:///")
+    with SQLiteRegistry(path) as registry:
+        registry.publish("acme", TASK, adapter_id="acme-v2", status="candidate")
+        registry.publish("globex", TASK, adapter_id="globex-v2", status="candidate")
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [{"prompt": f"lead {i}", "completion": f"[acme-v2] lead {i}"} for i in range(10)]
+    heldout.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["--registry", db, "--backend", "fake:", "adapters", "gate"]
+    code, out, _ = run(capsys, *args, "acme", TASK, "--heldout", str(heldout), "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert (report["version"], report["decision"], report["applied"]) == (2, "promote", None)
+    assert (report["base_accuracy"], report["candidate_accuracy"]) == (0, 100)
+    code, out, _ = run(capsys, *args, "acme", TASK, "--heldout", str(heldout), "--apply",
+                       "--actor", "ci")  # fmt: skip
+    assert code == 0
+    assert "-> version 2 is now ready" in out
+    code, out, _ = run(capsys, *args, "globex", TASK, "--heldout", str(heldout), "--apply")
+    assert code == 1
+    assert "REJECT" in out
+    assert "-> version 2 is now rejected" in out
+    with SQLiteRegistry(path) as registry:
+        assert registry.get("acme").get(TASK).adapter_id == "acme-v2"  # type: ignore[union-attr]
+        assert registry.get("globex").get(TASK).adapter_id == "globex-v1"  # type: ignore[union-attr]
+        entry = registry.audit("acme", TASK)[-1]
+        assert (entry.action, entry.actor, entry.details["decision"]) == (
+            "promote",
+            "ci",
+            "promote",
+        )
+    code, _, err = run(capsys, *args, "acme", TASK, "--heldout", str(heldout))
+    assert code == 1  # no candidate left to gate
+    assert "candidate" in err
+
+
 def test_probe_runs_the_isolation_probe(capsys: pytest.CaptureFixture[str], db: str) -> None:
     base = ["--registry", db, "--backend", "fake:", "probe"]
     code, out, _ = run(capsys, *base, "--rounds", "1", "--json")
