@@ -179,6 +179,7 @@ def test_server_command() -> None:
         {"model": "to,y"},
         {"extra_args": ["--lora", "/x.gguf"]},
         {"extra_args": ["--cache-ram", "100"]},
+        {"extra_args": ["--api-key", "sk-secret"]},
         {"port": 0},
     ],
 )

@@ -165,7 +165,8 @@ def server_command(
     is how :class:`~tenantlora.backends.llama_cpp.LlamaCpp` knows the ids it reads stay valid.
     ``prompt_cache=False`` (the default) runs it with ``--cache-ram 0``: no prompt cache in RAM,
     so no KV computed under one adapter can be reused under another. ``extra_args`` go last; they
-    may not repeat what this function sets.
+    may not repeat what this function sets, nor hold ``--api-key`` (a command line is readable
+    by every user: use ``--api-key-file``).
     """
     paths = [_check_value("adapter path", os.fspath(p)) for p in adapters]
     if len(set(paths)) != len(paths):
@@ -173,6 +174,8 @@ def server_command(
     clash = _OWNED_FLAGS.intersection(extra_args)
     if clash:
         raise ConfigurationError(f"extra_args may not set {', '.join(sorted(clash))}")
+    if "--api-key" in extra_args:  # a command line is visible to every user (ps, /proc)
+        raise ConfigurationError("pass the server's key with --api-key-file, not --api-key")
     if not 0 < port < 65536 or ctx_size < 1 or parallel < 1:
         raise ConfigurationError("port must be 1..65535, ctx_size and parallel >= 1")
     alias = server_alias(_check_value("model", model), paths, prompt_cache=prompt_cache)
